@@ -1,0 +1,1 @@
+"""Data pipeline: official sources, raw readers, `mmrec prepare`, datamodule and synthetic data."""

@@ -1,0 +1,474 @@
+"""AmazonDataModule: a prepared dataset folder -> batch dicts (causal training, leakage-free eval)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+if TYPE_CHECKING:
+    from mmrec.data.prepare import PrepareConfig
+
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+DAY = 86_400
+
+
+def _dist_world() -> tuple[int, int]:
+    """``(num_replicas, rank)`` of the initialised process group, else ``(1, 0)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler: rank ``r`` of ``W`` gets rows ``r, r+W, r+2W, ...``; no padding.
+
+    Lightning's ``DistributedSampler`` repeats rows so that every rank has the same count, which
+    would count some users twice in ranking metrics. Here shards are disjoint and their union is
+    every row exactly once; sizes differ by at most one row (so ranks may run one batch more or
+    fewer: never call collectives per eval step). Being a ``DistributedSampler`` subclass,
+    Lightning leaves it in place whatever ``trainer.use_distributed_sampler`` says.
+
+    Args:
+        dataset: Anything with ``len()``.
+        num_replicas: World size; default: the process group's, or 1 without one.
+        rank: This process's rank; default: the process group's, or 0 without one.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None):
+        world, me = _dist_world()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = me if rank is None else rank
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.total_size = len(dataset)
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+@dataclass
+class _Events:
+    """Every interaction as flat tensors, sorted by user then time (the parquet order).
+
+    Index ``N`` is a sentinel padding event (item 0, time 0, rating NaN) that pad slots read.
+    """
+
+    items: Tensor  # [N+1] int64
+    ts: Tensor  # [N+1] int64
+    ratings: Tensor  # [N+1] float32, NaN where missing
+    ex_items: Tensor  # [X+1] int64: items of events that are the user's first with that item
+    ex_cum: Tensor  # [N+1] int64: number of such events before each flat index
+
+
+@dataclass
+class _Rows:
+    """One loader's rows: a user's history ``[begin, end)`` in the flat arrays, plus targets."""
+
+    user: Tensor  # [R] user_idx
+    begin: Tensor  # [R] flat index of the user's first event
+    end: Tensor  # [R] history end (exclusive)
+    qlast: Tensor  # [R] query time at the last history position
+    tgt_start: Tensor  # [R] offset into tgt_items
+    tgt_cnt: Tensor  # [R] number of targets (0 in training and prediction)
+    tgt_items: Tensor  # [T_all+1] int64, deduplicated targets per row in time order, 0 sentinel
+
+
+def _identity(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch
+
+
+def _take(flat: Tensor, idx: Tensor) -> Tensor:
+    """``flat[idx]`` for any-shaped ``idx`` via ``index_select`` (much faster than fancy indexing)."""
+    return flat.index_select(0, idx.reshape(-1)).view(idx.shape)
+
+
+def _gather_ragged(flat: Tensor, start: Tensor, cnt: Tensor) -> Tensor:
+    """Rows ``flat[start_b : start_b + cnt_b]``, right-padded with 0: ``[B, max(1, max cnt)]``.
+
+    ``flat`` ends with a 0 sentinel that padded slots point at.
+    """
+    width = max(int(cnt.max()) if cnt.numel() else 0, 1)
+    ar = torch.arange(width)
+    idx = torch.where(ar < cnt[:, None], start[:, None] + ar, flat.numel() - 1)  # [B, W]
+    return _take(flat, idx)
+
+
+class SequenceDataset(Dataset):
+    """Rows of one split; ``__getitems__`` builds a whole batch dict with a few tensor gathers.
+
+    Sequences are left-padded to ``max_len`` (the most recent event at position ``L-1``).
+
+    Args:
+        events: The flat event tensors.
+        rows: The rows of this split.
+        max_len: ``L``, the history window.
+        train: Training rows (``targets [B, L]``) or evaluation rows (``target_items`` etc.).
+        exclude_history: Fill ``exclude_items`` with the whole history (else a ``[B, 1]`` of 0).
+    """
+
+    def __init__(
+        self, events: _Events, rows: _Rows, max_len: int, train: bool, exclude_history: bool = True
+    ):
+        self.ev, self.rows, self.max_len = events, rows, max_len
+        self.train, self.exclude_history = train, exclude_history
+        self._ar = torch.arange(max_len)
+
+    def __len__(self) -> int:
+        return int(self.rows.user.numel())
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices: list[int] | Tensor) -> dict[str, Tensor]:
+        r = torch.as_tensor(indices, dtype=torch.long)
+        ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1  # pad: the sentinel event
+        begin, end = rows.begin[r], rows.end[r]  # [B]
+        pos = end[:, None] - self.max_len + self._ar  # [B, L] flat index of each slot
+        mask = pos >= begin[:, None]
+        idx = torch.where(mask, pos, pad)
+        nxt = torch.where(mask, pos + 1, pad)  # the event after each slot (<= end)
+        batch = {
+            "item_ids": _take(ev.items, idx),
+            "mask": mask,
+            "timestamps": _take(ev.ts, idx),
+            "ratings": _take(ev.ratings, idx),
+            # the next event's time inside the history, the row's query time after its end
+            "query_time": torch.where(
+                pos + 1 < end[:, None], _take(ev.ts, nxt), rows.qlast[r, None]
+            ),
+            "user_idx": rows.user[r],
+        }
+        if self.train:
+            batch["targets"] = _take(ev.items, nxt)
+            return batch
+        batch["target_items"] = _gather_ragged(rows.tgt_items, rows.tgt_start[r], rows.tgt_cnt[r])
+        if self.exclude_history:
+            lo = ev.ex_cum[begin]
+            batch["exclude_items"] = _gather_ragged(ev.ex_items, lo, ev.ex_cum[end] - lo)
+        else:
+            batch["exclude_items"] = torch.zeros(len(r), 1, dtype=torch.long)
+        batch["history_len"] = end - begin
+        batch["target_time"] = rows.qlast[r]
+        return batch
+
+
+class AmazonDataModule(LightningDataModule):
+    """Batches of the dataset folder written by ``mmrec prepare`` (see DESIGN.md).
+
+    Training: one row per user with at least 2 training events: the most recent
+    ``max_len + 1`` training events, inputs ``events[:-1]``, ``targets = events[1:]`` (next item
+    at every position), ``query_time`` = the next event's timestamp. Older events of long
+    histories are not trained on (one window per user and epoch).
+    Validation / test: one row per user with targets in that split and a non-empty history.
+    The history is every event before the targets (valid: train events; test: train + valid
+    events; for a temporal split, events before the cut-off), its last ``max_len`` events form
+    the sequence, the last position's ``query_time`` is the (first) target's timestamp, and
+    ``exclude_items`` holds every distinct item of the whole history. Targets (several per user
+    in a temporal split) are deduplicated. Users whose targets have no history are skipped and
+    counted in ``self.skipped``.
+    Predict: one row per user with all of their events as history; the last ``query_time``
+    (and ``target_time``) is ``predict_time``; ``target_items`` is a ``[B, 1]`` of zeros.
+
+    Batches are gathered from flat tensors built once in ``setup()``; no per-event Python.
+    DDP: training uses a seeded ``DistributedSampler`` built here (padding is harmless there);
+    val/test/predict use ``UnpaddedDistributedSampler`` so no user is scored twice. Both are
+    ``DistributedSampler`` instances, so Lightning never replaces them, whatever
+    ``trainer.use_distributed_sampler`` is set to.
+
+    Args:
+        data_dir: The prepared dataset folder (``interactions.parquet``, ``meta.json``...).
+        prepare: How to build ``data_dir`` when it has no ``meta.json`` (``prepare_data()``
+            runs ``prepare_dataset`` with ``out=data_dir``); None: the folder must exist.
+        max_len: Sequence length ``L`` (history window), left-padded.
+        batch_size: Training batch size.
+        eval_batch_size: Validation / test / predict batch size.
+        num_workers: DataLoader worker processes (0: batches are built in the main process,
+            which is already fast).
+        pin_memory: Pin batch memory (for GPU training).
+        seed: Seed of the training shuffle (epoch ``e`` uses ``seed + e``).
+        exclude_history: Fill ``exclude_items`` with the user's history items (evaluation then
+            masks them out); False gives a ``[B, 1]`` of zeros.
+        predict_time: Query time of the predict loader: unix seconds or an ISO date
+            (``"2014-12-20"``, UTC); None: each user's last event time plus one day.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        prepare: PrepareConfig | None = None,
+        max_len: int = 50,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        exclude_history: bool = True,
+        predict_time: int | str | None = None,
+    ):
+        super().__init__()
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.save_hyperparameters()
+        self.data_dir = str(data_dir)
+        self.prepare = prepare
+        self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
+        self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
+        self.exclude_history = exclude_history
+        self.predict_time = _to_unix(predict_time)
+        self._meta: dict[str, Any] | None = None
+        self._items: pl.DataFrame | None = None
+        self._users: pl.DataFrame | None = None
+        self.datasets: dict[str, SequenceDataset] = {}
+        self.skipped: dict[str, dict[str, int]] = {}
+        self._item_train_counts: Tensor | None = None
+
+    # ------------------------------------------------------------------ folder and meta
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``meta.json`` of the folder (running ``prepare`` first when configured and missing)."""
+        if self._meta is None:
+            path = Path(self.data_dir) / "meta.json"
+            if not path.exists():
+                self.prepare_data()
+            self._meta = json.loads(path.read_text())
+        return self._meta
+
+    @property
+    def num_items(self) -> int:
+        """Number of real items (ids ``1..num_items``; 0 is padding)."""
+        return int(self.meta["num_items"])
+
+    @property
+    def num_users(self) -> int:
+        """Number of users (ids ``0..num_users-1``)."""
+        return int(self.meta["num_users"])
+
+    @property
+    def time_granularity(self) -> str:
+        """``"day"`` or ``"second"`` (meta.json)."""
+        return str(self.meta.get("time_granularity", "second"))
+
+    @property
+    def items(self) -> pl.DataFrame:
+        """``items.parquet`` (read on first use)."""
+        if self._items is None:
+            self._items = pl.read_parquet(Path(self.data_dir) / "items.parquet")
+        return self._items
+
+    @property
+    def users(self) -> pl.DataFrame:
+        """``users.parquet`` (read on first use)."""
+        if self._users is None:
+            self._users = pl.read_parquet(Path(self.data_dir) / "users.parquet")
+        return self._users
+
+    @property
+    def item_train_counts(self) -> Tensor:
+        """Training events per item, ``[num_items + 1]`` int64 (index 0 = padding = 0)."""
+        if self._item_train_counts is None:
+            self.setup()
+        return self._item_train_counts
+
+    def prepare_data(self) -> None:
+        """Builds the dataset folder with ``prepare`` when it has no ``meta.json``."""
+        out = Path(self.data_dir)
+        if (out / "meta.json").exists():
+            return
+        if self.prepare is None:
+            raise FileNotFoundError(
+                f"dataset folder {out} has no meta.json (missing or incomplete). Build it first "
+                f"with `mmrec prepare --config configs/data/<dataset>.yaml --out {out}`, or give "
+                "the datamodule a `prepare:` config so that it prepares the folder itself."
+            )
+        from mmrec.data.prepare import prepare_dataset
+
+        cfg = self.prepare
+        if dataclasses.is_dataclass(cfg) and "out" in {f.name for f in dataclasses.fields(cfg)}:
+            cfg = dataclasses.replace(cfg, out=str(out))
+        prepare_dataset(cfg)
+        if not (out / "meta.json").exists():
+            raise FileNotFoundError(f"prepare finished but wrote no {out / 'meta.json'}")
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Reads the interactions once and builds the rows of every split (idempotent)."""
+        if self.datasets:
+            return
+        num_items, num_users = self.num_items, self.num_users
+        path = Path(self.data_dir) / "interactions.parquet"
+        names = set(pl.read_parquet_schema(path))
+        need = {"user_idx", "item_idx", "timestamp", "split"}
+        if not need <= names:
+            raise ValueError(f"{path} lacks columns {sorted(need - names)}; re-run `mmrec prepare`")
+        cols = sorted(need | ({"rating"} & names))
+        df = pl.read_parquet(path, columns=cols)
+        u = df["user_idx"].to_numpy().astype(np.int64)
+        ts = df["timestamp"].to_numpy().astype(np.int64)
+        du, dt = np.diff(u), np.diff(ts)
+        if np.any((du < 0) | ((du == 0) & (dt < 0))):
+            warnings.warn(
+                f"{path} is not sorted by (user_idx, timestamp); sorting it (stable)", stacklevel=2
+            )
+            df = df.sort(["user_idx", "timestamp"], maintain_order=True)
+            u = df["user_idx"].to_numpy().astype(np.int64)
+            ts = df["timestamp"].to_numpy().astype(np.int64)
+            du = np.diff(u)
+        items = df["item_idx"].to_numpy().astype(np.int64)
+        if len(items) and (items.min() < 1 or items.max() > num_items or u.max() >= num_users):
+            raise ValueError(
+                f"{path}: item_idx must be in 1..{num_items} and user_idx in 0..{num_users - 1} "
+                "(meta.json); the folder is inconsistent, re-run `mmrec prepare`"
+            )
+        try:
+            code = df["split"].replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
+        except Exception as e:  # polars raises InvalidOperationError on unknown values
+            bad = sorted(set(df["split"].unique().to_list()) - set(SPLIT_CODES))
+            raise ValueError(
+                f"{path}: unknown split values {bad}; expected {list(SPLIT_CODES)}"
+            ) from e
+        if np.any((np.diff(code) < 0) & (du == 0)):
+            raise ValueError(
+                f"{path}: a user's events go back from a later split to an earlier one "
+                "(train, valid, test must follow each other in time); re-run `mmrec prepare`"
+            )
+        ratings = (
+            df["rating"].cast(pl.Float32).fill_null(float("nan")).to_numpy()
+            if "rating" in df.columns
+            else np.full(len(u), np.nan, np.float32)
+        )
+
+        key = u * (num_items + 1) + items
+        first = pl.Series(key).is_first_distinct().to_numpy()  # user's first event with an item
+        ex_cum = np.zeros(len(u) + 1, np.int64)
+        np.cumsum(first, out=ex_cum[1:])
+        self._events = _Events(
+            items=torch.from_numpy(np.append(items, 0)),
+            ts=torch.from_numpy(np.append(ts, 0)),
+            ratings=torch.from_numpy(np.append(ratings, np.nan).astype(np.float32)),
+            ex_items=torch.from_numpy(np.append(items[first], 0)),
+            ex_cum=torch.from_numpy(ex_cum),
+        )
+        count = np.bincount(u, minlength=num_users)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        n = [np.bincount(u[code == c], minlength=num_users) for c in range(3)]
+        self._item_train_counts = torch.from_numpy(
+            np.bincount(items[code == 0], minlength=num_items + 1).astype(np.int64)
+        )
+        tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()
+
+        # training: inputs = the first n_train - 1 train events, the last one is only a target
+        users = np.flatnonzero(n[0] >= 2)
+        end = start[users] + n[0][users] - 1
+        rows = self._rows(users, start[users], end, ts[end], None)
+        self.datasets["train"] = SequenceDataset(self._events, rows, self.max_len, train=True)
+        for name, c in (("valid", 1), ("test", 2)):
+            hist = n[0] + (n[1] if c == 2 else 0)
+            self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
+            users = np.flatnonzero((n[c] > 0) & (hist > 0))
+            end = start[users] + hist[users]
+            sel = (code == c) & tgt_first
+            tgt_u, tgt_items = u[sel], items[sel]
+            tgt_off = np.concatenate([[0], np.cumsum(np.bincount(tgt_u, minlength=num_users))])
+            rows = self._rows(users, start[users], end, ts[end], (tgt_off, tgt_items))
+            self.datasets[name] = SequenceDataset(
+                self._events, rows, self.max_len, False, self.exclude_history
+            )
+        users = np.flatnonzero(count > 0)
+        end = start[users] + count[users]
+        qlast = (
+            ts[end - 1] + DAY
+            if self.predict_time is None
+            else np.full(len(users), self.predict_time)
+        )
+        rows = self._rows(users, start[users], end, qlast, None)
+        self.datasets["predict"] = SequenceDataset(
+            self._events, rows, self.max_len, False, self.exclude_history
+        )
+
+    @staticmethod
+    def _rows(users, begin, end, qlast, targets) -> _Rows:
+        t = torch.from_numpy
+        if targets is None:
+            zero = torch.zeros(len(users), dtype=torch.long)
+            tgt_start, tgt_cnt, tgt_items = zero, zero, torch.zeros(1, dtype=torch.long)
+        else:
+            off, flat = targets
+            tgt_start = t(off[users].astype(np.int64))
+            tgt_cnt = t((off[users + 1] - off[users]).astype(np.int64))
+            tgt_items = t(np.append(flat, 0))
+        return _Rows(
+            user=t(users.astype(np.int64)),
+            begin=t(np.asarray(begin, np.int64)),
+            end=t(np.asarray(end, np.int64)),
+            qlast=t(np.asarray(qlast, np.int64)),
+            tgt_start=tgt_start,
+            tgt_cnt=tgt_cnt,
+            tgt_items=tgt_items,
+        )
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, name: str, sampler: DistributedSampler, batch_size: int) -> DataLoader:
+        self.setup()
+        return DataLoader(
+            self.datasets[name],
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_identity,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training rows (sharded over ranks under DDP; epoch ``e`` uses ``seed+e``)."""
+        self.setup()
+        world, rank = _dist_world()
+        ds = self.datasets["train"]
+        sampler = DistributedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        return self._loader("train", sampler, self.batch_size)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        self.setup()
+        return self._loader(
+            name, UnpaddedDistributedSampler(self.datasets[name]), self.eval_batch_size
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation rows in user order, one disjoint shard per rank."""
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test rows in user order, one disjoint shard per rank."""
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every user with events, history = all events, one disjoint shard per rank."""
+        return self._eval_loader("predict")
+
+
+def _to_unix(value: int | str | None) -> int | None:
+    """Unix seconds from an int, an ISO date/datetime string (UTC when naive), or None."""
+    if value is None or isinstance(value, int):
+        return value
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())

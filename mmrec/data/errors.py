@@ -1,0 +1,60 @@
+"""DataError and the bad-line accounting shared by every reader."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Input data cannot be used; the message names the file and line (or column) and says what to do."""
+
+
+@dataclass
+class BadLines:
+    """Bad lines of one input file: counted by reason, the first few kept for the message.
+
+    Args:
+        path: The file the lines come from.
+        total: Number of data lines (rows) in the file, good and bad.
+    """
+
+    path: str
+    total: int = 0
+    counts: Counter = field(default_factory=Counter)
+    examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, reason: str, line: int, message: str) -> None:
+        """Counts one bad ``line`` (1-based) under ``reason``; keeps the first 5 messages."""
+        self.counts[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append((line, message))
+
+    def add_many(self, reason: str, lines: list[int], message: str) -> None:
+        """Counts every line of ``lines`` under ``reason`` with one shared ``message``."""
+        for line in lines[: max(0, 5 - len(self.examples))]:
+            self.examples.append((line, message))
+        self.counts[reason] += len(lines)
+
+    @property
+    def num_bad(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        """One paragraph: how many, why, and the first offending lines."""
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        first = "; ".join(f"line {line}: {msg}" for line, msg in self.examples)
+        return f"{self.path}: {self.num_bad} of {self.total} lines bad ({reasons}); {first}"
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raises DataError when the bad share passes ``max_bad_fraction``, else prints the skips."""
+        if not self.num_bad:
+            return
+        frac = self.num_bad / max(self.total, 1)
+        if frac > max_bad_fraction:
+            raise DataError(
+                f"{self.describe()}. That is {frac:.2%} of the file, more than max_bad_fraction="
+                f"{max_bad_fraction:.2%}: fix the file (or the column mapping), or raise "
+                "--max_bad_fraction to skip these lines."
+            )
+        print(f"mmrec prepare: skipped {self.describe()}")

@@ -1,0 +1,270 @@
+"""Readers of item metadata (2014/2018/2023 meta files, item tables, title files) and text cleaning."""
+
+from __future__ import annotations
+
+import ast
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+
+from mmrec.data.errors import BadLines, DataError
+from mmrec.data.rawfiles import read_bytes
+
+#: The item table's columns and dtypes (``item_idx`` is added by prepare).
+ITEM_SCHEMA = {
+    "item_id": pl.String,
+    "title": pl.String,
+    "description": pl.String,
+    "categories": pl.String,
+    "brand": pl.String,
+    "price": pl.Float32,
+    "image_urls": pl.List(pl.String),
+}
+
+#: Per release: item column -> metadata keys tried in order (``a.b`` looks inside a dict).
+META_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "amazon2014": {
+        "item_id": ("asin",),
+        "title": ("title",),
+        "description": ("description",),
+        "categories": ("categories",),
+        "brand": ("brand",),
+        "price": ("price",),
+        "image_urls": ("imUrl",),
+    },
+    "amazon2018": {
+        "item_id": ("asin",),
+        "title": ("title",),
+        "description": ("description",),
+        "categories": ("category",),
+        "brand": ("brand",),
+        "price": ("price",),
+        "image_urls": ("imageURLHighRes", "imageURL", "image"),
+    },
+    "amazon2023": {
+        "item_id": ("parent_asin",),
+        "title": ("title",),
+        "description": ("description",),
+        "categories": ("categories", "main_category"),
+        "brand": ("store", "details.Brand"),
+        "price": ("price",),
+        "image_urls": ("images",),
+    },
+}
+
+
+def _get(record: dict, key: str):
+    value = record
+    for part in key.split("."):
+        if isinstance(value, str) and value.startswith("{"):
+            value = _literal(value)
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def _text(value) -> str | None:
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        value = _literal(value)
+    if isinstance(value, (list, tuple)):
+        value = " ".join(t for t in (_text(v) for v in value) if t)
+    return str(value) if value not in (None, "") else None
+
+
+def _categories(value) -> str | None:
+    if isinstance(value, str) and value.startswith("["):
+        value = _literal(value)
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (list, tuple)) for v in value):  # 2014: list of paths
+            return "; ".join(" > ".join(map(str, path)) for path in value if path) or None
+        return " > ".join(str(v) for v in value if v) or None
+    return _text(value)
+
+
+def _price(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = (
+        re.search(r"\d[\d,]*(?:\.\d+)?", value)
+        if isinstance(value, str) and len(value) < 40
+        else None
+    )
+    return float(match.group(0).replace(",", "")) if match else None
+
+
+def _images(value) -> list[str]:
+    if isinstance(value, str):
+        value = _literal(value) if value.startswith("[") else [value]
+    out = []
+    for v in value if isinstance(value, (list, tuple)) else []:
+        url = (v.get("large") or v.get("hi_res") or v.get("thumb")) if isinstance(v, dict) else v
+        if isinstance(url, str) and url:
+            out.append(url)
+    return out
+
+
+_CONVERT = {
+    "item_id": _text,
+    "title": _text,
+    "description": _text,
+    "categories": _categories,
+    "brand": _text,
+    "price": _price,
+    "image_urls": _images,
+}
+
+
+def records_to_items(records: list[dict], keys: dict[str, tuple[str, ...]]) -> pl.DataFrame:
+    """Builds the raw item table from parsed metadata records (first non-empty key wins)."""
+    columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA}
+    for record in records:
+        for name, convert in _CONVERT.items():
+            value = None
+            for key in keys[name]:
+                value = convert(_get(record, key))
+                if value:
+                    break
+            columns[name].append(value)
+    return pl.DataFrame(columns, schema=ITEM_SCHEMA)
+
+
+def read_meta_lines(
+    path: str | Path, keys: dict[str, tuple[str, ...]], bad: BadLines
+) -> pl.DataFrame:
+    """Reads an official metadata file: one record a line, JSON (2018/2023) or a Python dict
+    literal (2014, parsed with ``ast.literal_eval``, never ``eval``).
+
+    The records are heterogeneous (a field is a string on one line and a list on the next,
+    nested dicts with free-form keys), so they are parsed line by line; malformed lines are
+    counted in ``bad`` as ``meta_malformed``.
+    """
+    path = Path(path)
+    data = read_bytes(path)
+    if not data.strip():
+        raise DataError(f"{path}: the metadata file is empty; check --meta or download it again.")
+    records = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            try:
+                record = ast.literal_eval(line.decode("utf-8", "replace"))
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+                record = exc
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.add(
+                "meta_malformed", number, f"not a JSON object nor a Python dict literal ({record})"
+            )
+    bad.total = len(records) + bad.num_bad
+    return records_to_items(records, keys)
+
+
+def read_meta_table(path: str | Path, keys: dict[str, tuple[str, ...]]) -> pl.DataFrame:
+    """Reads item metadata exported as a csv/parquet table (e.g. the 2023 ``items_meta_filtered.csv``)."""
+    path = Path(path)
+    try:
+        if ".parquet" in path.suffixes:
+            frame = pl.read_parquet(path)
+        else:
+            source = io.BytesIO(read_bytes(path)) if path.suffix == ".gz" else path
+            sep = "\t" if ".tsv" in path.suffixes else ","
+            frame = pl.read_csv(source, separator=sep, infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(
+            f"{path}: cannot read the item table ({str(exc).splitlines()[0]})"
+        ) from None
+    id_keys = [k for k in (*keys["item_id"], "item_id") if k in frame.columns]
+    if not id_keys:
+        raise DataError(
+            f"{path}: no item id column ({keys['item_id'][0]!r} or 'item_id'); columns: {frame.columns}"
+        )
+    keys = {name: (*ks, name) for name, ks in keys.items()}
+    return records_to_items(frame.to_dicts(), keys)
+
+
+def read_item_text(path: str | Path) -> pl.DataFrame:
+    """Reads an item title file, one item a line: ``<item_id> <title words ...>``."""
+    path = Path(path)
+    data = read_bytes(path)
+    if not data.strip():
+        raise DataError(f"{path}: the item text file is empty; check --item_text.")
+    lines = pl.Series("line", data.decode("utf-8", "replace").splitlines(), dtype=pl.String)
+    parts = lines.str.strip_chars().str.splitn(" ", 2)
+    frame = pl.DataFrame(
+        {"item_id": parts.struct.field("field_0"), "title": parts.struct.field("field_1")}
+    )
+    frame = frame.filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
+    return frame.select(
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+        for name, dtype in ITEM_SCHEMA.items()
+    )
+
+
+_TAG = re.compile(r"<[A-Za-z/!][^>]*>")
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = _TAG.sub(" ", html.unescape(value))
+    value = " ".join(value.split())
+    return value or None
+
+
+def clean_items(items: pl.DataFrame) -> pl.DataFrame:
+    """Unescapes HTML entities, removes HTML tags and collapses whitespace in the text columns;
+    keeps the first row of every item id."""
+    items = items.unique("item_id", keep="first", maintain_order=True)
+    text = ["title", "description", "categories", "brand"]
+    return items.with_columns(
+        pl.col(c).map_elements(_clean, return_dtype=pl.String, skip_nulls=True) for c in text
+    )
+
+
+def merge_item_sources(
+    items: pl.DataFrame, sources: list[pl.DataFrame]
+) -> tuple[pl.DataFrame, int]:
+    """The item table: ``items`` (``item_idx``, ``item_id``) joined with cleaned metadata sources.
+
+    Earlier sources win; later ones fill their gaps (e.g. titles from an item-text file). Only
+    kept items are cleaned. Returns the table (ITEM_SCHEMA columns, one row per item) and the
+    number of items no source describes.
+    """
+    table = items.with_columns(pl.lit(None, pl.Boolean).alias("_matched"))
+    for extra in sources:  # earlier sources win; later ones fill their gaps
+        extra = extra.join(
+            items.select("item_id"), on="item_id", how="semi"
+        )  # clean kept items only
+        extra = clean_items(extra).with_columns(pl.lit(True).alias("_matched"))
+        table = table.join(extra, on="item_id", how="left", suffix="_new")
+        merged = [
+            pl.coalesce(c, f"{c}_new").alias(c)
+            for c in extra.columns
+            if f"{c}_new" in table.columns
+        ]
+        table = table.with_columns(merged).drop([c for c in table.columns if c.endswith("_new")])
+    table = table.with_columns(pl.col("_matched").fill_null(False))
+    without_meta = int(table.height - table["_matched"].sum())
+    table = table.select(
+        pl.col("item_idx").cast(pl.Int32),
+        *[
+            (pl.col(c) if c in table.columns else pl.lit(None)).cast(t).alias(c)
+            for c, t in ITEM_SCHEMA.items()
+        ],
+    ).with_columns(pl.col("image_urls").fill_null([]))
+    return table.sort("item_idx"), without_meta

@@ -1,0 +1,384 @@
+"""`mmrec prepare`: raw Amazon review files or tabular files -> the dataset folder of DESIGN.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from mmrec.data.clean import assign_ids, clean_interactions, encode_ids, split_column
+from mmrec.data.errors import BadLines, DataError
+from mmrec.data.items import (
+    ITEM_SCHEMA,
+    META_KEYS,
+    merge_item_sources,
+    read_item_text,
+    read_meta_lines,
+    read_meta_table,
+)
+from mmrec.data.readers import (
+    AMAZON2014_REVIEW_KEYS,
+    Amazon2023Reader,
+    JsonReviewsReader,
+    TableReader,
+)
+from mmrec.data.sources import fetch
+
+__all__ = ["DataError", "PrepareConfig", "prepare_dataset", "main"]
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of ``mmrec prepare``: raw files -> dataset folder (parquet files + meta.json).
+
+    Args:
+        source: Input format: ``amazon2014`` (reviews_*_5.json.gz + meta_*.json.gz),
+            ``amazon2018`` (*_5.json.gz + meta_*.json.gz), ``amazon2023`` (*.jsonl(.gz) +
+            meta_*.jsonl(.gz), or the benchmark *.{train,valid,test}.csv(.gz)) or ``tabular``
+            (csv/tsv/parquet through ``columns``).
+        out: Dataset folder to write (interactions/items/users parquet, meta.json, report/).
+        category: Amazon category as in the official file names (Beauty, Gift_Cards, All_Beauty);
+            needed to download and recorded in meta.json.
+        reviews: Local interaction file(s). Unset: download the official file of ``source`` and
+            ``category`` into ``download_dir``.
+        meta: Local item metadata file (official meta file, or a csv/parquet item table with
+            item_id/title/description/categories/brand/price/image_urls columns). Unset:
+            downloaded together with the reviews when those are downloaded, else no metadata.
+        kcore: Iteratively keep users and items with at least this many interactions (0 = off).
+        split: ``loo`` (per user: last event test, second last valid, users with < 3 events all
+            train) or ``temporal`` (global cut-offs ``valid_start``/``test_start``).
+        valid_start: ISO date/time (UTC); temporal split: events at/after it (and before
+            ``test_start``) are valid.
+        test_start: ISO date/time (UTC); temporal split: events at/after it are test.
+        columns: Tabular only: our column -> the file's column, for user_id, item_id, timestamp
+            (required) and rating, review (optional), e.g. '{"user_id": "reviewerID"}'.
+        item_text: Optional item title file, one item a line: ``<item_id> <title words...>``
+            (e.g. item_title_keywords.txt); fills titles missing from ``meta``.
+        max_bad_fraction: Bad lines (malformed, missing fields, non-numeric values) of a file
+            above this fraction are an error; below it they are skipped and counted.
+        download_dir: Where downloads go (default ``data/raw/<source>``).
+        keep_repeats: Keep every repeated (user, item) pair (repeat purchases). Default False
+            keeps only the earliest one and counts the others as ``repeat`` (the official 2023
+            benchmark rule). Exact duplicate rows are always dropped (``duplicate``).
+        benchmark: amazon2023 without ``reviews``: download the official 5-core
+            last_out_w_his benchmark CSVs instead of the raw review file.
+        overwrite: Replace a finished dataset in ``out`` prepared from other inputs/settings.
+        report: Write the trend report (report/trends.png, top items per month).
+    """
+
+    source: Literal["amazon2014", "amazon2018", "amazon2023", "tabular"]
+    out: str
+    category: str | None = None
+    reviews: list[str] | str | None = None
+    meta: str | None = None
+    kcore: int = 5
+    split: Literal["loo", "temporal"] = "loo"
+    valid_start: str | None = None
+    test_start: str | None = None
+    columns: dict[str, str] | None = None
+    item_text: str | None = None
+    max_bad_fraction: float = 0.01
+    download_dir: str | None = None
+    keep_repeats: bool = False
+    benchmark: bool = False
+    overwrite: bool = False
+    report: bool = True
+
+
+#: Source -> builder of its interaction reader (a table, not a string switch in the pipeline).
+READERS: dict[str, Callable[[PrepareConfig], object]] = {
+    "amazon2014": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS),
+    "amazon2018": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS),
+    "amazon2023": lambda cfg: Amazon2023Reader(),
+    "tabular": lambda cfg: TableReader(cfg.columns),
+}
+TABLE_KEYS = {name: (name,) for name in ITEM_SCHEMA}
+
+
+def _mmrec_version() -> str:
+    from mmrec import __version__
+
+    return __version__
+
+
+def _log(msg: str) -> None:
+    print(f"mmrec prepare: {msg}", flush=True)
+
+
+def _parse_time(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise DataError(
+            f"--{name} {value!r} is not an ISO date (e.g. 2014-01-01 or 2014-01-01T12:00)"
+        ) from None
+    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
+    if cfg.source not in READERS:
+        raise DataError(f"--source {cfg.source!r} is unknown; choose one of {list(READERS)}")
+    if cfg.kcore < 0:
+        raise DataError(f"--kcore must be >= 0 (0 = off), got {cfg.kcore}")
+    if not 0 <= cfg.max_bad_fraction <= 1:
+        raise DataError(f"--max_bad_fraction must be within [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.columns is not None and cfg.source != "tabular":
+        raise DataError("--columns applies to --source tabular only")
+    valid, test = (
+        _parse_time("valid_start", cfg.valid_start),
+        _parse_time("test_start", cfg.test_start),
+    )
+    if cfg.split == "temporal" and (valid is None or test is None or valid > test):
+        raise DataError(
+            "--split temporal needs --valid_start and --test_start (ISO dates), valid_start <= test_start"
+        )
+    return valid, test
+
+
+def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None]:
+    meta = Path(cfg.meta) if cfg.meta else None
+    if cfg.reviews:
+        reviews = [cfg.reviews] if isinstance(cfg.reviews, str) else list(cfg.reviews)
+        return [Path(p) for p in reviews], meta
+    if cfg.source == "tabular":
+        raise DataError("--source tabular needs --reviews (the local csv/tsv/parquet file)")
+    if not cfg.category:
+        raise DataError(
+            f"--source {cfg.source} without --reviews downloads the official files: pass --category"
+        )
+    where = Path(cfg.download_dir or Path("data") / "raw" / cfg.source)
+    kind = "benchmark" if cfg.benchmark and cfg.source == "amazon2023" else "reviews"
+    reviews = fetch(cfg.source, kind, cfg.category, where, progress=progress)
+    if meta is None:
+        meta = fetch(cfg.source, "meta", cfg.category, where, progress=progress)[0]
+    return reviews, meta
+
+
+def _fingerprint(cfg: PrepareConfig, files: list[Path]) -> str:
+    params = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("out", "reviews", "meta", "item_text", "download_dir", "overwrite", "report")
+    }
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    blob = json.dumps(
+        {"params": params, "files": stats, "format": FORMAT_VERSION}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_items(
+    items: pl.DataFrame, cfg: PrepareConfig, meta: Path | None
+) -> tuple[pl.DataFrame, dict]:
+    """The item table (one row per item 1..N) joined with cleaned metadata and item text."""
+    info: dict = {}
+    sources = []
+    if meta is not None:
+        if cfg.source == "tabular" or any(s in meta.suffixes for s in (".csv", ".tsv", ".parquet")):
+            sources.append(read_meta_table(meta, META_KEYS.get(cfg.source, TABLE_KEYS)))
+        else:
+            bad = BadLines(str(meta))
+            sources.append(read_meta_lines(meta, META_KEYS[cfg.source], bad))
+            bad.check(cfg.max_bad_fraction)
+            info["meta_skipped"] = bad.num_bad
+    if cfg.item_text:
+        sources.append(read_item_text(cfg.item_text))
+    table, info["items_without_meta"] = merge_item_sources(items, sources)
+    return table, info
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+
+
+def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
+    """Reads, cleans, filters and splits the raw files of ``cfg`` into the dataset folder ``cfg.out``.
+
+    A folder whose meta.json has the same fingerprint (inputs + settings) is returned as is; a
+    folder without meta.json is incomplete and is prepared again.
+
+    Args:
+        cfg: What to prepare.
+        progress: Show progress bars.
+
+    Returns:
+        The dataset folder.
+    """
+    start = time.perf_counter()
+    valid_ts, test_ts = _validate(cfg)
+    out = Path(cfg.out)
+    reviews, meta = _inputs(cfg, progress)
+    files = [*reviews, *(p for p in (meta, cfg.item_text and Path(cfg.item_text)) if p)]
+    for f in files:
+        if not Path(f).is_file():
+            raise DataError(f"{f}: file not found; check the path")
+    fingerprint = _fingerprint(cfg, [Path(f) for f in files])
+    meta_json = out / "meta.json"
+    if meta_json.exists():
+        try:
+            old = json.loads(meta_json.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            old = None
+        if old == fingerprint and not cfg.overwrite:
+            _log(f"{out} is up to date (fingerprint {fingerprint})")
+            return out
+        if not cfg.overwrite:
+            raise DataError(
+                f"{out} holds a dataset prepared from other inputs or settings (fingerprint {old}, now "
+                f"{fingerprint}); pass --overwrite true to replace it, or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        _log(f"{out} has no meta.json (an incomplete earlier run): preparing it again")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_json.unlink(missing_ok=True)
+
+    bar = tqdm(total=5, desc="prepare", disable=not progress, leave=False)
+    bar.set_postfix_str("reading")
+    raw = READERS[cfg.source](cfg).read(reviews, cfg.max_bad_fraction)
+    bar.update()
+    bar.set_postfix_str("cleaning")
+    dropped = dict(raw.dropped)
+    frame, user_ids = encode_ids(raw.frame.with_row_index("row"), "user_id", "u")
+    raw.frame = None  # free the string columns early (peak memory)
+    frame, item_ids = encode_ids(frame, "item_id", "i")
+    frame = clean_interactions(
+        frame, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped
+    )
+    frame, users, items = assign_ids(frame, user_ids, item_ids)
+    frame = frame.select(
+        "user_idx",
+        "item_idx",
+        "timestamp",
+        "rating",
+        "review",
+        split_column(cfg.split, valid_ts, test_ts).alias("split"),
+    )
+    bar.update()
+    bar.set_postfix_str("items")
+    items, item_info = build_items(items, cfg, meta)
+    bar.update()
+    bar.set_postfix_str("writing")
+    _write_parquet(frame, out / "interactions.parquet")
+    _write_parquet(items, out / "items.parquet")
+    _write_parquet(users, out / "users.parquet")
+    bar.update()
+    if cfg.report:
+        bar.set_postfix_str("report")
+        from mmrec.data.report import write_trend_report
+
+        write_trend_report(frame, items, out / "report")
+    bar.update()
+    bar.close()
+
+    stats = frame.select(
+        pl.col("timestamp").min().alias("min"),
+        pl.col("timestamp").max().alias("max"),
+        (pl.col("timestamp") % 86400 == 0).all().alias("day"),
+    ).row(0, named=True)
+    counts = frame.group_by("split").len()
+    split_info: dict = {
+        "protocol": cfg.split,
+        "counts": {s: int(counts.filter(pl.col("split") == s)["len"].sum()) for s in SPLITS},
+    }
+    if cfg.split == "temporal":
+        split_info |= {
+            "valid_start": cfg.valid_start,
+            "test_start": cfg.test_start,
+            "valid_start_ts": valid_ts,
+            "test_start_ts": test_ts,
+        }
+    info = {
+        "source": cfg.source,
+        "version": FORMAT_VERSION,
+        "mmrec_version": _mmrec_version(),
+        "category": cfg.category,
+        "num_users": users.height,
+        "num_items": items.height,
+        "num_interactions": frame.height,
+        "input_rows": raw.input_rows,
+        "dropped": dropped,
+        "time_granularity": "day" if stats["day"] else "second",
+        "time_range": [stats["min"], stats["max"]],
+        "split": split_info,
+        "kcore": cfg.kcore,
+        "keep_repeats": cfg.keep_repeats,
+        **item_info,
+        "inputs": [str(f) for f in files],
+        "fingerprint": fingerprint,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    assert info["num_interactions"] + sum(dropped.values()) == info["input_rows"], (info, dropped)
+    tmp = meta_json.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, meta_json)
+    shown = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "none"
+    _log(
+        f"{out}: {info['num_users']:,} users, {info['num_items']:,} items, {info['num_interactions']:,} "
+        f"interactions from {raw.input_rows:,} rows (dropped: {shown}) in {time.perf_counter() - start:.1f}s"
+    )
+    return out
+
+
+def build_parser():
+    """The ``mmrec prepare`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="mmrec prepare",
+        description="Prepare a dataset folder (interactions/items/users parquet + meta.json) from raw "
+        "Amazon review files or a tabular file. Later flags override --config values.",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    parser.add_class_arguments(PrepareConfig, as_group=False)
+    parser.add_argument("--progress", type=bool, default=True, help="Show progress bars.")
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[PrepareConfig, bool]:
+    """Parses command-line arguments into a PrepareConfig and the progress flag."""
+    args = build_parser().parse_args(argv)
+    names = [f.name for f in dataclasses.fields(PrepareConfig)]
+    return PrepareConfig(**{name: args[name] for name in names}), bool(args.progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmrec prepare`` entry point; returns the exit code (2 on a data error)."""
+    cfg, progress = config_from_args(argv)
+    try:
+        prepare_dataset(cfg, progress=progress)
+    except DataError as err:
+        print(f"mmrec prepare: error: {err}", file=sys.stderr)
+        return 2
+    except pl.exceptions.PolarsError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(
+            f"mmrec prepare: error: could not process the input files ({first}); check them and the "
+            "column mapping, or report this with the command you ran",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""AmazonDataModule: exact batches on hand-written folders, causality, DDP sharding, prepare."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
+from mmrec.data.synthetic import make_synthetic_dataset
+
+NAN = float("nan")
+
+
+def write_folder(path: Path, rows: list[tuple], num_users: int, num_items: int, protocol="loo"):
+    """Writes a minimal dataset folder; ``rows`` are (user, item, time, rating, split)."""
+    path.mkdir(parents=True, exist_ok=True)
+    u, i, t, r, s = zip(*rows, strict=True)
+    pl.DataFrame(
+        {
+            "user_idx": pl.Series(u, dtype=pl.Int32),
+            "item_idx": pl.Series(i, dtype=pl.Int32),
+            "timestamp": pl.Series(t, dtype=pl.Int64),
+            "rating": pl.Series(r, dtype=pl.Float32),
+            "review": pl.Series([None] * len(rows), dtype=pl.String),
+            "split": list(s),
+        }
+    ).write_parquet(path / "interactions.parquet")
+    pl.DataFrame(
+        {"item_idx": range(1, num_items + 1), "item_id": [f"I{k}" for k in range(num_items)]}
+    ).write_parquet(path / "items.parquet")
+    pl.DataFrame(
+        {"user_idx": range(num_users), "user_id": [f"U{k}" for k in range(num_users)]}
+    ).write_parquet(path / "users.parquet")
+    meta = {
+        "source": "test",
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_interactions": len(rows),
+        "time_granularity": "day",
+        "split": {"protocol": protocol},
+        "dropped": {},
+    }
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+LOO_ROWS = [
+    (0, 1, 100, 5.0, "train"), (0, 2, 200, 4.0, "train"), (0, 3, 300, None, "train"),
+    (0, 4, 400, 3.0, "valid"), (0, 5, 500, 2.0, "test"),
+    (1, 3, 110, 1.0, "train"), (1, 3, 120, 1.0, "train"), (1, 1, 130, 1.0, "valid"),
+    (1, 6, 140, 1.0, "test"),
+    (2, 4, 50, 2.0, "train"), (2, 5, 60, 2.0, "train"),
+    (3, 6, 70, 2.0, "train"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def loo_dm(tmp_path) -> AmazonDataModule:
+    write_folder(tmp_path / "loo", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "loo"), max_len=3, batch_size=8, eval_batch_size=8)
+    dm.setup()
+    return dm
+
+
+def batch_of(dm: AmazonDataModule, name: str) -> dict[str, torch.Tensor]:
+    return dm.datasets[name].__getitems__(list(range(len(dm.datasets[name]))))
+
+
+def eq(a: torch.Tensor, expected) -> bool:
+    e = torch.as_tensor(expected, dtype=a.dtype)
+    return a.shape == e.shape and bool(torch.equal(a, e) or torch.allclose(a, e, equal_nan=True))
+
+
+def test_sizes_known_before_setup(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "d"))
+    assert (dm.num_items, dm.num_users, dm.time_granularity) == (6, 4, "day")
+    assert dm.datasets == {} and dm.data_dir == str(tmp_path / "d")
+
+
+def test_loo_training_rows_exact(loo_dm):
+    b = batch_of(loo_dm, "train")  # users 0, 1, 2 (user 3 has one train event)
+    assert eq(b["user_idx"], [0, 1, 2])
+    assert eq(b["item_ids"], [[0, 1, 2], [0, 0, 3], [0, 0, 4]])
+    assert eq(b["targets"], [[0, 2, 3], [0, 0, 3], [0, 0, 5]])
+    assert eq(b["mask"], [[False, True, True], [False, False, True], [False, False, True]])
+    assert eq(b["timestamps"], [[0, 100, 200], [0, 0, 110], [0, 0, 50]])
+    assert eq(b["query_time"], [[0, 200, 300], [0, 0, 120], [0, 0, 60]])
+    assert eq(b["ratings"], [[NAN, 5.0, 4.0], [NAN, NAN, 1.0], [NAN, NAN, 2.0]])
+    for key in ("item_ids", "targets", "timestamps", "query_time", "user_idx"):
+        assert b[key].dtype == torch.int64, key
+    assert b["ratings"].dtype == torch.float32 and b["mask"].dtype == torch.bool
+    assert "target_items" not in b
+
+
+def test_loo_eval_rows_exact(loo_dm):
+    v = batch_of(loo_dm, "valid")  # users 0 and 1; user 2 and 3 have no valid event
+    assert eq(v["user_idx"], [0, 1])
+    assert eq(v["item_ids"], [[1, 2, 3], [0, 3, 3]])
+    assert eq(v["query_time"], [[200, 300, 400], [0, 120, 130]])  # last: the target's time
+    assert eq(v["ratings"], [[5.0, 4.0, NAN], [NAN, 1.0, 1.0]])
+    assert eq(v["target_items"], [[4], [1]])
+    assert eq(v["target_time"], [400, 130])
+    assert eq(v["history_len"], [3, 2])
+    assert eq(v["exclude_items"], [[1, 2, 3], [3, 0, 0]])  # unique, 0-padded
+    t = batch_of(loo_dm, "test")
+    assert eq(t["item_ids"], [[2, 3, 4], [3, 3, 1]])
+    assert eq(t["query_time"], [[300, 400, 500], [120, 130, 140]])
+    assert eq(t["target_items"], [[5], [6]])
+    assert eq(t["history_len"], [4, 3])
+    # the whole history is excluded, not only the last max_len events
+    assert eq(t["exclude_items"], [[1, 2, 3, 4], [3, 1, 0, 0]])
+
+
+def test_predict_rows_and_time(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "d"), max_len=3)
+    dm.setup()
+    p = batch_of(dm, "predict")
+    assert eq(p["user_idx"], [0, 1, 2, 3])
+    assert eq(p["item_ids"][[0, 3]], [[3, 4, 5], [0, 0, 6]])
+    assert eq(p["query_time"][[0, 3]], [[400, 500, 500 + 86400], [0, 0, 70 + 86400]])
+    assert eq(p["target_items"], [[0]] * 4)
+    dm2 = AmazonDataModule(str(tmp_path / "d"), max_len=3, predict_time="2014-12-20")
+    dm2.setup()
+    p2 = batch_of(dm2, "predict")
+    assert (p2["query_time"][:, -1] == 1419033600).all() and (p2["target_time"] == 1419033600).all()
+
+
+def test_exclude_history_off(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "d"), max_len=3, exclude_history=False)
+    dm.setup()
+    assert eq(batch_of(dm, "test")["exclude_items"], [[0], [0]])
+
+
+def test_temporal_multi_target(tmp_path):
+    rows = [
+        (0, 1, 100, 1.0, "train"), (0, 2, 200, 1.0, "train"), (0, 3, 300, 1.0, "valid"),
+        (0, 4, 400, 1.0, "test"), (0, 2, 410, 1.0, "test"), (0, 4, 420, 1.0, "test"),
+        (1, 5, 350, 1.0, "valid"), (1, 1, 450, 1.0, "test"),
+        (2, 3, 120, 1.0, "train"), (2, 1, 130, 1.0, "train"),
+    ]  # fmt: skip
+    write_folder(tmp_path / "t", rows, num_users=3, num_items=5, protocol="temporal")
+    dm = AmazonDataModule(str(tmp_path / "t"), max_len=4)
+    dm.setup()
+    t = batch_of(dm, "test")
+    assert eq(t["user_idx"], [0, 1])
+    assert eq(t["target_items"], [[4, 2], [1, 0]])  # deduplicated, time order, 0-padded
+    assert eq(t["item_ids"], [[0, 1, 2, 3], [0, 0, 0, 5]])  # only events before the cut-off
+    assert eq(t["target_time"], [400, 450])
+    assert eq(t["query_time"][:, -1], [400, 450])
+    v = batch_of(dm, "valid")  # user 1's valid event has no history: skipped and counted
+    assert eq(v["user_idx"], [0]) and eq(v["target_items"], [[3]])
+    assert dm.skipped["valid"] == {"no_history": 1} and dm.skipped["test"] == {"no_history": 0}
+    assert eq(dm.item_train_counts, [0, 2, 1, 1, 0, 0])
+
+
+def test_unknown_split_and_bad_order_errors(tmp_path):
+    write_folder(tmp_path / "a", [(0, 1, 1, 1.0, "train"), (0, 2, 2, 1.0, "dev")], 1, 2)
+    with pytest.raises(ValueError, match=r"unknown split values \['dev'\]"):
+        AmazonDataModule(str(tmp_path / "a")).setup()
+    write_folder(tmp_path / "b", [(0, 1, 1, 1.0, "test"), (0, 2, 2, 1.0, "train")], 1, 2)
+    with pytest.raises(ValueError, match="from a later split to an earlier one"):
+        AmazonDataModule(str(tmp_path / "b")).setup()
+
+
+@pytest.fixture(scope="module")
+def synthetic_dm(tmp_path_factory) -> AmazonDataModule:
+    path = make_synthetic_dataset(
+        tmp_path_factory.mktemp("syn"), num_users=150, num_items=120, mean_events=12, seed=3
+    )
+    dm = AmazonDataModule(str(path), max_len=8, batch_size=64, eval_batch_size=64)
+    dm.setup()
+    return dm
+
+
+def test_training_batches_are_causal(synthetic_dm):
+    n_rows = 0
+    for b in synthetic_dm.train_dataloader():
+        m = b["mask"]
+        both = m[:, :-1] & m[:, 1:]
+        assert torch.equal(b["targets"][:, :-1][both], b["item_ids"][:, 1:][both])
+        assert torch.equal(b["query_time"][:, :-1][both], b["timestamps"][:, 1:][both])
+        assert (b["query_time"][m] >= b["timestamps"][m]).all()
+        assert (b["targets"][m] > 0).all() and (b["targets"][~m] == 0).all()
+        assert (b["item_ids"][~m] == 0).all() and b["ratings"][~m].isnan().all()
+        assert m[:, -1].all()  # left padding: the most recent event is at L-1
+        assert (m.long().diff(dim=1) >= 0).all()  # pads only on the left
+        n_rows += len(b["user_idx"])
+    assert n_rows == 150
+
+
+def test_eval_batches_history_before_target(synthetic_dm):
+    df = pl.read_parquet(Path(synthetic_dm.data_dir) / "interactions.parquet")
+    by_user = {k[0]: g for k, g in df.group_by("user_idx")}
+    for split, before in (("valid", ["train"]), ("test", ["train", "valid"])):
+        for b in synthetic_dm._eval_loader(split):
+            assert (
+                b["timestamps"][b["mask"]] <= b["target_time"].repeat_interleave(b["mask"].sum(1))
+            ).all()
+            assert torch.equal(b["query_time"][:, -1], b["target_time"])
+            for row, u in enumerate(b["user_idx"].tolist()[:20]):
+                g = by_user[u]
+                hist = g.filter(pl.col("split").is_in(before))["item_idx"].to_list()
+                target = g.filter(pl.col("split") == split)["item_idx"].to_list()
+                ex = b["exclude_items"][row]
+                assert set(ex[ex > 0].tolist()) == set(hist) and len(ex[ex > 0]) == len(set(hist))
+                assert int(b["history_len"][row]) == len(hist)
+                assert b["item_ids"][row][b["mask"][row]].tolist() == hist[-8:]
+                assert b["target_items"][row].tolist() == target
+
+
+def test_unpadded_sampler_shards_disjoint():
+    data = list(range(5))
+    shards = [list(UnpaddedDistributedSampler(data, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    assert sorted(shards[0] + shards[1]) == data
+    assert [len(UnpaddedDistributedSampler(data, 2, r)) for r in (0, 1)] == [3, 2]
+    assert list(UnpaddedDistributedSampler(data)) == data  # no process group: everything
+    with pytest.raises(ValueError):
+        UnpaddedDistributedSampler(data, num_replicas=2, rank=2)
+
+
+def test_loaders_keep_their_samplers(loo_dm):
+    # Lightning only injects its (padding) DistributedSampler when the loader's sampler is not
+    # a DistributedSampler; every loader here has one, so no user is ever duplicated.
+    assert isinstance(loo_dm.val_dataloader().sampler, UnpaddedDistributedSampler)
+    assert isinstance(loo_dm.predict_dataloader().sampler, UnpaddedDistributedSampler)
+    train = loo_dm.train_dataloader()
+    assert isinstance(train.sampler, DistributedSampler) and train.sampler.num_replicas == 1
+    first = [b["user_idx"].tolist() for b in train]
+    again = [b["user_idx"].tolist() for b in loo_dm.train_dataloader()]
+    assert first == again  # seeded: same order for the same epoch
+    assert sorted(sum(first, [])) == [0, 1, 2]
+
+
+def test_predict_through_lightning(loo_dm):
+    import lightning.pytorch as L
+
+    class Echo(L.LightningModule):
+        def predict_step(self, batch, batch_idx):
+            return batch["user_idx"]
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    out = trainer.predict(Echo(), datamodule=loo_dm)
+    assert torch.cat(out).tolist() == [0, 1, 2, 3]
+
+
+def test_missing_folder_says_run_prepare(tmp_path):
+    dm = AmazonDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="mmrec prepare"):
+        _ = dm.num_items
+
+
+def test_prepare_runs_when_meta_missing(tmp_path, monkeypatch):
+    @dataclass
+    class FakeConfig:
+        out: str = "unset"
+
+    calls = []
+
+    def prepare_dataset(cfg):
+        calls.append(cfg.out)
+        return make_synthetic_dataset(cfg.out, num_users=20, num_items=60, seed=0)
+
+    fake = types.ModuleType("mmrec.data.prepare")
+    fake.prepare_dataset, fake.PrepareConfig = prepare_dataset, FakeConfig
+    monkeypatch.setitem(sys.modules, "mmrec.data.prepare", fake)
+    dm = AmazonDataModule(str(tmp_path / "made"), prepare=FakeConfig())
+    assert dm.num_items == 60 and dm.num_users == 20  # prepared on first use
+    dm.prepare_data()  # already there: does nothing
+    assert calls == [str(tmp_path / "made")]
+
+
+def test_item_train_counts(loo_dm):
+    counts = loo_dm.item_train_counts
+    assert counts.dtype == torch.int64 and eq(counts, [0, 1, 1, 3, 1, 1, 1])
+
+
+def _ddp_worker(rank: int, folder: str, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        dm = AmazonDataModule(folder, max_len=4, batch_size=2, eval_batch_size=2)
+        got = {
+            name: torch.cat([b["user_idx"] for b in loader]).tolist()
+            for name, loader in (
+                ("valid", dm.val_dataloader()),
+                ("test", dm.test_dataloader()),
+                ("predict", dm.predict_dataloader()),
+                ("train", dm.train_dataloader()),
+            )
+        }
+        Path(out, f"{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_eval_shards_cover_every_user_once(tmp_path):
+    import torch.multiprocessing as mp
+
+    path = make_synthetic_dataset(tmp_path / "d", num_users=7, num_items=60, seed=0)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_ddp_worker, args=(str(path), init, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    for name in ("valid", "test", "predict"):
+        assert sorted(r0[name] + r1[name]) == list(range(7)), name  # no user twice, none lost
+        assert (len(r0[name]), len(r1[name])) == (4, 3)
+    assert len(r0["train"]) == len(r1["train"]) == 4  # training may pad (7 -> 8 rows)
+    assert set(r0["train"] + r1["train"]) == set(range(7))
+
+
+def test_config_parses_prepare_and_predict_time(tmp_path):
+    prepare = pytest.importorskip("mmrec.data.prepare")
+    from jsonargparse import ArgumentParser
+
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    parser = ArgumentParser()
+    parser.add_class_arguments(AmazonDataModule, "data")
+    cfg = parser.parse_args(
+        ["--data.data_dir", str(tmp_path / "d"), "--data.prepare.source", "tabular",
+         "--data.prepare.out", "ignored", "--data.predict_time", "2014-12-20"]
+    )  # fmt: skip
+    dm = parser.instantiate(cfg).data
+    assert isinstance(dm.prepare, prepare.PrepareConfig) and dm.predict_time == 1419033600
+    assert dm.num_items == 6  # what LightningCLI links into model.num_items
