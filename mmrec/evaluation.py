@@ -1,0 +1,320 @@
+"""Exact full-catalogue ranking with bounded memory: target ranks, top-K, sampled option, evaluate_scores.
+
+Contract with the LightningModule (per eval batch)::
+
+    ranks = rank_targets(h_last, item_vecs, batch["target_items"],
+                         batch["exclude_items"] if exclude_history else None)   # [B, T]
+    metrics.update(ranks)            # RankingMetrics; num_relevant=None counts finite ranks
+    slices.update(ranks, batch["target_time"], batch["history_len"], batch["target_items"])
+
+Every metric only needs the rank of each relevant item. With the tie rule "among equal scores
+a relevant item is placed after the non-relevant ones" the rank of target j is
+
+    1 + #{valid non-relevant c: s_c >= s_j} + #{relevant k: s_k > s_j, or s_k == s_j and k before j}
+
+where *valid* means not the padding item 0 and not excluded. Scores are computed per chunk of
+users (``[u, N+1]`` under a memory budget), the targets' scores are gathered from the same rows,
+and the comparisons are counted in item chunks (or by sort + binary search when a user has
+many targets), so the result is exact, needs no top-K, and does not depend on chunk sizes.
+
+Choices: exclusion never removes a target (an excluded item that is also a target is still
+ranked, as a target); a target id repeated in a row is ranked once, its repeats get ``inf``
+(padding); scores must not contain NaN (a clear error says so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmrec.metrics import RankingMetrics, check_ks
+from mmrec.slices import SlicedRankingMetrics, plot_metric_by_month, write_slices_csv
+
+__all__ = [
+    "RankingMetrics",
+    "SampledCandidates",
+    "SlicedRankingMetrics",
+    "evaluate_scores",
+    "plot_metric_by_month",
+    "rank_from_scores",
+    "rank_targets",
+    "topk_items",
+    "write_slices_csv",
+]
+
+_NAN = float("nan")
+
+
+def _user_chunk(num_cols: int, bytes_per_entry: int, memory_budget_mb: float) -> int:
+    return max(1, int(memory_budget_mb * 2**20) // max(1, num_cols * bytes_per_entry))
+
+
+def _as_ids(x: Tensor | Sequence[Sequence[int]] | None, device: torch.device, name: str) -> Tensor | None:
+    """Lists of item-id lists or a 0-padded tensor -> ``[U, T]`` int64 on ``device``."""
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        t = x.to(device=device, dtype=torch.long)
+        if t.ndim == 1:
+            t = t.unsqueeze(1)
+    else:
+        rows = [list(r) for r in x]
+        width = max([len(r) for r in rows] + [1])
+        t = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            t[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        t = t.to(device)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be [U, T] (0-padded) or a list of id lists, got shape {tuple(t.shape)}")
+    return t
+
+
+def _dedupe(targets: Tensor) -> Tensor:
+    """``[u, T]``: later repeats of an id in a row set to 0 (padding)."""
+    t = targets.shape[1]
+    if t < 2:
+        return targets
+    same = targets.unsqueeze(2) == targets.unsqueeze(1)  # [u, T, T]
+    earlier = torch.ones(t, t, dtype=torch.bool, device=targets.device).tril(-1)  # [j, k]: k < j
+    repeat = (same & earlier).any(2)
+    return targets.masked_fill(repeat, 0)
+
+
+def _count_ge(cands: Tensor, ts: Tensor, item_chunk: int, use_sort: bool) -> Tensor:
+    """``#{c: cands[u, c] >= ts[u, j]}`` ignoring NaN candidates -> ``[u, T]`` int64."""
+    if use_sort:
+        nan = torch.isnan(cands)
+        n_nan = nan.sum(1, keepdim=True)
+        # binary search needs a NaN-free row: masked entries become -inf and are taken back
+        # out of the count for targets scored -inf themselves
+        ordered = cands.masked_fill(nan, float("-inf")).sort(dim=1).values
+        below = torch.searchsorted(ordered, ts.contiguous(), side="left")
+        return cands.shape[1] - below - n_nan * (ts == float("-inf"))
+    out = torch.zeros(ts.shape, dtype=torch.long, device=ts.device)
+    tq = ts.unsqueeze(2)  # [u, T, 1]
+    for lo in range(0, cands.shape[1], item_chunk):
+        out += (cands[:, None, lo : lo + item_chunk] >= tq).sum(2, dtype=torch.int32)
+    return out
+
+
+def _rank_rows(
+    scores: Tensor, targets: Tensor, exclude: Tensor | None, memory_budget_mb: float, sort_threshold: int
+) -> Tensor:
+    """Ranks for one chunk. ``scores [u, C]`` is owned (overwritten); column 0 is never valid."""
+    # one cheap reduction first (NaN propagates); the exact check only when it is not finite
+    if not bool(torch.isfinite(scores.sum())) and bool(torch.isnan(scores).any()):
+        raise ValueError("scores contain NaN: check the model (or the score matrix) for overflow")
+    targets = _dedupe(targets)
+    pad = targets == 0  # [u, T]
+    ts = scores.gather(1, targets)  # [u, T] from the same computed rows
+    scores[:, 0] = _NAN
+    if exclude is not None:
+        scores.scatter_(1, exclude, _NAN)
+    scores.scatter_(1, targets, _NAN)  # targets leave the non-relevant pool (never "excluded")
+    u, t = targets.shape
+    item_chunk = max(1, int(memory_budget_mb * 2**20) // (2 * max(1, u * t)))
+    ge = _count_ge(scores, ts, item_chunk, use_sort=t > sort_threshold)
+    # relevant items ahead of j: higher score, or equal score and earlier in the row
+    sk, sj = ts.unsqueeze(1), ts.unsqueeze(2)  # [u, 1, T] (k), [u, T, 1] (j)
+    earlier = torch.ones(t, t, dtype=torch.bool, device=ts.device).tril(-1)  # [j, k]: k < j
+    ahead = ((sk > sj) | ((sk == sj) & earlier)) & ~pad.unsqueeze(1)
+    ranks = (1 + ge + ahead.sum(2)).float()
+    return ranks.masked_fill(pad, float("inf"))
+
+
+def _check_ids(ids: Tensor | None, num_cols: int, name: str) -> None:
+    if ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_cols):
+        raise ValueError(f"{name} must hold item ids in 0..{num_cols - 1} (0 = padding), got {int(ids.min())}..{int(ids.max())}")
+
+
+@torch.no_grad()
+def rank_targets(
+    user_vecs: Tensor,
+    item_vecs: Tensor,
+    target_items: Tensor,
+    exclude_items: Tensor | None = None,
+    *,
+    exclude_history: bool = True,
+    memory_budget_mb: float = 256,
+    sort_threshold: int = 32,
+) -> Tensor:
+    """Exact rank of every target among the whole catalogue (scores ``user_vecs @ item_vecs.T``).
+
+    Args:
+        user_vecs: ``[U, D]`` user (query) vectors.
+        item_vecs: ``[N + 1, D]`` item vectors; row 0 is padding and never a candidate.
+        target_items: ``[U, T]`` relevant item ids, 0-padded.
+        exclude_items: ``[U, E]`` item ids to drop from the candidates (the history), 0-padded.
+        exclude_history: False ignores ``exclude_items``.
+        memory_budget_mb: Bound on the temporaries (score rows and comparison blocks).
+        sort_threshold: Rows with more than this many targets are counted by sort + binary
+            search instead of item-chunked comparisons (same result, faster for large T).
+
+    Returns:
+        ``[U, T]`` float ranks (1 = top), ``inf`` at padded (or repeated) targets. Exact for
+        catalogues under 2**24 items.
+    """
+    if user_vecs.ndim != 2 or item_vecs.ndim != 2 or user_vecs.shape[1] != item_vecs.shape[1]:
+        raise ValueError(f"need user_vecs [U, D] and item_vecs [N+1, D], got {tuple(user_vecs.shape)} and {tuple(item_vecs.shape)}")
+    dev = user_vecs.device
+    targets = _as_ids(target_items, dev, "target_items")
+    exclude = _as_ids(exclude_items, dev, "exclude_items") if exclude_history else None
+    n_cols = item_vecs.shape[0]
+    _check_ids(targets, n_cols, "target_items")
+    _check_ids(exclude, n_cols, "exclude_items")
+    if targets.shape[0] != user_vecs.shape[0] or (exclude is not None and exclude.shape[0] != user_vecs.shape[0]):
+        raise ValueError("user_vecs, target_items and exclude_items must have the same number of rows")
+    step = _user_chunk(n_cols, 8, memory_budget_mb / 2)
+    out = []
+    for lo in range(0, user_vecs.shape[0], step):
+        scores = user_vecs[lo : lo + step] @ item_vecs.T  # [u, N+1]
+        ex = exclude[lo : lo + step] if exclude is not None else None
+        out.append(_rank_rows(scores, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold))
+    return torch.cat(out) if out else torch.zeros(targets.shape, device=dev)
+
+
+@torch.no_grad()
+def rank_from_scores(
+    scores: Tensor,
+    target_items: Tensor | Sequence[Sequence[int]],
+    exclude_items: Tensor | Sequence[Sequence[int]] | None = None,
+    *,
+    memory_budget_mb: float = 256,
+    sort_threshold: int = 32,
+) -> Tensor:
+    """:func:`rank_targets` for a given score matrix ``[U, N + 1]`` (column 0 = padding; not modified)."""
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [U, N+1] (column 0 = padding), got shape {tuple(scores.shape)}")
+    targets = _as_ids(target_items, scores.device, "target_items")
+    exclude = _as_ids(exclude_items, scores.device, "exclude_items")
+    _check_ids(targets, scores.shape[1], "target_items")
+    _check_ids(exclude, scores.shape[1], "exclude_items")
+    if targets.shape[0] != scores.shape[0] or (exclude is not None and exclude.shape[0] != scores.shape[0]):
+        raise ValueError("scores, targets and exclude must have the same number of rows (users)")
+    step = _user_chunk(scores.shape[1], 8, memory_budget_mb / 2)
+    out = []
+    for lo in range(0, scores.shape[0], step):
+        rows = scores[lo : lo + step].float().clone()
+        ex = exclude[lo : lo + step] if exclude is not None else None
+        out.append(_rank_rows(rows, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold))
+    return torch.cat(out) if out else torch.zeros(targets.shape, device=scores.device)
+
+
+@torch.no_grad()
+def topk_items(
+    user_vecs: Tensor,
+    item_vecs: Tensor,
+    k: int,
+    exclude_items: Tensor | None = None,
+    *,
+    memory_budget_mb: float = 256,
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` items per user over the whole catalogue, chunked over users.
+
+    Args:
+        user_vecs: ``[U, D]``.
+        item_vecs: ``[N + 1, D]`` (row 0 = padding, never returned as a recommendation).
+        k: How many items; at most N.
+        exclude_items: ``[U, E]`` 0-padded ids never to return (e.g. the history).
+        memory_budget_mb: Bound on the ``[u, N + 1]`` score block.
+
+    Returns:
+        ``scores [U, k]`` and ``items [U, k]``, best first. Where fewer than ``k`` items remain
+        after exclusion the tail is filled with item 0 and score ``-inf``.
+    """
+    n_cols = item_vecs.shape[0]
+    if not 1 <= k <= n_cols - 1:
+        raise ValueError(f"k must be in 1..{n_cols - 1} (the number of items), got {k}")
+    exclude = _as_ids(exclude_items, user_vecs.device, "exclude_items")
+    _check_ids(exclude, n_cols, "exclude_items")
+    step = _user_chunk(n_cols, 9, memory_budget_mb)
+    all_s, all_i = [], []
+    for lo in range(0, user_vecs.shape[0], step):
+        s = user_vecs[lo : lo + step] @ item_vecs.T  # [u, N+1]
+        bad = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        bad[:, 0] = True
+        if exclude is not None:
+            bad.scatter_(1, exclude[lo : lo + step], True)
+        s.masked_fill_(bad, float("-inf"))
+        top_s, top_i = s.topk(k, dim=1)
+        gone = bad.gather(1, top_i)
+        all_s.append(top_s.masked_fill(gone, float("-inf")))
+        all_i.append(top_i.masked_fill(gone, 0))
+    if not all_s:
+        return user_vecs.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long, device=user_vecs.device)
+    return torch.cat(all_s), torch.cat(all_i)
+
+
+@dataclass
+class SampledCandidates:
+    """Rank each target among ``num_negatives`` sampled items instead of the whole catalogue.
+
+    Only for comparison with papers that report sampled metrics: sampled ranks reorder models
+    and overstate quality. Use with ``RankingMetrics(sampled=True)`` (keys ``sampled_*``).
+    Negatives are drawn per user without replacement among valid items (not 0, not a target,
+    not excluded), shared by all of the user's targets.
+
+    Args:
+        num_negatives: Negatives per user.
+        weights: ``[N + 1]`` non-negative sampling weights (e.g. training counts for
+            popularity sampling), or None for uniform.
+        seed: Seed of the sampler's generator (the same seed gives the same negatives).
+    """
+
+    num_negatives: int = 100
+    weights: Tensor | None = None
+    seed: int = 0
+
+    @torch.no_grad()
+    def rank(
+        self, user_vecs: Tensor, item_vecs: Tensor, target_items: Tensor, exclude_items: Tensor | None = None
+    ) -> Tensor:
+        """``[U, T]`` ranks among target + sampled negatives (same tie rule as the full ranking)."""
+        dev, n_cols = user_vecs.device, item_vecs.shape[0]
+        targets = _dedupe(_as_ids(target_items, dev, "target_items"))
+        exclude = _as_ids(exclude_items, dev, "exclude_items")
+        w = torch.ones(n_cols) if self.weights is None else torch.as_tensor(self.weights, dtype=torch.float).cpu()
+        if w.shape != (n_cols,) or bool((w < 0).any()):
+            raise ValueError(f"weights must be [N+1] = [{n_cols}] and non-negative")
+        gen = torch.Generator().manual_seed(self.seed)
+        w = w.expand(targets.shape[0], n_cols).clone()
+        w[:, 0] = 0
+        w.scatter_(1, targets.cpu(), 0.0)
+        if exclude is not None:
+            w.scatter_(1, exclude.cpu(), 0.0)
+        if bool(((w > 0).sum(1) < self.num_negatives).any()):
+            raise ValueError(f"some user has fewer than num_negatives={self.num_negatives} items to sample from")
+        neg = torch.multinomial(w, self.num_negatives, replacement=False, generator=gen).to(dev)  # [U, M]
+        cand = torch.cat([targets, neg], 1)  # [U, T + M]
+        scores = torch.einsum("ud,ucd->uc", user_vecs, item_vecs[cand])  # [U, T + M]
+        # re-index: column 0 = padding (NaN), targets at 1..T, negatives after
+        scores = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], 1)
+        cols = torch.arange(1, targets.shape[1] + 1, device=dev).expand_as(targets).masked_fill(targets == 0, 0)
+        return _rank_rows(scores, cols, None, 64, sort_threshold=32)
+
+
+@torch.no_grad()
+def evaluate_scores(
+    scores: Tensor,
+    targets: Tensor | Sequence[Sequence[int]],
+    exclude: Tensor | Sequence[Sequence[int]] | None = None,
+    ks: Sequence[int] = (10, 20),
+) -> dict[str, float]:
+    """Full-ranking metrics from a score matrix.
+
+    Args:
+        scores: ``[U, N + 1]`` scores, column 0 = padding (ignored).
+        targets: Relevant item ids per user: lists of id lists or a 0-padded ``[U, T]`` tensor.
+        exclude: Item ids to drop per user (history), same forms, or None.
+        ks: Cut-offs.
+
+    Returns:
+        ``{"hr@10", "recall@10", "precision@10", "f1@10", "ndcg@10", "mrr", "mrr@10", "map@10", ...}``
+        (definitions in :func:`mmrec.metrics.per_user_metrics`).
+    """
+    metric = RankingMetrics(ks=check_ks(ks))
+    metric.update(rank_from_scores(scores, targets, exclude).cpu())
+    return {k: float(v) for k, v in metric.compute().items()}
