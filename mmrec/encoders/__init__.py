@@ -1,5 +1,27 @@
 """Pluggable encoders: item-side (id, content) and event-side (time, rating, context)."""
 
-from mmrec.encoders.base import BuildContext, Encoder, EventEncoder, ItemEncoder
+from mmrec.encoders.base import (
+    BuildContext,
+    Configurable,
+    Encoder,
+    EventEncoder,
+    ItemEncoder,
+    component_spec,
+    instantiate,
+)
+from mmrec.encoders.item_id import ItemIdEncoder
+from mmrec.encoders.rating import RatingEncoder
+from mmrec.encoders.user_context import UserContextEncoder
 
-__all__ = ["BuildContext", "Encoder", "EventEncoder", "ItemEncoder"]
+__all__ = [
+    "BuildContext",
+    "Configurable",
+    "Encoder",
+    "EventEncoder",
+    "ItemEncoder",
+    "ItemIdEncoder",
+    "RatingEncoder",
+    "UserContextEncoder",
+    "component_spec",
+    "instantiate",
+]

@@ -1,0 +1,108 @@
+"""Training losses over the item catalogue: full softmax CE, sampled softmax with logQ, BCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmrec.encoders.base import Configurable
+
+
+class Loss(Configurable, nn.Module):
+    """Base: ``forward(hidden [M, D], targets [M], item_vecs [N + 1, D]) -> scalar``.
+
+    ``targets`` are real item ids (1..N); the module drops ignored positions before calling.
+    Row 0 of ``item_vecs`` is padding and is never a candidate.
+    """
+
+    def build(self, num_items: int) -> None:
+        """Create buffers sized by the catalogue (called once by the module)."""
+        self.num_items = num_items
+
+    def set_item_counts(self, counts: Tensor) -> None:
+        """Receive training-split interaction counts per item ``[N + 1]`` (ignored by default)."""
+
+    def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class FullSoftmaxCE(Loss):
+    """Cross-entropy over the whole catalogue (items 1..N).
+
+    Args:
+        label_smoothing: Label smoothing of the cross-entropy.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
+        logits = hidden @ item_vecs[1:].T  # [M, N]
+        return F.cross_entropy(logits.float(), targets - 1, label_smoothing=self.label_smoothing)
+
+
+class SampledSoftmax(Loss):
+    """Softmax over the target and ``num_negatives`` sampled items shared by the batch.
+
+    Negatives are drawn with probability proportional to ``count ** alpha`` (training counts
+    from the datamodule; ``alpha = 0`` is uniform) and every logit is corrected by
+    ``-log(K q(item))`` (logQ correction), so the negatives' sum estimates the partition
+    function of the full softmax and the loss estimates full-softmax cross-entropy. Sampled
+    negatives equal to a row's target are masked out (the target's own term is exact).
+
+    Args:
+        num_negatives: Negatives sampled per step (shared across the batch).
+        alpha: Popularity exponent of the sampling distribution; 0 samples uniformly.
+    """
+
+    def __init__(self, num_negatives: int = 256, alpha: float = 0.75) -> None:
+        super().__init__()
+        self.num_negatives = num_negatives
+        self.alpha = alpha
+
+    def build(self, num_items: int) -> None:
+        super().build(num_items)
+        probs = torch.ones(num_items + 1)
+        probs[0] = 0
+        self.register_buffer("probs", probs / probs.sum())  # [N + 1]
+        self._has_counts = False
+
+    def set_item_counts(self, counts: Tensor) -> None:
+        counts = counts.to(self.probs).clamp_min(0)
+        if counts.shape != self.probs.shape:
+            raise ValueError(f"item counts have shape {tuple(counts.shape)}, expected {tuple(self.probs.shape)}")
+        weights = (counts + 1.0) ** self.alpha  # +1: unseen items stay sampleable
+        weights[0] = 0
+        self.probs.copy_(weights / weights.sum())
+        self._has_counts = True
+
+    def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
+        if self.alpha != 0 and not self._has_counts and self.training:
+            raise RuntimeError(
+                "SampledSoftmax(alpha != 0) needs item counts: use a datamodule with item_train_counts "
+                "or set alpha: 0 (uniform sampling)"
+            )
+        negatives = torch.multinomial(self.probs, self.num_negatives, replacement=True)  # [K]
+        log_expected = (self.probs[negatives] * self.num_negatives).log()  # log(K q(j)), [K]
+        pos = (hidden * item_vecs[targets]).sum(-1)  # [M]
+        neg = hidden @ item_vecs[negatives].T - log_expected  # [M, K]
+        neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos.unsqueeze(1), neg], dim=1).float()  # [M, 1 + K]
+        return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+class BCEOneNegative(Loss):
+    """SASRec's original loss: binary cross-entropy of the target against one uniform negative.
+
+    The negative is drawn uniformly from 1..N and redrawn once when it equals the target.
+    """
+
+    def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
+        neg = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
+        redraw = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
+        neg = torch.where(neg == targets, redraw, neg)
+        pos_logit = (hidden * item_vecs[targets]).sum(-1).float()
+        neg_logit = (hidden * item_vecs[neg]).sum(-1).float()
+        return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()

@@ -1,0 +1,226 @@
+"""MMRecModule: pluggable encoders -> fusion -> GPT-2 head -> full-catalogue scoring (LightningModule)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder, component_spec, instantiate
+from mmrec.encoders.item_id import ItemIdEncoder
+from mmrec.fusion import Fusion, SumFusion
+from mmrec.losses import FullSoftmaxCE, Loss
+from mmrec.sequence import GPT2Sequence
+
+_COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
+
+
+class MMRecModule(L.LightningModule):
+    """Sequential recommender: item tower + event encoders + GPT-2 head, scored against all items.
+
+    The same item tower (item encoders fused into one vector per item) embeds history items
+    and scores the whole catalogue, so items with content but no interactions can be scored.
+    Components are built in ``__init__`` with the data's sizes, so optimisers and checkpoint
+    loading see every parameter; the checkpoint's hyper-parameters hold each component's
+    ``class_path``/``init_args``, so ``MMRecModule.load_from_checkpoint(path)`` alone rebuilds it.
+
+    Args:
+        num_items: Number of real items (ids 1..N); linked from the datamodule.
+        num_users: Number of users; linked from the datamodule.
+        data_dir: Prepared dataset folder (features, users.parquet); linked from the datamodule.
+        time_granularity: ``"day"`` or ``"second"``; linked from the datamodule.
+        max_len: Longest history the model accepts; linked from the datamodule.
+        d_model: Width of item vectors, tokens and hidden states.
+        item_encoders: Item-side encoders, fused into one vector per item (default: ItemIdEncoder).
+        event_encoders: Event-side encoders whose outputs are added to each history token.
+        fusion: How item encoder outputs are combined (default: SumFusion).
+        sequence: The sequence head (default: GPT2Sequence()).
+        loss: Training loss (default: FullSoftmaxCE).
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms or vectors).
+        warmup_steps: Linear learning-rate warm-up steps (then constant).
+        ks: Cut-offs of the ranking metrics, e.g. ``(10, 20)``.
+        exclude_history: Mask the user's history items out of evaluation and predictions.
+        predict_k: Items per user returned by ``predict``.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_users: int,
+        data_dir: str | None = None,
+        time_granularity: str | None = None,
+        max_len: int = 50,
+        d_model: int = 64,
+        item_encoders: list[ItemEncoder] | None = None,
+        event_encoders: list[EventEncoder] | None = None,
+        fusion: Fusion | None = None,
+        sequence: GPT2Sequence | None = None,
+        loss: Loss | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        ks: tuple[int, ...] = (10, 20),
+        exclude_history: bool = True,
+        predict_k: int = 10,
+    ) -> None:
+        super().__init__()
+        # components arrive as instances (Python, CLI) or as specs (checkpoint hyper-parameters)
+        item_encoders = instantiate(item_encoders) or [ItemIdEncoder()]
+        event_encoders = instantiate(event_encoders) or []
+        fusion = instantiate(fusion) or SumFusion()
+        sequence = instantiate(sequence) or GPT2Sequence()
+        loss = instantiate(loss) or FullSoftmaxCE()
+        self.save_hyperparameters(ignore=list(_COMPONENTS))
+        specs = {
+            "item_encoders": [component_spec(e) for e in item_encoders],
+            "event_encoders": [component_spec(e) for e in event_encoders],
+            "fusion": component_spec(fusion),
+            "sequence": component_spec(sequence),
+            "loss": component_spec(loss),
+        }
+        self.hparams.update(specs)
+        self._hparams_initial.update(specs)
+
+        ctx = BuildContext(num_items, num_users, d_model, data_dir, time_granularity)
+        for enc, kind in [(e, ItemEncoder) for e in item_encoders] + [(e, EventEncoder) for e in event_encoders]:
+            if not isinstance(enc, kind):
+                raise TypeError(f"{type(enc).__name__} is not an {kind.__name__}; check the encoder lists")
+            enc.build(ctx)
+        fusion.build(d_model, len(item_encoders))
+        sequence.build(d_model, max_len)
+        loss.build(num_items)
+        self.item_encoders = nn.ModuleList(item_encoders)
+        self.event_encoders = nn.ModuleList(event_encoders)
+        self.fusion, self.sequence, self.loss = fusion, sequence, loss
+        self.num_items, self.ks, self.exclude_history = num_items, tuple(ks), exclude_history
+
+        from mmrec.metrics import RankingMetrics
+
+        self.val_metrics = RankingMetrics(ks=self.ks, prefix="val/")
+        self.test_metrics = RankingMetrics(ks=self.ks, prefix="test/")
+        self._eval_item_vecs: Tensor | None = None
+        self._pretrained_loaded = False
+
+    # ----------------------------------------------------------------------------- forward
+    def item_vectors(self) -> Tensor:
+        """The whole catalogue through the item tower: ``[N + 1, D]`` (row 0 is padding)."""
+        return self.fusion([enc.all_items() for enc in self.item_encoders])
+
+    def encode(self, batch: dict[str, Tensor], item_vecs: Tensor | None = None) -> Tensor:
+        """Hidden state after each history event: ``[B, L, D]``."""
+        if item_vecs is None:
+            item_vecs = self.item_vectors()
+        tokens = item_vecs[batch["item_ids"]]  # [B, L, D]
+        for enc in self.event_encoders:
+            out = enc(batch)
+            if out.shape != tokens.shape:
+                raise ValueError(f"{type(enc).__name__} returned {tuple(out.shape)}, expected {tuple(tokens.shape)}")
+            tokens = tokens + out
+        return self.sequence(tokens, batch["mask"])
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """User vectors after the last (most recent) event: ``[B, D]``."""
+        return self.encode(batch)[:, -1]
+
+    # ----------------------------------------------------------------------------- hooks
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        if getattr(dm, "num_items", self.num_items) != self.num_items:
+            raise ValueError(f"model has {self.num_items} items, data has {dm.num_items}: wrong checkpoint?")
+        counts = getattr(dm, "item_train_counts", None)
+        if counts is not None:
+            self.loss.set_item_counts(torch.as_tensor(counts))
+
+    def configure_model(self) -> None:
+        if not self._pretrained_loaded and self._trainer is not None and self.trainer.state.fn == "fit":
+            self.sequence.load_pretrained()
+            self._pretrained_loaded = True
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        item_vecs = self.item_vectors()
+        hidden = self.encode(batch, item_vecs)  # [B, L, D]
+        targets = batch["targets"]
+        keep = targets > 0  # [B, L]
+        loss = self.loss(hidden[keep], targets[keep], item_vecs)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=targets.shape[0])
+        return loss
+
+    def _eval_vecs(self) -> Tensor:
+        if self._eval_item_vecs is None:
+            self._eval_item_vecs = self.item_vectors()
+        return self._eval_item_vecs
+
+    def _eval_step(self, batch: dict[str, Tensor], metrics: nn.Module) -> None:
+        from mmrec.evaluation import rank_targets
+
+        item_vecs = self._eval_vecs()
+        user_vecs = self.encode(batch, item_vecs)[:, -1]  # [B, D]
+        targets = batch["target_items"]  # [B, T]
+        with torch.autocast(user_vecs.device.type, enabled=False):  # rank in fp32, not bf16
+            ranks = rank_targets(
+                user_vecs.float(), item_vecs.float(), targets,
+                batch.get("exclude_items"), exclude_history=self.exclude_history,
+            )
+        metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
+
+    def _eval_epoch_end(self, metrics: nn.Module) -> None:
+        self._eval_item_vecs = None
+        values = metrics.compute()
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False)
+        metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_item_vecs = None
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_item_vecs = None
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics)
+
+    def on_predict_epoch_start(self) -> None:
+        self._eval_item_vecs = None
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top-``predict_k`` items per user: ``user_idx [B]``, ``items [B, K]``, ``scores [B, K]``."""
+        from mmrec.evaluation import topk_items
+
+        item_vecs = self._eval_vecs()
+        user_vecs = self.encode(batch, item_vecs)[:, -1]
+        exclude = batch.get("exclude_items") if self.exclude_history else None
+        with torch.autocast(user_vecs.device.type, enabled=False):
+            scores, items = topk_items(user_vecs.float(), item_vecs.float(), self.hparams.predict_k, exclude)
+        return {"user_idx": batch["user_idx"], "items": items, "scores": scores}
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_matrix = p.ndim >= 2 and "embedding" not in name and "wpe" not in name
+            (decay if is_matrix else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused)
+        warmup = max(int(self.hparams.warmup_steps), 0)
+        if not warmup:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,97 @@
+"""GPT-2 sequence head: transformers ``GPT2Model`` over ``inputs_embeds`` of left-padded histories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+from transformers import GPT2Config, GPT2Model
+
+from mmrec.encoders.base import Configurable
+
+
+class GPT2Sequence(Configurable, nn.Module):
+    """Causal transformer over history tokens; ``build(d_model, max_len)`` creates it.
+
+    Positions come from the mask (``cumsum - 1``), so left padding does not shift them: the
+    first real event is position 0 whatever the padding. The token table is a dummy of size 1
+    (tokens enter as ``inputs_embeds``); there is no KV cache.
+
+    Args:
+        n_layer: Number of transformer blocks.
+        n_head: Attention heads per block (must divide the width).
+        dropout: Dropout on embeddings and residual branches.
+        attn_dropout: Dropout on attention weights (defaults to ``dropout``).
+        pretrained_path: Local GPT-2 checkpoint folder (``save_pretrained`` layout). Its width,
+            depth and heads replace ``n_layer``/``n_head``; linear projections map d_model in
+            and out when the widths differ. Weights are loaded by ``load_pretrained()``.
+        attn_implementation: transformers attention backend (``sdpa`` or ``eager``).
+    """
+
+    def __init__(
+        self,
+        n_layer: int = 2,
+        n_head: int = 2,
+        dropout: float = 0.2,
+        attn_dropout: float | None = None,
+        pretrained_path: str | None = None,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.dropout = dropout
+        self.attn_dropout = dropout if attn_dropout is None else attn_dropout
+        self.pretrained_path = pretrained_path
+        self.attn_implementation = attn_implementation
+        self.d_model = 0
+        self.max_len = 0
+
+    def build(self, d_model: int, max_len: int) -> None:
+        """Create the transformer for tokens of width ``d_model`` and histories up to ``max_len``."""
+        self.d_model, self.max_len = d_model, max_len
+        drop = {"resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.attn_dropout}
+        if self.pretrained_path is not None:
+            config = GPT2Config.from_pretrained(self.pretrained_path)
+            if config.n_positions < max_len:
+                raise ValueError(
+                    f"pretrained GPT-2 at {self.pretrained_path} has {config.n_positions} positions < max_len {max_len}"
+                )
+            config.update({"vocab_size": 1, "n_positions": max_len, "bos_token_id": None, "eos_token_id": None, **drop})
+        else:
+            if d_model % self.n_head:
+                raise ValueError(f"d_model {d_model} is not divisible by n_head {self.n_head}")
+            config = GPT2Config(
+                vocab_size=1, n_positions=max_len, n_embd=d_model, n_layer=self.n_layer,
+                n_head=self.n_head, n_inner=4 * d_model, bos_token_id=None, eos_token_id=None, **drop,
+            )
+        config._attn_implementation = self.attn_implementation
+        self.gpt2 = GPT2Model(config)
+        self.gpt2.wte.weight.requires_grad_(False)  # unused: tokens enter as inputs_embeds (DDP needs this)
+        width = config.n_embd
+        self.proj_in = nn.Linear(d_model, width) if width != d_model else nn.Identity()
+        self.proj_out = nn.Linear(width, d_model) if width != d_model else nn.Identity()
+
+    def load_pretrained(self) -> None:
+        """Copy the weights of ``pretrained_path`` into the built model (no-op without one)."""
+        if self.pretrained_path is None:
+            return
+        if not Path(self.pretrained_path).is_dir():
+            raise FileNotFoundError(f"pretrained GPT-2 folder not found: {self.pretrained_path}")
+        state = GPT2Model.from_pretrained(self.pretrained_path).state_dict()
+        state.pop("wte.weight", None)
+        state["wpe.weight"] = state["wpe.weight"][: self.max_len]
+        missing, unexpected = self.gpt2.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "wte.weight"]
+        if missing or unexpected:
+            raise RuntimeError(f"pretrained GPT-2 mismatch: missing {missing}, unexpected {unexpected}")
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:  # [B, L, D], [B, L] -> [B, L, D]
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
+        mask = mask.long()
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]
+        hidden = self.gpt2(
+            inputs_embeds=self.proj_in(tokens), attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return self.proj_out(hidden)

@@ -1,0 +1,207 @@
+"""MMRecModule: building, padding invariance, checkpoint rebuild, pretrained GPT-2, ID vs popularity."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from mmrec.data.datamodule import AmazonDataModule
+from mmrec.data.synthetic import make_synthetic_dataset
+from mmrec.encoders.item_id import ItemIdEncoder
+from mmrec.encoders.rating import RatingEncoder
+from mmrec.encoders.user_context import UserContextEncoder
+from mmrec.fusion import ConcatLinearFusion, GatedFusion, SumFusion
+from mmrec.losses import BCEOneNegative, SampledSoftmax
+from mmrec.module import MMRecModule
+from mmrec.sequence import GPT2Sequence
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("syn") / "ds", num_users=120, num_items=40, seed=0
+    )
+
+
+def _dm(path, **kw) -> AmazonDataModule:
+    return AmazonDataModule(str(path), max_len=8, batch_size=32, eval_batch_size=64, **kw)
+
+
+def _model(dm: AmazonDataModule, **kw) -> MMRecModule:
+    kw.setdefault("sequence", GPT2Sequence(n_layer=1, n_head=2, dropout=0.0))
+    return MMRecModule(
+        num_items=dm.num_items,
+        num_users=dm.num_users,
+        data_dir=dm.data_dir,
+        time_granularity=dm.time_granularity,
+        max_len=dm.max_len,
+        d_model=16,
+        **kw,
+    )
+
+
+def _trainer(tmp_path, **kw) -> L.Trainer:
+    kw.setdefault("max_epochs", 1)
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        deterministic=True,
+        **kw,
+    )
+
+
+def _first(loader) -> dict[str, torch.Tensor]:
+    return next(iter(loader))
+
+
+def test_user_vectors_ignore_padding_width(dataset):
+    dm = _dm(dataset)
+    model = _model(
+        dm, event_encoders=[RatingEncoder(), UserContextEncoder(columns=["location"])]
+    ).eval()
+    batch = _first(dm.test_dataloader())
+    wider = {k: v for k, v in batch.items()}
+    for key, fill in (
+        ("item_ids", 0),
+        ("mask", False),
+        ("timestamps", 0),
+        ("ratings", float("nan")),
+        ("query_time", 0),
+    ):
+        pad = torch.full((batch[key].shape[0], 3), fill, dtype=batch[key].dtype)
+        wider[key] = torch.cat([pad, batch[key]], dim=1)
+    model.sequence.max_len = 11
+    model.sequence.gpt2.wpe.weight.data = torch.cat(
+        [model.sequence.gpt2.wpe.weight.data, torch.zeros(3, 16)]
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(wider), model(batch))
+        assert model(batch).shape == (batch["item_ids"].shape[0], 16)
+
+
+def test_history_longer_than_max_len_is_a_clear_error(dataset):
+    dm = _dm(dataset)
+    model = _model(dm)
+    batch = {
+        "item_ids": torch.ones(2, 9, dtype=torch.long),
+        "mask": torch.ones(2, 9, dtype=torch.bool),
+    }
+    with pytest.raises(ValueError, match="max_len 8"):
+        model(batch)
+    with pytest.raises(TypeError, match="RatingEncoder is not an ItemEncoder"):
+        _model(dm, item_encoders=[RatingEncoder()])
+
+
+@pytest.mark.parametrize("fusion", [SumFusion, ConcatLinearFusion, GatedFusion])
+def test_fusion_of_two_item_encoders(dataset, fusion):
+    dm = _dm(dataset)
+    model = _model(
+        dm, item_encoders=[ItemIdEncoder(), ItemIdEncoder(init_std=0.1)], fusion=fusion()
+    )
+    vecs = model.item_vectors()
+    assert vecs.shape == (dm.num_items + 1, 16)
+    if fusion is GatedFusion:  # gates start uniform: equal to the sum
+        a, b = (e.all_items() for e in model.item_encoders)
+        torch.testing.assert_close(vecs, a + b)
+
+
+def test_checkpoint_alone_rebuilds_python_model(dataset, tmp_path):
+    dm = _dm(dataset)
+    model = _model(
+        dm,
+        event_encoders=[RatingEncoder(hidden=8), UserContextEncoder(columns=["location"])],
+        item_encoders=[ItemIdEncoder(), ItemIdEncoder()],
+        fusion=ConcatLinearFusion(),
+        loss=SampledSoftmax(num_negatives=8, alpha=0.5),
+    )
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=dm)
+    assert model.loss.probs[1:].std() > 0, "popularity counts from the datamodule were not used"
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    again = MMRecModule.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True)
+    assert [type(e) for e in again.event_encoders] == [RatingEncoder, UserContextEncoder]
+    assert isinstance(again.fusion, ConcatLinearFusion) and again.event_encoders[0].hidden == 8
+    batch = _first(dm.test_dataloader())
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(batch), model.eval()(batch))
+
+
+def test_pretrained_gpt2_with_projections(dataset, tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(1)
+    GPT2Model(
+        GPT2Config(n_embd=24, n_layer=2, n_head=2, n_positions=32, vocab_size=10)
+    ).save_pretrained(tmp_path / "g")
+    reference = GPT2Model.from_pretrained(tmp_path / "g")
+    dm = _dm(dataset)
+    model = _model(dm, sequence=GPT2Sequence(pretrained_path=str(tmp_path / "g"), dropout=0.0))
+    assert (
+        isinstance(model.sequence.proj_in, torch.nn.Linear)
+        and model.sequence.gpt2.config.n_layer == 2
+    )
+    trainer = _trainer(tmp_path, max_steps=0, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)  # configure_model loads the weights at fit
+    torch.testing.assert_close(
+        model.sequence.gpt2.h[1].mlp.c_fc.weight, reference.h[1].mlp.c_fc.weight
+    )
+    torch.testing.assert_close(model.sequence.gpt2.wpe.weight, reference.wpe.weight[:8])
+
+
+def _popularity_ndcg(dm: AmazonDataModule) -> float:
+    from mmrec.evaluation import rank_targets
+    from mmrec.metrics import RankingMetrics
+
+    metrics = RankingMetrics(ks=(10,))
+    counts = dm.item_train_counts.float()
+    for batch in dm.test_dataloader():
+        users = torch.ones(batch["item_ids"].shape[0], 1)
+        ranks = rank_targets(users, counts[:, None], batch["target_items"], batch["exclude_items"])
+        metrics.update(ranks)
+    return float(metrics.compute()["ndcg@10"])
+
+
+def test_id_model_beats_popularity_on_synthetic_data(tmp_path):
+    """The planted successor structure is learnable from item ids; popularity cannot see it."""
+    path = make_synthetic_dataset(tmp_path / "ds", num_users=600, num_items=100, seed=3)
+    dm = AmazonDataModule(str(path), max_len=10, batch_size=64, eval_batch_size=256)
+    L.seed_everything(0)
+    model = _model(dm, lr=3e-3)
+    trainer = _trainer(tmp_path, max_epochs=12)
+    trainer.fit(model, datamodule=dm)
+    ndcg = trainer.test(model, datamodule=dm, verbose=False)[0]["test/ndcg@10"]
+    pop = _popularity_ndcg(dm)
+    print(f"synthetic NDCG@10: ID model {ndcg:.4f}, popularity {pop:.4f}")
+    assert ndcg >= 2 * pop and ndcg > 0.2
+
+
+def test_bce_loss_trains(dataset, tmp_path):
+    dm = _dm(dataset)
+    model = _model(dm, loss=BCEOneNegative())
+    before = [p.detach().clone() for p in model.parameters()]
+    _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(model, datamodule=dm)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_ranking_runs_in_fp32_under_bf16_autocast(dataset, monkeypatch):
+    """Evaluation scores must not be rounded to bf16 (that creates ties among 12k items)."""
+    import mmrec.evaluation
+
+    dm = _dm(dataset)
+    model = _model(dm).eval()
+    seen = {}
+    real = mmrec.evaluation.rank_targets
+
+    def spy(user_vecs, item_vecs, *args, **kw):
+        seen["dtype"] = (user_vecs @ item_vecs.T).dtype
+        return real(user_vecs, item_vecs, *args, **kw)
+
+    monkeypatch.setattr(mmrec.evaluation, "rank_targets", spy)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model._eval_step(_first(dm.test_dataloader()), model.test_metrics)
+    assert seen["dtype"] == torch.float32
