@@ -44,6 +44,10 @@ class MMRecModule(L.LightningModule):
         ks: Cut-offs of the ranking metrics, e.g. ``(10, 20)``.
         exclude_history: Mask the user's history items out of evaluation and predictions.
         predict_k: Items per user returned by ``predict``.
+        test_slices: At test time also compute metrics per slice (target month, holiday window,
+            history length, target popularity incl. items unseen in training = cold items), log
+            their HR/NDCG@10 and write ``test_slices.csv`` and ``test_ndcg_by_month.png`` into
+            the trainer's log folder.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class MMRecModule(L.LightningModule):
         ks: tuple[int, ...] = (10, 20),
         exclude_history: bool = True,
         predict_k: int = 10,
+        test_slices: bool = True,
     ) -> None:
         super().__init__()
         # components arrive as instances (Python, CLI) or as specs (checkpoint hyper-parameters)
@@ -98,9 +103,12 @@ class MMRecModule(L.LightningModule):
         self.num_items, self.ks, self.exclude_history = num_items, tuple(ks), exclude_history
 
         from mmrec.metrics import RankingMetrics
+        from mmrec.slices import SlicedRankingMetrics
 
         self.val_metrics = RankingMetrics(ks=self.ks, prefix="val/")
         self.test_metrics = RankingMetrics(ks=self.ks, prefix="test/")
+        self.test_slice_metrics = SlicedRankingMetrics(ks=self.ks, prefix="test/") if test_slices else None
+        self.slice_results: dict[str, float] = {}
         self._eval_item_vecs: Tensor | None = None
         self._pretrained_loaded = False
 
@@ -135,6 +143,8 @@ class MMRecModule(L.LightningModule):
         counts = getattr(dm, "item_train_counts", None)
         if counts is not None:
             self.loss.set_item_counts(torch.as_tensor(counts))
+            if self.test_slice_metrics is not None:
+                self.test_slice_metrics.set_item_train_counts(torch.as_tensor(counts))
 
     def configure_model(self) -> None:
         if not self._pretrained_loaded and self._trainer is not None and self.trainer.state.fn == "fit":
@@ -155,7 +165,7 @@ class MMRecModule(L.LightningModule):
             self._eval_item_vecs = self.item_vectors()
         return self._eval_item_vecs
 
-    def _eval_step(self, batch: dict[str, Tensor], metrics: nn.Module) -> None:
+    def _eval_step(self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None) -> None:
         from mmrec.evaluation import rank_targets
 
         item_vecs = self._eval_vecs()
@@ -167,6 +177,8 @@ class MMRecModule(L.LightningModule):
                 batch.get("exclude_items"), exclude_history=self.exclude_history,
             )
         metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
+        if slices is not None and "target_time" in batch and "history_len" in batch:
+            slices.update(ranks, batch["target_time"], batch["history_len"], targets)
 
     def _eval_epoch_end(self, metrics: nn.Module) -> None:
         self._eval_item_vecs = None
@@ -187,10 +199,35 @@ class MMRecModule(L.LightningModule):
         self._eval_item_vecs = None
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
+        self._eval_step(batch, self.test_metrics, self.test_slice_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_metrics)
+        if self.test_slice_metrics is not None:
+            self._write_slices(self.test_slice_metrics)
+
+    def _write_slices(self, slices: nn.Module) -> None:
+        """Log HR/NDCG@10 (and users) per slice; rank 0 writes the CSV table and the month plot."""
+        from pathlib import Path
+
+        from mmrec.slices import plot_metric_by_month, write_slices_csv
+
+        results = {k: float(v) for k, v in slices.compute().items()}
+        slices.reset()
+        self.slice_results = results
+        if not results:
+            return
+        k = min(self.ks)
+        shown = {key: torch.tensor(v) for key, v in results.items() if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))}
+        self.log_dict(shown, sync_dist=False)
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        write_slices_csv(results, out / "test_slices.csv")
+        try:
+            plot_metric_by_month(results, out / "test_ndcg_by_month.png", f"ndcg@{k}")
+        except ValueError:  # no dated targets (e.g. synthetic data without timestamps)
+            pass
 
     def on_predict_epoch_start(self) -> None:
         self._eval_item_vecs = None

@@ -205,3 +205,26 @@ def test_ranking_runs_in_fp32_under_bf16_autocast(dataset, monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model._eval_step(_first(dm.test_dataloader()), model.test_metrics)
     assert seen["dtype"] == torch.float32
+
+
+def test_test_slices_logged_and_written(dataset, tmp_path):
+    """Test-time slices: overall users split exactly over months/holiday/history; CSV and PNG written."""
+    dm = _dm(dataset)
+    model = _model(dm)
+    trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    logged = trainer.test(model, datamodule=dm, verbose=False)[0]
+    res = model.slice_results
+    n_users = sum(len(b["user_idx"]) for b in dm.test_dataloader())
+    for kind in ("month=", "holiday=", "history="):
+        total = sum(v for k, v in res.items() if f"slice/{kind}" in k and k.endswith("/users"))
+        assert total == n_users, kind
+    # the users-weighted mean of per-month NDCG@10 is the overall NDCG@10
+    months = {k.split("/")[2]: v for k, v in res.items() if "slice/month=" in k and k.endswith("/ndcg@10")}
+    weighted = sum(v * res[f"test/slice/{m}/users"] for m, v in months.items()) / n_users
+    assert weighted == pytest.approx(logged["test/ndcg@10"], abs=1e-6)
+    assert any(k.startswith("test/slice/popularity=") for k in res)
+    assert any(k.startswith("test/slice/month=") and k.endswith("/ndcg@10") for k in logged)
+    csv_text = (tmp_path / "test_slices.csv").read_text()
+    assert csv_text.startswith("slice,value") and ("holiday,in" in csv_text or "holiday,out" in csv_text)
+    assert (tmp_path / "test_ndcg_by_month.png").stat().st_size > 1000
