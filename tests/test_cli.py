@@ -92,7 +92,7 @@ def test_test_metrics_identical_after_reload(trained):
     dm = AmazonDataModule(
         str(root / "gift_cards"), max_len=model.hparams.max_len, eval_batch_size=256
     )
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=root)
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
     for key in ("test/ndcg@10", "test/ndcg@20"):
         assert result[key] == pytest.approx(first[key], abs=1e-6), key
