@@ -11,6 +11,7 @@ from mmrec.encoders.base import (
 )
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.rating import RatingEncoder
+from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.encoders.user_context import UserContextEncoder
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "EventEncoder",
     "ItemEncoder",
     "ItemIdEncoder",
+    "QueryTimeEncoder",
     "RatingEncoder",
+    "TimestampEncoder",
     "UserContextEncoder",
     "component_spec",
     "instantiate",

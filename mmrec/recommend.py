@@ -1,0 +1,302 @@
+"""`mmrec recommend`: time-aware top-K for a known user or a raw history, from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item: raw id (ASIN), title (None if unknown) and model score."""
+
+    item_id: str
+    title: str | None
+    score: float
+
+
+def to_unix(at: datetime | date | str | int | None, granularity: str | None = None) -> int:
+    """Unix seconds (UTC) of ``at``: a datetime (naive = UTC), a date, an ISO string, unix
+    seconds, or None for now. Day-granular data is floored to midnight, as its timestamps are."""
+    if at is None:
+        ts = int(datetime.now(timezone.utc).timestamp())
+    elif isinstance(at, (int, np.integer)):
+        ts = int(at)
+    else:
+        if isinstance(at, str):
+            try:
+                at = datetime.fromisoformat(at.strip())
+            except ValueError as err:
+                raise ValueError(
+                    f"cannot read time {at!r}: use YYYY-MM-DD or an ISO datetime"
+                ) from err
+        if not isinstance(at, datetime):  # a date
+            at = datetime(at.year, at.month, at.day)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        ts = int(at.timestamp())
+    return ts - ts % DAY if granularity == "day" else ts
+
+
+class Recommender:
+    """Top-K recommendations from a trained :class:`~mmrec.module.MMRecModule`.
+
+    The query time (``at``) enters the model through the ``query_time`` of the batch, so
+    with a time-aware model the same history gets different recommendations in December and
+    in July. Items already in the history are not recommended.
+
+    Args:
+        model: A trained model (its ``max_len`` and encoders are used as they are).
+        data_dir: The dataset folder the model was trained on (``items.parquet``,
+            ``users.parquet``, ``interactions.parquet``).
+        device: Where to run the model.
+    """
+
+    def __init__(self, model, data_dir: str | Path, device: str | torch.device = "cpu") -> None:
+        data_dir = Path(data_dir)
+        if not (data_dir / "items.parquet").exists():
+            raise FileNotFoundError(
+                f"{data_dir} has no items.parquet: pass the prepared dataset folder the model "
+                "was trained on (--data_dir DIR / data_dir=...)"
+            )
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.data_dir = data_dir
+        self.max_len = int(model.hparams.max_len)
+        self.granularity = model.hparams.get("time_granularity")
+        items = pl.read_parquet(
+            data_dir / "items.parquet", columns=["item_idx", "item_id", "title"]
+        )
+        if items.height != model.num_items:
+            raise ValueError(
+                f"{data_dir} has {items.height} items but the model was trained on "
+                f"{model.num_items}: wrong --data_dir for this checkpoint?"
+            )
+        items = items.sort("item_idx")
+        self.item_ids: list[str] = ["", *items["item_id"].to_list()]
+        self.titles: list[str | None] = [None, *items["title"].to_list()]
+        self.index = {iid: i for i, iid in enumerate(self.item_ids) if i}
+        self._users: dict[str, int] | None = None
+        self._item_vecs: torch.Tensor | None = None
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, data_dir: str | Path | None = None, device: str = "cpu"
+    ) -> Recommender:
+        """Rebuild the model from a Lightning checkpoint alone (its hyper-parameters hold the
+        encoders), with its dataset folder (default: the one it was trained on)."""
+        from mmrec.module import MMRecModule
+
+        if not Path(path).exists():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        kw = {"data_dir": str(data_dir)} if data_dir is not None else {}
+        model = MMRecModule.load_from_checkpoint(str(path), map_location="cpu", **kw)
+        data_dir = data_dir or model.hparams.get("data_dir")
+        if not data_dir:
+            raise ValueError(f"checkpoint {path} does not name its dataset folder: pass data_dir")
+        return cls(model, data_dir, device)
+
+    # ------------------------------------------------------------------ histories
+    @property
+    def users(self) -> dict[str, int]:
+        """``user_id -> user_idx`` of the dataset."""
+        if self._users is None:
+            u = pl.read_parquet(self.data_dir / "users.parquet", columns=["user_idx", "user_id"])
+            self._users = dict(zip(u["user_id"].to_list(), u["user_idx"].to_list(), strict=True))
+        return self._users
+
+    def user_history(self, user_id: str) -> tuple[list[int], list[int], list[float]]:
+        """A known user's full history (every split) in time order: items, timestamps, ratings."""
+        if user_id not in self.users:
+            raise KeyError(f"unknown user {user_id!r}: not in {self.data_dir / 'users.parquet'}")
+        rows = (
+            pl.scan_parquet(self.data_dir / "interactions.parquet")
+            .filter(pl.col("user_idx") == self.users[user_id])
+            .select("item_idx", "timestamp", "rating")
+            .collect()
+        )
+        ratings = rows["rating"].cast(pl.Float32).fill_null(float("nan")).to_list()
+        return rows["item_idx"].to_list(), rows["timestamp"].to_list(), ratings
+
+    # ------------------------------------------------------------------ recommend
+    def recommend(
+        self,
+        history: list[str] | None = None,
+        at: datetime | date | str | int | None = None,
+        k: int = 10,
+        user_id: str | None = None,
+        timestamps: list[int] | None = None,
+    ) -> list[Recommendation]:
+        """Top-``k`` items for a history at query time ``at``.
+
+        Args:
+            history: Raw item ids (ASINs) in time order. For a known ``user_id`` they are
+                appended to the user's history from the dataset. Unknown ids are skipped with
+                a warning naming them (an error if none is known and there is no other history).
+            at: When the recommendation is asked for (default: now, UTC).
+            k: How many items.
+            user_id: A user of the dataset (their full history is used), or None / an unknown
+                id with ``history`` (a user the model never saw).
+            timestamps: Unix seconds of ``history``'s events; default: all at ``at`` (a
+                session happening now).
+
+        Returns:
+            ``k`` recommendations, best first (fewer if the catalogue runs out).
+        """
+        query = to_unix(at, self.granularity)
+        items, times, ratings = [], [], []
+        known_user = user_id is not None and user_id in self.users
+        if known_user:
+            items, times, ratings = self.user_history(user_id)
+        history = list(history or [])
+        if timestamps is not None and len(timestamps) != len(history):
+            raise ValueError(f"{len(timestamps)} timestamps for {len(history)} history items")
+        unknown = [h for h in history if h not in self.index]
+        if unknown:
+            warnings.warn(
+                f"{len(unknown)} unknown item id(s) skipped (not in {self.data_dir / 'items.parquet'}): "
+                + ", ".join(unknown[:20])
+                + (" ..." if len(unknown) > 20 else ""),
+                stacklevel=2,
+            )
+        for j, h in enumerate(history):
+            if h in self.index:
+                items.append(self.index[h])
+                times.append(int(timestamps[j]) if timestamps is not None else query)
+                ratings.append(float("nan"))
+        if not items:
+            who = f"user {user_id!r} is not in the dataset and " if user_id else ""
+            raise ValueError(
+                f"{who}no known history items: pass --history with item ids of the dataset"
+            )
+        batch = self._batch(items, times, ratings, query, self.users.get(user_id, -1))
+        with torch.no_grad():
+            user_vec = self.model(batch)  # [1, D]
+            scores, top = _topk(user_vec.float(), self.item_vectors(), k, batch["exclude_items"])
+        return [
+            Recommendation(self.item_ids[i], self.titles[i], float(s))
+            for i, s in zip(top[0].tolist(), scores[0].tolist(), strict=True)
+            if i > 0
+        ]
+
+    def item_vectors(self) -> torch.Tensor:
+        """The catalogue through the model's item tower, ``[N + 1, D]`` (computed once)."""
+        if self._item_vecs is None:
+            with torch.no_grad():
+                self._item_vecs = self.model.item_vectors().float()
+        return self._item_vecs
+
+    def _batch(self, items, times, ratings, query: int, user_idx: int) -> dict[str, torch.Tensor]:
+        """A one-row batch (contract of DESIGN.md) of the last ``max_len`` events."""
+        n, L = min(len(items), self.max_len), self.max_len
+        it = torch.tensor(items[-n:], dtype=torch.long)
+        ts = torch.tensor(times[-n:], dtype=torch.long)
+        qt = torch.cat([ts[1:], torch.tensor([query])])  # next event's time; last: the query
+        row = {
+            "item_ids": it, "timestamps": ts, "query_time": qt,
+            "ratings": torch.tensor(ratings[-n:], dtype=torch.float32),
+            "mask": torch.ones(n, dtype=torch.bool),
+        }  # fmt: skip
+        batch = {}
+        for key, v in row.items():
+            fill = float("nan") if v.is_floating_point() else 0
+            padded = torch.full((1, L), fill, dtype=v.dtype)
+            padded[0, L - n :] = v
+            batch[key] = padded.to(self.device)
+        exclude = torch.tensor(sorted(set(items)), dtype=torch.long)[None]
+        batch |= {
+            "user_idx": torch.tensor([user_idx], device=self.device),
+            "exclude_items": exclude.to(self.device),
+            "history_len": torch.tensor([len(items)], device=self.device),
+            "target_time": torch.tensor([query], device=self.device),
+        }
+        return batch
+
+
+def _topk(user_vec, item_vecs, k, exclude) -> tuple[torch.Tensor, torch.Tensor]:
+    from mmrec.evaluation import topk_items
+
+    k = max(1, min(k, item_vecs.shape[0] - 1))
+    return topk_items(user_vec, item_vecs, k, exclude)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mmrec recommend",
+        description="Time-aware top-K recommendations from a checkpoint. The query time (--at) "
+        "is a model input: the same history gets different items in December and in July.",
+    )
+    p.add_argument("--ckpt_path", required=True, help="Lightning checkpoint (.ckpt)")
+    p.add_argument("--user", help="user id of the dataset (their full history is used)")
+    p.add_argument(
+        "--history",
+        help="comma-separated raw item ids (ASINs) in time order, for a user the model never "
+        "saw (appended for a known --user); events are taken as happening at --at",
+    )
+    p.add_argument("--at", help="query time YYYY-MM-DD or ISO datetime, UTC (default: now)")
+    p.add_argument("--k", type=int, default=10, help="number of items (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--data_dir", help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mmrec recommend``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if not args.user and not args.history:
+        print("error: give --user USER_ID and/or --history ID,ID,...", file=sys.stderr)
+        return 2
+    history = [h.strip() for h in (args.history or "").split(",") if h.strip()]
+    try:
+        rec = Recommender.from_checkpoint(args.ckpt_path, args.data_dir, args.device)
+        if args.user and args.user not in rec.users and not history:
+            raise ValueError(
+                f"unknown user {args.user!r} (not in {rec.data_dir / 'users.parquet'}): pass "
+                "--history ID,ID,... for a user the model never saw"
+            )
+        unknown = [h for h in history if h not in rec.index]
+        if unknown:
+            print(
+                f"warning: {len(unknown)} unknown item id(s) in --history skipped (not in the dataset): {', '.join(unknown)}",
+                file=sys.stderr,
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported above
+            recs = rec.recommend(history, at=args.at, k=args.k, user_id=args.user)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    at = datetime.fromtimestamp(to_unix(args.at, rec.granularity), timezone.utc).isoformat()
+    if args.json:
+        out = {
+            "user": args.user,
+            "at": at,
+            "known_user": bool(args.user and args.user in rec.users),
+            "unknown_items": unknown,
+            "recommendations": [asdict(r) for r in recs],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"top {len(recs)} for {args.user or 'the given history'} at {at}")
+    width = max([len("item id"), *(len(r.item_id) for r in recs)])
+    print(f"{'#':>3}  {'item id':<{width}}  {'score':>9}  title")
+    for i, r in enumerate(recs, 1):
+        title = (r.title or "")[:70]
+        print(f"{i:>3}  {r.item_id:<{width}}  {r.score:>9.4f}  {title}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Tests for mmrec.recommend: time-aware top-K from a checkpoint, Python API and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import polars as pl
+import pytest
+import torch
+
+from mmrec.data.datamodule import AmazonDataModule
+from mmrec.data.synthetic import make_synthetic_dataset
+from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
+from mmrec.module import MMRecModule
+from mmrec.recommend import Recommender, main, to_unix
+from mmrec.sequence import GPT2Sequence
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small time-aware model trained on synthetic data with planted seasonal items."""
+    tmp = tmp_path_factory.mktemp("rec")
+    path = make_synthetic_dataset(tmp / "ds", num_users=500, num_items=80, p_seasonal=0.6, seed=2)
+    dm = AmazonDataModule(str(path), max_len=10, batch_size=64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    L.seed_everything(0)
+    model = MMRecModule(
+        num_items=dm.num_items,
+        num_users=dm.num_users,
+        data_dir=dm.data_dir,
+        time_granularity=dm.time_granularity,
+        max_len=dm.max_len,
+        d_model=32,
+        event_encoders=[TimestampEncoder(), QueryTimeEncoder()],
+        sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.1),
+        lr=3e-3,
+    )
+    trainer = L.Trainer(
+        max_epochs=8,
+        default_root_dir=tmp,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    torch.set_num_threads(threads)
+    ckpt = tmp / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    items = pl.read_parquet(path / "items.parquet")
+    return ckpt, path, items
+
+
+def _season_ids(items: pl.DataFrame, season: str) -> set[str]:
+    return set(items.filter(pl.col("season") == season)["item_id"].to_list())
+
+
+def test_same_history_december_vs_july(trained):
+    ckpt, path, items = trained
+    rec = Recommender.from_checkpoint(ckpt)
+    history = items.filter(pl.col("season").is_null())["item_id"].to_list()[:4]
+    dec = rec.recommend(history, at="2013-12-20", k=10)
+    jul = rec.recommend(history, at="2013-07-20", k=10)
+    assert len(dec) == len(jul) == 10
+    assert [r.item_id for r in dec] != [r.item_id for r in jul]
+    assert not set(history) & {r.item_id for r in dec}  # history items are not recommended
+    xmas, summer = _season_ids(items, "christmas"), _season_ids(items, "summer")
+    top_dec, top_jul = {r.item_id for r in dec[:5]}, {r.item_id for r in jul[:5]}
+    assert top_dec & xmas and not top_dec & summer
+    assert top_jul & summer and not top_jul & xmas
+    assert dec[0].title and dec[0].score >= dec[-1].score
+
+
+def test_known_user_history_and_unknown_items(trained):
+    ckpt, path, items = trained
+    rec = Recommender.from_checkpoint(ckpt, data_dir=path)
+    user = pl.read_parquet(path / "users.parquet")["user_id"][3]
+    out = rec.recommend(user_id=user, at="2014-02-10", k=5)
+    seen = set(rec.user_history(user)[0])
+    assert len(out) == 5 and not {rec.index[r.item_id] for r in out} & seen
+    long = items["item_id"].to_list()[:15]  # longer than max_len=10: the last 10 are encoded
+    out = rec.recommend(long, at="2014-02-10", k=3)
+    assert len(out) == 3 and not {r.item_id for r in out} & set(long)  # all 15 excluded
+    with pytest.warns(UserWarning, match="1 unknown item id.*NOT_AN_ASIN"):
+        rec.recommend([items["item_id"][0], "NOT_AN_ASIN"], at="2014-02-10", k=3)
+    with pytest.raises(ValueError, match="no known history items"):
+        with pytest.warns(UserWarning):
+            rec.recommend(["NOT_AN_ASIN"], k=3)
+
+
+def test_to_unix():
+    assert to_unix("2013-12-20") == 1387497600
+    assert to_unix("2013-12-20T15:30:00", "day") == 1387497600
+    assert to_unix("2013-12-20T15:30:00+01:00") == 1387497600 + 14 * 3600 + 1800
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        to_unix("20 Dec")
+
+
+def test_cli_json_and_table(trained, capsys):
+    ckpt, path, items = trained
+    hist = ",".join(items.filter(pl.col("season").is_null())["item_id"].to_list()[:3])
+    argv = ["--ckpt_path", str(ckpt), "--user", "NEWUSER", "--at", "2013-12-20", "--k", "4"]
+    assert main([*argv, "--history", hist + ",BOGUS1", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out["recommendations"]) == 4 and out["unknown_items"] == ["BOGUS1"]
+    assert out["at"].startswith("2013-12-20") and not out["known_user"]
+    assert set(out["recommendations"][0]) == {"item_id", "title", "score"}
+    assert "BOGUS1" in captured.err
+    assert main([*argv, "--history", hist]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:3] == ["#", "item", "id"] and len(table) == 2 + 4
+    assert main([*argv]) == 1  # unknown user without --history
+    assert "pass --history" in capsys.readouterr().err
+
+
+def test_mmrec_recommend_dispatch(trained, capsys):
+    from mmrec.cli import main as mmrec_main
+
+    ckpt, path, items = trained
+    user = pl.read_parquet(path / "users.parquet")["user_id"][0]
+    argv = ["recommend", "--ckpt_path", str(ckpt), "--user", user, "--k", "3", "--json"]
+    assert mmrec_main([*argv, "--data_dir", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["known_user"] and len(out["recommendations"]) == 3
