@@ -128,7 +128,7 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         trainer.fit(model, datamodule=dm)
         seconds = time.perf_counter() - t0
         if ckpt.best_model_path:
-            state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=False)
+            state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
             model.load_state_dict(state["state_dict"])
     dm.setup("test")
     out = evaluate(model, dm, args.window_days)

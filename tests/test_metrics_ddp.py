@@ -67,7 +67,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     single = _run(*_metrics(), ranks, targets, times, hist, batch=7)
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
-    ddp = torch.load(out)
+    ddp = torch.load(out, weights_only=True)
     assert set(ddp) == set(single)
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, atol=0, rtol=0, msg=key)
