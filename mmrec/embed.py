@@ -221,6 +221,8 @@ def run_embed(
     _save(out, {"features": feats, "present": present.unsqueeze(0)}, meta)
     for old_partial in partial.parent.glob(f"{stem}_{modality}-*"):  # this and stale runs
         shutil.rmtree(old_partial, ignore_errors=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()  # no other modality is still in progress
     log(f"wrote {out}: {tuple(feats.shape)}, {int(present.sum())}/{n} rows present")
     return out
 

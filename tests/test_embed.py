@@ -139,9 +139,7 @@ def test_resume_after_interruption(tmp_path, ckpt, monkeypatch):
     a = load_file(str(ds / "features" / "clip_text.safetensors"))
     b = load_file(str(full / "features" / "clip_text.safetensors"))
     torch.testing.assert_close(a["features"], b["features"])
-    assert not (ds / "features" / ".partial").exists() or not any(
-        (ds / "features" / ".partial").iterdir()
-    )
+    assert not (ds / "features" / ".partial").exists()  # cleaned up once complete
 
 
 def test_images_counted_per_reason(tmp_path, ckpt, server, capsys):
