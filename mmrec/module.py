@@ -220,9 +220,11 @@ class MMRecModule(L.LightningModule):
         k = min(self.ks)
         shown = {key: torch.tensor(v) for key, v in results.items() if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))}
         self.log_dict(shown, sync_dist=False)
-        if self._trainer is None or not self.trainer.is_global_zero:
+        if self._trainer is None:
             return
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective under DDP: every rank asks
+        if not self.trainer.is_global_zero:
+            return
         write_slices_csv(results, out / "test_slices.csv")
         try:
             plot_metric_by_month(results, out / "test_ndcg_by_month.png", f"ndcg@{k}")
