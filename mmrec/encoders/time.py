@@ -88,6 +88,23 @@ class CalendarEmbedding(nn.Module):
         return out
 
 
+
+def _calendar_for(enc: EventEncoder, d: int) -> CalendarEmbedding | None:
+    """The calendar/event embedding an encoder's flags ask for, or None when it needs none."""
+    if not (enc.use_calendar or enc.use_events or enc.hour_of_day):
+        return None
+    return CalendarEmbedding(
+        d,
+        enc.events,
+        use_calendar=enc.use_calendar,
+        use_events=enc.use_events,
+        hour_of_day=enc.hour_of_day,
+        start=enc.calendar_start,
+        end=enc.calendar_end,
+        init_std=enc.init_std,
+    )
+
+
 class TimestampEncoder(EventEncoder):
     """Encodes each event's own timestamp: ``batch -> [B, L, D]`` (zeros at padding).
 
@@ -169,18 +186,7 @@ class TimestampEncoder(EventEncoder):
                 self.register_buffer("freq", freq)
             self.sin_proj = nn.Linear(2 * freq.numel(), d, bias=False)
             nn.init.normal_(self.sin_proj.weight, std=self.init_std / math.sqrt(2 * freq.numel()))
-        self.calendar = None
-        if self.use_calendar or self.use_events or self.hour_of_day:
-            self.calendar = CalendarEmbedding(
-                d,
-                self.events,
-                use_calendar=self.use_calendar,
-                use_events=self.use_events,
-                hour_of_day=self.hour_of_day,
-                start=self.calendar_start,
-                end=self.calendar_end,
-                init_std=self.init_std,
-            )
+        self.calendar = _calendar_for(self, d)
         if self.use_gap:
             self.gap_emb = nn.Embedding(self.gap_buckets + 1, d)  # 0 = first event, no gap
             self.session_emb = nn.Embedding(2, d)  # 1 = starts a new session
@@ -263,18 +269,7 @@ class QueryTimeEncoder(EventEncoder):
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
         self.hour_of_day = ctx.time_granularity == "second"
-        self.calendar = None
-        if self.use_calendar or self.use_events or self.hour_of_day:
-            self.calendar = CalendarEmbedding(
-                ctx.d_model,
-                self.events,
-                use_calendar=self.use_calendar,
-                use_events=self.use_events,
-                hour_of_day=self.hour_of_day,
-                start=self.calendar_start,
-                end=self.calendar_end,
-                init_std=self.init_std,
-            )
+        self.calendar = _calendar_for(self, ctx.d_model)
         if self.use_gap:
             self.gap_emb = nn.Embedding(self.gap_buckets, ctx.d_model)
             nn.init.normal_(self.gap_emb.weight, std=self.init_std)
