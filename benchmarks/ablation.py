@@ -90,6 +90,45 @@ def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict
     return out
 
 
+
+def fit_best(
+    model: MMRecModule,
+    dm: AmazonDataModule,
+    args: argparse.Namespace,
+    early_stopping: EarlyStopping,
+    limit_train_batches: float = 1.0,
+) -> tuple[float, float | None, int]:
+    """Train with early stopping on val NDCG@10, then load the best-val weights into ``model``.
+
+    ``args`` supplies ``max_epochs``, ``accelerator`` and ``precision`` (None: bf16 on GPU,
+    fp32 on CPU). Returns (training seconds, best val NDCG@10 or None without a checkpoint, epochs run).
+    """
+    gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
+        trainer = L.Trainer(
+            max_epochs=args.max_epochs,
+            limit_train_batches=limit_train_batches,
+            accelerator=args.accelerator,
+            devices=1,
+            precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
+            gradient_clip_val=1.0,
+            callbacks=[ckpt, early_stopping],
+            logger=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
+        t0 = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        seconds = time.perf_counter() - t0
+        if not ckpt.best_model_path:
+            return seconds, None, trainer.current_epoch
+        state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        return seconds, float(ckpt.best_model_score), trainer.current_epoch
+
 def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     dm = AmazonDataModule(
         args.data_dir, max_len=args.max_len, batch_size=args.batch_size, seed=seed
@@ -106,33 +145,11 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.2),
         lr=args.lr,
     )
-    gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(
-            dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True
-        )
-        trainer = L.Trainer(
-            max_epochs=args.max_epochs,
-            limit_train_batches=args.limit_train_batches,
-            accelerator=args.accelerator,
-            devices=1,
-            precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
-            gradient_clip_val=1.0,
-            callbacks=[ckpt, EarlyStopping("val/ndcg@10", mode="max", patience=args.patience)],
-            logger=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        t0 = time.perf_counter()
-        trainer.fit(model, datamodule=dm)
-        seconds = time.perf_counter() - t0
-        if ckpt.best_model_path:
-            state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
-            model.load_state_dict(state["state_dict"])
+    early = EarlyStopping("val/ndcg@10", mode="max", patience=args.patience)
+    seconds, _, epochs = fit_best(model, dm, args, early, limit_train_batches=args.limit_train_batches)
     dm.setup("test")
     out = evaluate(model, dm, args.window_days)
-    out |= {"epochs": float(trainer.current_epoch), "train_s": seconds}
+    out |= {"epochs": float(epochs), "train_s": seconds}
     print(
         f"{variant} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True
     )

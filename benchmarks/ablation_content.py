@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # reuse the time ablation's helpers
 
 import lightning as L  # noqa: E402
-from ablation import _fmt, _rel, evaluate  # noqa: E402
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint  # noqa: E402
+from ablation import _fmt, _rel, evaluate, fit_best  # noqa: E402
+from lightning.pytorch.callbacks import EarlyStopping  # noqa: E402
 
 from mmrec.data.datamodule import AmazonDataModule  # noqa: E402
 from mmrec.encoders.item_id import ItemIdEncoder  # noqa: E402
@@ -157,34 +156,14 @@ def train_and_test(
         lr=args.lr,
         test_slices=False,
     )
-    gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
-        trainer = L.Trainer(
-            max_epochs=args.max_epochs,
-            accelerator=args.accelerator,
-            devices=1,
-            precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
-            gradient_clip_val=1.0,
-            callbacks=[ckpt, WarmEarlyStopping(args.warmup_epochs, "val/ndcg@10", "max", args.patience)],
-            logger=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        t0 = time.perf_counter()
-        trainer.fit(model, datamodule=dm)
-        seconds = time.perf_counter() - t0
-        if not ckpt.best_model_path:
-            raise RuntimeError(f"{variant} seed {seed}: no checkpoint was saved")
-        state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        best_val = float(ckpt.best_model_score)
+    early = WarmEarlyStopping(args.warmup_epochs, "val/ndcg@10", "max", args.patience)
+    seconds, best_val, epochs = fit_best(model, dm, args, early)
+    if best_val is None:
+        raise RuntimeError(f"{variant} seed {seed}: no checkpoint was saved")
     dm.setup("test")
     res = evaluate(model, dm, window_days=14)  # the time ablation's full-ranking test loop
     out = {c: res[f"all/{c}"] for c in COLS} | {"users": res["users"]}
-    out |= {"val_ndcg@10": best_val, "epochs": float(trainer.current_epoch), "train_s": seconds}
+    out |= {"val_ndcg@10": best_val, "epochs": float(epochs), "train_s": seconds}
     print(f"{data_dir.name} | {variant} | seed {seed}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
     return out
