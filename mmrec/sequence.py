@@ -58,12 +58,15 @@ class GPT2Sequence(Configurable, nn.Module):
                     f"pretrained GPT-2 at {self.pretrained_path} has {config.n_positions} positions < max_len {max_len}"
                 )
             config.update({"vocab_size": 1, "n_positions": max_len, "bos_token_id": None, "eos_token_id": None, **drop})
+            if config.activation_function == "gelu_new":  # the same function, one fused kernel
+                config.activation_function = "gelu_pytorch_tanh"
         else:
             if d_model % self.n_head:
                 raise ValueError(f"d_model {d_model} is not divisible by n_head {self.n_head}")
             config = GPT2Config(
                 vocab_size=1, n_positions=max_len, n_embd=d_model, n_layer=self.n_layer,
-                n_head=self.n_head, n_inner=4 * d_model, bos_token_id=None, eos_token_id=None, **drop,
+                n_head=self.n_head, n_inner=4 * d_model, bos_token_id=None, eos_token_id=None,
+                activation_function="gelu_pytorch_tanh", **drop,
             )
         config._attn_implementation = self.attn_implementation
         self.gpt2 = GPT2Model(config)

@@ -151,6 +151,16 @@ def test_pretrained_gpt2_with_projections(dataset, tmp_path):
         model.sequence.gpt2.h[1].mlp.c_fc.weight, reference.h[1].mlp.c_fc.weight
     )
     torch.testing.assert_close(model.sequence.gpt2.wpe.weight, reference.wpe.weight[:8])
+    # same function as the checkpoint's gelu_new (fused kernel): same hidden states
+    assert model.sequence.gpt2.config.activation_function == "gelu_pytorch_tanh"
+    assert reference.config.activation_function == "gelu_new"
+    x = torch.randn(3, 8, 24)
+    model.sequence.gpt2.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.sequence.gpt2(inputs_embeds=x).last_hidden_state,
+            reference(inputs_embeds=x).last_hidden_state, atol=1e-5, rtol=1e-5,
+        )
 
 
 def _popularity_ndcg(dm: AmazonDataModule) -> float:
