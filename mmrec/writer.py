@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import polars as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -44,6 +45,8 @@ class TopKWriter(BasePredictionWriter):
         users = torch.cat([p["user_idx"] for p in predictions]).cpu().numpy()
         items = torch.cat([p["items"] for p in predictions]).cpu().numpy()
         scores = torch.cat([p["scores"] for p in predictions]).float().cpu().numpy()
+        order = np.argsort(users, kind="stable")  # loaders may visit users in any order
+        users, items, scores = users[order], items[order], scores[order]
         frame = pl.DataFrame(
             {"user_idx": users.astype("int32"), "item_idx": items.astype("int32").tolist(), "score": scores.tolist()}
         )

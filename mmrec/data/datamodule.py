@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,159 +12,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmrec.data.batches import (
+    LengthBucketSampler,
+    SequenceDataset,
+    UnpaddedDistributedSampler,
+    _dist_world,
+    _Events,
+    _identity,
+    _Rows,
+)
 
 if TYPE_CHECKING:
     from mmrec.data.prepare import PrepareConfig
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 DAY = 86_400
-
-
-def _dist_world() -> tuple[int, int]:
-    """``(num_replicas, rank)`` of the initialised process group, else ``(1, 0)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Evaluation sampler: rank ``r`` of ``W`` gets rows ``r, r+W, r+2W, ...``; no padding.
-
-    Lightning's ``DistributedSampler`` repeats rows so that every rank has the same count, which
-    would count some users twice in ranking metrics. Here shards are disjoint and their union is
-    every row exactly once; sizes differ by at most one row (so ranks may run one batch more or
-    fewer: never call collectives per eval step). Being a ``DistributedSampler`` subclass,
-    Lightning leaves it in place whatever ``trainer.use_distributed_sampler`` says.
-
-    Args:
-        dataset: Anything with ``len()``.
-        num_replicas: World size; default: the process group's, or 1 without one.
-        rank: This process's rank; default: the process group's, or 0 without one.
-    """
-
-    def __init__(self, dataset: Any, num_replicas: int | None = None, rank: int | None = None):
-        world, me = _dist_world()
-        num_replicas = world if num_replicas is None else num_replicas
-        rank = me if rank is None else rank
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.total_size = len(dataset)
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-
-    def __iter__(self):
-        return iter(range(self.rank, self.total_size, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-@dataclass
-class _Events:
-    """Every interaction as flat tensors, sorted by user then time (the parquet order).
-
-    Index ``N`` is a sentinel padding event (item 0, time 0, rating NaN) that pad slots read.
-    """
-
-    items: Tensor  # [N+1] int64
-    ts: Tensor  # [N+1] int64
-    ratings: Tensor  # [N+1] float32, NaN where missing
-    ex_items: Tensor  # [X+1] int64: items of events that are the user's first with that item
-    ex_cum: Tensor  # [N+1] int64: number of such events before each flat index
-
-
-@dataclass
-class _Rows:
-    """One loader's rows: a user's history ``[begin, end)`` in the flat arrays, plus targets."""
-
-    user: Tensor  # [R] user_idx
-    begin: Tensor  # [R] flat index of the user's first event
-    end: Tensor  # [R] history end (exclusive)
-    qlast: Tensor  # [R] query time at the last history position
-    tgt_start: Tensor  # [R] offset into tgt_items
-    tgt_cnt: Tensor  # [R] number of targets (0 in training and prediction)
-    tgt_items: Tensor  # [T_all+1] int64, deduplicated targets per row in time order, 0 sentinel
-
-
-def _identity(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    return batch
-
-
-def _take(flat: Tensor, idx: Tensor) -> Tensor:
-    """``flat[idx]`` for any-shaped ``idx`` via ``index_select`` (much faster than fancy indexing)."""
-    return flat.index_select(0, idx.reshape(-1)).view(idx.shape)
-
-
-def _gather_ragged(flat: Tensor, start: Tensor, cnt: Tensor) -> Tensor:
-    """Rows ``flat[start_b : start_b + cnt_b]``, right-padded with 0: ``[B, max(1, max cnt)]``.
-
-    ``flat`` ends with a 0 sentinel that padded slots point at.
-    """
-    width = max(int(cnt.max()) if cnt.numel() else 0, 1)
-    ar = torch.arange(width)
-    idx = torch.where(ar < cnt[:, None], start[:, None] + ar, flat.numel() - 1)  # [B, W]
-    return _take(flat, idx)
-
-
-class SequenceDataset(Dataset):
-    """Rows of one split; ``__getitems__`` builds a whole batch dict with a few tensor gathers.
-
-    Sequences are left-padded to ``max_len`` (the most recent event at position ``L-1``).
-
-    Args:
-        events: The flat event tensors.
-        rows: The rows of this split.
-        max_len: ``L``, the history window.
-        train: Training rows (``targets [B, L]``) or evaluation rows (``target_items`` etc.).
-        exclude_history: Fill ``exclude_items`` with the whole history (else a ``[B, 1]`` of 0).
-    """
-
-    def __init__(
-        self, events: _Events, rows: _Rows, max_len: int, train: bool, exclude_history: bool = True
-    ):
-        self.ev, self.rows, self.max_len = events, rows, max_len
-        self.train, self.exclude_history = train, exclude_history
-        self._ar = torch.arange(max_len)
-
-    def __len__(self) -> int:
-        return int(self.rows.user.numel())
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.__getitems__([i])
-
-    def __getitems__(self, indices: list[int] | Tensor) -> dict[str, Tensor]:
-        r = torch.as_tensor(indices, dtype=torch.long)
-        ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1  # pad: the sentinel event
-        begin, end = rows.begin[r], rows.end[r]  # [B]
-        pos = end[:, None] - self.max_len + self._ar  # [B, L] flat index of each slot
-        mask = pos >= begin[:, None]
-        idx = torch.where(mask, pos, pad)
-        nxt = torch.where(mask, pos + 1, pad)  # the event after each slot (<= end)
-        batch = {
-            "item_ids": _take(ev.items, idx),
-            "mask": mask,
-            "timestamps": _take(ev.ts, idx),
-            "ratings": _take(ev.ratings, idx),
-            # the next event's time inside the history, the row's query time after its end
-            "query_time": torch.where(
-                pos + 1 < end[:, None], _take(ev.ts, nxt), rows.qlast[r, None]
-            ),
-            "user_idx": rows.user[r],
-        }
-        if self.train:
-            batch["targets"] = _take(ev.items, nxt)
-            return batch
-        batch["target_items"] = _gather_ragged(rows.tgt_items, rows.tgt_start[r], rows.tgt_cnt[r])
-        if self.exclude_history:
-            lo = ev.ex_cum[begin]
-            batch["exclude_items"] = _gather_ragged(ev.ex_items, lo, ev.ex_cum[end] - lo)
-        else:
-            batch["exclude_items"] = torch.zeros(len(r), 1, dtype=torch.long)
-        batch["history_len"] = end - begin
-        batch["target_time"] = rows.qlast[r]
-        return batch
 
 
 class AmazonDataModule(LightningDataModule):
@@ -186,8 +51,8 @@ class AmazonDataModule(LightningDataModule):
     (and ``target_time``) is ``predict_time``; ``target_items`` is a ``[B, 1]`` of zeros.
 
     Batches are gathered from flat tensors built once in ``setup()``; no per-event Python.
-    DDP: training uses a seeded ``DistributedSampler`` built here (padding is harmless there);
-    val/test/predict use ``UnpaddedDistributedSampler`` so no user is scored twice. Both are
+    DDP: training uses a seeded ``LengthBucketSampler`` (a ``DistributedSampler``; padding is
+    harmless there); val/test/predict use ``UnpaddedDistributedSampler`` so no user is scored twice. Both are
     ``DistributedSampler`` instances, so Lightning never replaces them, whatever
     ``trainer.use_distributed_sampler`` is set to.
 
@@ -206,6 +71,12 @@ class AmazonDataModule(LightningDataModule):
             masks them out); False gives a ``[B, 1]`` of zeros.
         predict_time: Query time of the predict loader: unix seconds or an ISO date
             (``"2014-12-20"``, UTC); None: each user's last event time plus one day.
+        trim_padding: Make each batch only as wide as its longest history (at most
+            ``max_len``) instead of always ``max_len``; the model sees the same events.
+        bucket_window: Training batches are cut from windows of ``bucket_window`` batches of
+            shuffled rows sorted by history length, so a batch holds similar lengths and,
+            trimmed, little padding (3x faster epochs on Beauty 2014); 1: plain shuffled
+            batches. Every row is still used once per epoch.
     """
 
     def __init__(
@@ -220,6 +91,8 @@ class AmazonDataModule(LightningDataModule):
         seed: int = 0,
         exclude_history: bool = True,
         predict_time: int | str | None = None,
+        trim_padding: bool = True,
+        bucket_window: int = 50,
     ):
         super().__init__()
         if max_len < 1:
@@ -230,6 +103,9 @@ class AmazonDataModule(LightningDataModule):
         self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
         self.exclude_history = exclude_history
+        if bucket_window < 1:
+            raise ValueError(f"bucket_window must be >= 1 (1: no length bucketing), got {bucket_window}")
+        self.trim_padding, self.bucket_window = trim_padding, bucket_window
         self.predict_time = _to_unix(predict_time)
         self._meta: dict[str, Any] | None = None
         self._items: pl.DataFrame | None = None
@@ -376,7 +252,9 @@ class AmazonDataModule(LightningDataModule):
         users = np.flatnonzero(n[0] >= 2)
         end = start[users] + n[0][users] - 1
         rows = self._rows(users, start[users], end, ts[end], None)
-        self.datasets["train"] = SequenceDataset(self._events, rows, self.max_len, train=True)
+        self.datasets["train"] = SequenceDataset(
+            self._events, rows, self.max_len, train=True, trim=self.trim_padding
+        )
         for name, c in (("valid", 1), ("test", 2)):
             hist = n[0] + (n[1] if c == 2 else 0)
             self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
@@ -387,7 +265,7 @@ class AmazonDataModule(LightningDataModule):
             tgt_off = np.concatenate([[0], np.cumsum(np.bincount(tgt_u, minlength=num_users))])
             rows = self._rows(users, start[users], end, ts[end], (tgt_off, tgt_items))
             self.datasets[name] = SequenceDataset(
-                self._events, rows, self.max_len, False, self.exclude_history
+                self._events, rows, self.max_len, False, self.exclude_history, self.trim_padding
             )
         users = np.flatnonzero(count > 0)
         end = start[users] + count[users]
@@ -398,7 +276,7 @@ class AmazonDataModule(LightningDataModule):
         )
         rows = self._rows(users, start[users], end, qlast, None)
         self.datasets["predict"] = SequenceDataset(
-            self._events, rows, self.max_len, False, self.exclude_history
+            self._events, rows, self.max_len, False, self.exclude_history, self.trim_padding
         )
 
     @staticmethod
@@ -436,27 +314,28 @@ class AmazonDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training rows (sharded over ranks under DDP; epoch ``e`` uses ``seed+e``)."""
+        """Shuffled training rows, length-bucketed (sharded over ranks under DDP; epoch ``e``
+        uses ``seed+e``)."""
         self.setup()
         world, rank = _dist_world()
-        ds = self.datasets["train"]
-        sampler = DistributedSampler(
-            ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        sampler = LengthBucketSampler(
+            self.datasets["train"], self.batch_size, self.bucket_window,
+            num_replicas=world, rank=rank, seed=self.seed,
         )
         return self._loader("train", sampler, self.batch_size)
 
     def _eval_loader(self, name: str) -> DataLoader:
         self.setup()
-        return self._loader(
-            name, UnpaddedDistributedSampler(self.datasets[name]), self.eval_batch_size
-        )
+        ds = self.datasets[name]
+        lengths = ds.lengths() if self.trim_padding else None  # shortest first: less padding
+        return self._loader(name, UnpaddedDistributedSampler(ds, lengths=lengths), self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation rows in user order, one disjoint shard per rank."""
+        """Validation rows (shortest history first when trimming), one disjoint shard per rank."""
         return self._eval_loader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        """Test rows in user order, one disjoint shard per rank."""
+        """Test rows (shortest history first when trimming), one disjoint shard per rank."""
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:

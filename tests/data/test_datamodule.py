@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from mmrec.data.batches import LengthBucketSampler
 from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
 from mmrec.data.synthetic import make_synthetic_dataset
 
@@ -65,7 +66,9 @@ LOO_ROWS = [
 @pytest.fixture
 def loo_dm(tmp_path) -> AmazonDataModule:
     write_folder(tmp_path / "loo", LOO_ROWS, num_users=4, num_items=6)
-    dm = AmazonDataModule(str(tmp_path / "loo"), max_len=3, batch_size=8, eval_batch_size=8)
+    dm = AmazonDataModule(
+        str(tmp_path / "loo"), max_len=3, batch_size=8, eval_batch_size=8, trim_padding=False
+    )
     dm.setup()
     return dm
 
@@ -150,7 +153,7 @@ def test_temporal_multi_target(tmp_path):
         (2, 3, 120, 1.0, "train"), (2, 1, 130, 1.0, "train"),
     ]  # fmt: skip
     write_folder(tmp_path / "t", rows, num_users=3, num_items=5, protocol="temporal")
-    dm = AmazonDataModule(str(tmp_path / "t"), max_len=4)
+    dm = AmazonDataModule(str(tmp_path / "t"), max_len=4, trim_padding=False)
     dm.setup()
     t = batch_of(dm, "test")
     assert eq(t["user_idx"], [0, 1])
@@ -219,6 +222,48 @@ def test_eval_batches_history_before_target(synthetic_dm):
                 assert b["target_items"][row].tolist() == target
 
 
+def test_unpadded_sampler_orders_a_shard_by_length():
+    lengths = torch.tensor([5, 1, 3, 1, 2, 9])
+    shards = [list(UnpaddedDistributedSampler(range(6), 2, r, lengths=lengths)) for r in (0, 1)]
+    assert shards == [[4, 2, 0], [1, 3, 5]]  # rows 0, 2, 4 by length 5, 3, 2; ties stable
+    with pytest.raises(ValueError, match="lengths has 2 rows"):
+        UnpaddedDistributedSampler(range(6), lengths=torch.ones(2))
+
+
+class _Lengths:
+    def __init__(self, lengths):
+        self._l = torch.as_tensor(lengths)
+
+    def __len__(self):
+        return len(self._l)
+
+    def lengths(self):
+        return self._l
+
+
+def test_length_bucket_sampler_covers_every_row_with_less_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 51, (1000,), generator=g)
+    data = _Lengths(lengths)
+    sampler = LengthBucketSampler(data, batch_size=32, window=10, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))  # every row once
+    batches = [order[i : i + 32] for i in range(0, 1000, 32)]
+    waste = sum(len(b) * int(lengths[b].max()) - int(lengths[b].sum()) for b in batches)
+    plain = list(LengthBucketSampler(data, batch_size=32, window=1, seed=3))
+    plain_batches = [plain[i : i + 32] for i in range(0, 1000, 32)]
+    plain_waste = sum(len(b) * int(lengths[b].max()) - int(lengths[b].sum()) for b in plain_batches)
+    assert waste < plain_waste / 5
+    assert len(batches[-1]) == 1000 % 32  # the partial batch is last
+    assert list(LengthBucketSampler(data, batch_size=32, window=10, seed=3)) == order  # seeded
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    shards = [set(LengthBucketSampler(data, 32, 10, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    assert shards[0] | shards[1] == set(range(1000)) and len(shards[0]) == len(shards[1]) == 500
+    with pytest.raises(ValueError, match="must be >= 1"):
+        LengthBucketSampler(data, batch_size=32, window=0)
+
+
 def test_unpadded_sampler_shards_disjoint():
     data = list(range(5))
     shards = [list(UnpaddedDistributedSampler(data, num_replicas=2, rank=r)) for r in (0, 1)]
@@ -258,7 +303,37 @@ def test_predict_through_lightning(loo_dm):
         enable_model_summary=False,
     )
     out = trainer.predict(Echo(), datamodule=loo_dm)
-    assert torch.cat(out).tolist() == [0, 1, 2, 3]
+    assert torch.cat(out).tolist() == [0, 1, 2, 3]  # untrimmed: user order
+
+
+def test_trimmed_batches_are_the_untrimmed_ones_without_shared_padding(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    full = AmazonDataModule(str(tmp_path / "d"), max_len=4, trim_padding=False)
+    trim = AmazonDataModule(str(tmp_path / "d"), max_len=4)
+    full.setup(), trim.setup()
+    widths = {}
+    for name in ("train", "valid", "test", "predict"):
+        for rows in ([0], [1], list(range(len(full.datasets[name])))):
+            a = full.datasets[name].__getitems__(rows)
+            b = trim.datasets[name].__getitems__(rows)
+            w = b["item_ids"].shape[1]
+            assert w == min(4, int(trim.datasets[name].lengths()[rows].max()))
+            assert not a["mask"][:, : 4 - w].any()  # only shared padding was cut
+            for key, value in a.items():
+                cut = value[:, -w:] if value.ndim == 2 and value.shape[1] == 4 and key != "exclude_items" else value
+                assert eq(b[key], cut.tolist()), (name, rows, key)
+            widths[name, tuple(rows[:2])] = w
+    assert widths["train", (0,)] == 2 and widths["train", (1,)] == 1  # users 0, 1: 2 and 1 inputs
+    assert widths["valid", (1,)] == 2 and widths["test", (0,)] == 4  # user 0's 4 events: max_len
+
+
+def test_eval_loaders_visit_short_histories_first(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "d"), max_len=3, eval_batch_size=2)
+    users = [u for b in dm.predict_dataloader() for u in b["user_idx"].tolist()]
+    lengths = dm.datasets["predict"].lengths()
+    assert sorted(users) == [0, 1, 2, 3] and users == [3, 2, 0, 1]  # 1, 2, 3 (capped), 3 events
+    assert lengths.tolist() == [3, 3, 2, 1]
 
 
 def test_missing_folder_says_run_prepare(tmp_path):
