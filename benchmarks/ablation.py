@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
     p.add_argument("--window_days", type=int, default=14)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs in parallel processes, the CPU threads split between them")
     p.add_argument("--note", default="", help="free text added under the table")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_time.md"))
     return p.parse_args(argv)
@@ -88,7 +90,6 @@ def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict
             out[f"{name}/hr@{k}"] = (r <= k).float().mean().item()
             out[f"{name}/ndcg@{k}"] = torch.where(r <= k, 1 / torch.log2(r + 1), 0.0).mean().item()
     return out
-
 
 
 def fit_best(
@@ -129,6 +130,7 @@ def fit_best(
         model.load_state_dict(state["state_dict"])
         return seconds, float(ckpt.best_model_score), trainer.current_epoch
 
+
 def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     dm = AmazonDataModule(
         args.data_dir, max_len=args.max_len, batch_size=args.batch_size, seed=seed
@@ -154,6 +156,25 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         f"{variant} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True
     )
     return out
+
+
+def run_all(fn, variants: list[str], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """``fn(variant, seed, args)`` for every variant and seed, in ``args.jobs`` processes.
+
+    Several single-threaded runs use a small CPU better than one multi-threaded run (the
+    model's matrices are small); results do not depend on ``jobs`` beyond float noise.
+    """
+    if args.jobs <= 1:
+        return {v: [fn(v, seed, args) for seed in args.seeds] for v in variants}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, torch.get_num_threads() // args.jobs)
+    with ProcessPoolExecutor(
+        args.jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+    ) as pool:
+        futures = {(v, s): pool.submit(fn, v, s, args) for v in variants for s in args.seeds}
+        return {v: [futures[v, s].result() for s in args.seeds] for v in variants}
 
 
 def _fmt(values: list[float]) -> str:
@@ -182,7 +203,7 @@ def write_table(
         f"Model: GPT-2 d={args.d_model}, 2 layers, 2 heads, max_len {args.max_len}, full softmax "
         f"CE, lr {args.lr}, batch {args.batch_size}, best val NDCG@10 checkpoint (patience "
         f"{args.patience}, max_epochs {args.max_epochs}, limit_train_batches "
-        f"{args.limit_train_batches}). Seeds {args.seeds}; mean ± std (ddof 1). Device: {device}.",
+        f"{args.limit_train_batches}). Seeds {args.seeds}; mean ± std (ddof 1). Device: {device}; {args.jobs} run(s) in parallel.",
         "",
         "| variant | "
         + " | ".join(c.replace("/", " ").upper() for c in cols)
@@ -213,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     cmd = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    results = {v: [run(v, seed, args) for seed in args.seeds] for v in VARIANTS}
+    results = run_all(run, list(VARIANTS), args)
     text = write_table(results, args, cmd.strip())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
