@@ -92,3 +92,21 @@ def test_review_encoder_row_count_checked(dataset, tmp_path):
     pl.read_parquet(ds / "interactions.parquet").head(4).write_parquet(ds / "interactions.parquet")
     with pytest.raises(ValueError, match="rows but the dataset needs 5"):
         ReviewTextEncoder().build(_ctx(ds))
+
+
+def test_content_vectors_start_at_the_id_embedding_scale(tmp_path):
+    """The projected content starts at std ~0.02 per dimension, like ItemIdEncoder's init, so
+    frozen text features do not swamp the ID embeddings; the gain is learned."""
+    from mmrec.encoders.features import CachedFeatureEncoder, write_features
+    from mmrec.encoders.item_id import ItemIdEncoder
+
+    ctx = BuildContext(num_items=300, num_users=2, d_model=64, data_dir=str(tmp_path))
+    write_features(tmp_path / "features" / "clip_text.safetensors", 301, dim=384)
+    content, ids = CachedFeatureEncoder(check_fingerprint=False), ItemIdEncoder()
+    content.build(ctx), ids.build(ctx)
+    rows = torch.arange(1, 301)[content.present[1:]]
+    c_norm = content(rows).norm(dim=-1).mean().item()
+    i_norm = ids(rows).norm(dim=-1).mean().item()
+    assert 0.5 < c_norm / i_norm < 2.0, (c_norm, i_norm)  # was ~50x with a unit-gain LayerNorm
+    content(rows).sum().backward()
+    assert content.proj.net[-1].weight.grad.abs().sum() > 0  # the gain learns from step one

@@ -84,6 +84,10 @@ class Projection(nn.Module):
         hidden: Hidden width of an MLP (GELU); 0 for a single Linear.
         layer_norm: LayerNorm on the output.
         dropout: Dropout on the input features.
+        init_scale: Initial gain of the output LayerNorm. A LayerNorm output has unit variance
+            per dimension (norm ~8 at D=64), which would swamp item-ID embeddings initialised
+            at std 0.02 (norm ~0.16) and the model would first have to unlearn the content; at
+            0.02 both start at the same scale and the gain is learned.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Projection(nn.Module):
         hidden: int = 0,
         layer_norm: bool = True,
         dropout: float = 0.0,
+        init_scale: float = 0.02,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Dropout(dropout)]
@@ -101,7 +106,9 @@ class Projection(nn.Module):
         else:
             layers.append(nn.Linear(in_dim, out_dim))
         if layer_norm:
-            layers.append(nn.LayerNorm(out_dim))
+            norm = nn.LayerNorm(out_dim)
+            nn.init.constant_(norm.weight, init_scale)
+            layers.append(norm)
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
