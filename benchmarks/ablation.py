@@ -31,6 +31,7 @@ from mmrec.calendar import GIFT_EVENTS, in_event_window
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.evaluation import rank_targets
+from mmrec.metrics import RankingMetrics
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 
@@ -65,30 +66,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict[str, float]:
-    """Full-catalogue test metrics, overall and on the holiday-window slice."""
+    """Full-catalogue test metrics (RankingMetrics, every target of a row), overall and on the
+    holiday-window slice (rows whose first target falls in a gift-event window)."""
     model.eval()
-    ranks, times = [], []
+    metrics = {"all": RankingMetrics(ks=KS), "holiday": RankingMetrics(ks=KS)}
+    users = holiday = 0
     with torch.no_grad():
+        item_vecs = model.item_vectors().float()
         for batch in dm.test_dataloader():
             batch = {k: v.to(model.device) for k, v in batch.items()}
             with torch.autocast(model.device.type, enabled=model.device.type == "cuda"):
                 user = model(batch)
-            r = rank_targets(
-                user.float(),
-                model.item_vectors().float(),
-                batch["target_items"],
-                batch["exclude_items"],
-            )
-            ranks.append(r[:, 0].cpu())
-            times.append(batch["target_time"].cpu())
-    rank, when = torch.cat(ranks), torch.cat(times).numpy()
-    window = torch.from_numpy(in_event_window(when, GIFT_EVENTS, days_before=window_days))
-    out = {"users": float(len(rank)), "holiday_users": float(window.sum())}
-    for name, sel in (("all", torch.ones_like(window)), ("holiday", window)):
-        r = rank[sel]
-        for k in KS:
-            out[f"{name}/hr@{k}"] = (r <= k).float().mean().item()
-            out[f"{name}/ndcg@{k}"] = torch.where(r <= k, 1 / torch.log2(r + 1), 0.0).mean().item()
+            r = rank_targets(user.float(), item_vecs, batch["target_items"], batch["exclude_items"]).cpu()
+            when = batch["target_time"].cpu().numpy()
+            window = torch.from_numpy(in_event_window(when, GIFT_EVENTS, days_before=window_days))
+            metrics["all"].update(r)
+            if window.any():
+                metrics["holiday"].update(r[window])
+            users, holiday = users + len(r), holiday + int(window.sum())
+    out = {"users": float(users), "holiday_users": float(holiday)}
+    for name, m in metrics.items():
+        out |= {f"{name}/{k}": float(v) for k, v in m.compute().items()}
     return out
 
 
