@@ -88,7 +88,8 @@ def embed_images(
     Returns ``(features [n, D], present [n], counts per reason, failures)``; items whose
     image is missing or unusable get a zero row and present False.
     """
-    from mmrec.images import FetchResult, decode_jpegs_to_pixels, is_jpeg, load_rgb
+    from mmrec.image_decode import decode_jpegs_to_pixels, is_jpeg, load_rgb
+    from mmrec.images import FetchResult
 
     results: list[FetchResult] = fetcher.fetch_many(urls)
     res = model.image_resolution

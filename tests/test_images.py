@@ -7,11 +7,11 @@ import json
 import pytest
 from content_helpers import SLOW_S, ImageServer, jpeg_bytes, png_bytes
 
+from mmrec.image_decode import decode_jpegs_to_pixels
 from mmrec.images import (
     FetchReport,
     ImageFetcher,
     amazon_full_size,
-    decode_jpegs_to_pixels,
     looks_like_image,
 )
 

@@ -144,7 +144,8 @@ class CLIPImageEncoder(_CLIPEncoder):
     modality = "image"
 
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
-        from mmrec.images import ImageFetcher, load_rgb
+        from mmrec.image_decode import load_rgb
+        from mmrec.images import ImageFetcher
         from mmrec.item_content import load_inputs
 
         fetcher = ImageFetcher(self.image_cache or data_dir / "features" / "image_cache")
