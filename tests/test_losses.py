@@ -47,7 +47,7 @@ def test_full_softmax_fused_fp32_path_equals_pytorch(inputs, smoothing):
     (3.0 * loss).backward()
     (3.0 * expected).backward()
     torch.testing.assert_close(loss, expected)
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a.grad, b.grad)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision takes the plain path
         mixed = loss_fn(hidden, targets, item_vecs)
