@@ -87,10 +87,12 @@ class Clock(L.Callback):
         # Lightning runs validation inside the training epoch; its time is taken out here
         self.epoch_s.append(self._now(module) - self._t - self._val_in_epoch)
 
-    def on_validation_epoch_start(self, trainer, module) -> None:
+    def on_validation_start(self, trainer, module) -> None:
         self._v = self._now(module)
 
-    def on_validation_epoch_end(self, trainer, module) -> None:
+    def on_validation_end(self, trainer, module) -> None:  # after the module logged val/ndcg@10
+        if trainer.sanity_checking:
+            return
         now = self._now(module)
         self.eval_s.append(now - self._v)
         self._val_in_epoch = now - self._v
