@@ -158,7 +158,8 @@ class MMRecModule(L.LightningModule):
         keep = targets > 0  # [B, L]
         loss = self.loss(hidden[keep], targets[keep], item_vecs)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=targets.shape[0])
-        return loss
+        weight = batch.get("loss_weight")  # per-position weighting across batches (datamodule)
+        return loss if weight is None else loss * weight
 
     def _eval_vecs(self) -> Tensor:
         if self._eval_item_vecs is None:

@@ -238,3 +238,15 @@ def test_test_slices_logged_and_written(dataset, tmp_path):
     csv_text = (tmp_path / "test_slices.csv").read_text()
     assert csv_text.startswith("slice,value") and ("holiday,in" in csv_text or "holiday,out" in csv_text)
     assert (tmp_path / "test_ndcg_by_month.png").stat().st_size > 1000
+
+
+def test_training_step_scales_the_loss_by_the_batch_weight(dataset):
+    dm = _dm(dataset)
+    dm.setup()
+    model = _model(dm)
+    batch = dm.datasets["train"].__getitems__(list(range(16)))
+    with pytest.warns(UserWarning, match="not managed by the `Trainer`|log"):
+        plain = model.training_step({k: v for k, v in batch.items() if k != "loss_weight"}, 0)
+    with pytest.warns(UserWarning, match="not managed by the `Trainer`|log"):
+        weighted = model.training_step(batch | {"loss_weight": torch.tensor(2.5)}, 0)
+    torch.testing.assert_close(weighted, 2.5 * plain)

@@ -77,7 +77,8 @@ class LengthBucketSampler(DistributedSampler):
     Args:
         dataset: A dataset with ``lengths()`` (``SequenceDataset``).
         batch_size: The loader's batch size.
-        window: Batches per sorting window (larger: less padding, less random batches).
+        window: Batches per sorting window (larger: less padding, less random batches; see
+            ``AmazonDataModule``'s ``bucket_window`` for what that cost on a small set).
         num_replicas: World size; default: the process group's, or 1 without one.
         rank: This process's rank; default: the process group's, or 0 without one.
         seed: Shuffle seed (epoch ``e`` uses ``seed + e``, via ``set_epoch``).
@@ -186,6 +187,7 @@ class SequenceDataset(Dataset):
         self.ev, self.rows, self.max_len = events, rows, max_len
         self.train, self.exclude_history, self.trim = train, exclude_history, trim
         self._ar = torch.arange(max_len)
+        self._mean_len = float(self.lengths().float().mean()) if len(self) else 1.0
 
     def __len__(self) -> int:
         return int(self.rows.user.numel())
@@ -221,6 +223,10 @@ class SequenceDataset(Dataset):
         }
         if self.train:
             batch["targets"] = _take(ev.items, nxt)
+            # tokens in this batch / tokens in an average batch of as many rows: the module
+            # scales the batch-mean loss by it, so every training position weighs the same
+            # however batches are grouped (length-bucketed batches differ 10x in tokens)
+            batch["loss_weight"] = (mask.sum() / (len(r) * self._mean_len)).float()
             return batch
         batch["target_items"] = _gather_ragged(rows.tgt_items, rows.tgt_start[r], rows.tgt_cnt[r])
         if self.exclude_history:

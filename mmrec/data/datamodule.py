@@ -73,10 +73,13 @@ class AmazonDataModule(LightningDataModule):
             (``"2014-12-20"``, UTC); None: each user's last event time plus one day.
         trim_padding: Make each batch only as wide as its longest history (at most
             ``max_len``) instead of always ``max_len``; the model sees the same events.
-        bucket_window: Training batches are cut from windows of ``bucket_window`` batches of
-            shuffled rows sorted by history length, so a batch holds similar lengths and,
-            trimmed, little padding (3x faster epochs on Beauty 2014); 1: plain shuffled
-            batches. Every row is still used once per epoch.
+        bucket_window: 1 (default): plain shuffled training batches. ``w > 1``: batches are
+            cut from windows of ``w`` batches of shuffled rows sorted by history length, so a
+            batch holds similar lengths and, trimmed, little padding; every row is still used
+            once per epoch and each batch's loss is weighted by its share of positions. Faster
+            (Beauty 2014 epoch on 2 CPU cores: 33 s plain, 19 s at w=4, 16 s at w=50) but the
+            batches are less random, which cost accuracy on a small set (2023 All_Beauty, ID
+            only, 3 seeds: test NDCG@10 0.066 plain, 0.053 at w=50). Measure before using it.
     """
 
     def __init__(
@@ -92,7 +95,7 @@ class AmazonDataModule(LightningDataModule):
         exclude_history: bool = True,
         predict_time: int | str | None = None,
         trim_padding: bool = True,
-        bucket_window: int = 50,
+        bucket_window: int = 1,
     ):
         super().__init__()
         if max_len < 1:

@@ -264,6 +264,19 @@ def test_length_bucket_sampler_covers_every_row_with_less_padding():
         LengthBucketSampler(data, batch_size=32, window=0)
 
 
+def test_loss_weight_makes_every_position_weigh_the_same(tmp_path):
+    write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(str(tmp_path / "d"), max_len=4)
+    dm.setup()
+    ds = dm.datasets["train"]  # users 0, 1, 2 with 2, 1, 1 input positions: mean 4/3
+    for rows, tokens in (([0, 1, 2], 4), ([0], 2), ([1, 2], 2)):
+        w = ds.__getitems__(rows)["loss_weight"]
+        assert w.dtype == torch.float32 and w.ndim == 0
+        assert w.item() == pytest.approx(tokens / (len(rows) * 4 / 3))
+    assert "loss_weight" not in dm.datasets["valid"].__getitems__([0])
+    assert dm.train_dataloader().sampler.window == 1  # plain shuffling unless asked for
+
+
 def test_unpadded_sampler_shards_disjoint():
     data = list(range(5))
     shards = [list(UnpaddedDistributedSampler(data, num_replicas=2, rank=r)) for r in (0, 1)]
