@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
     p.add_argument("--window_days", type=int, default=14)
+    p.add_argument("--bucket_window", type=int, default=1,
+                   help="AmazonDataModule.bucket_window (1: plain shuffled batches)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel processes, the CPU threads split between them")
     p.add_argument("--note", default="", help="free text added under the table")
@@ -131,7 +133,8 @@ def fit_best(
 
 def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     dm = AmazonDataModule(
-        args.data_dir, max_len=args.max_len, batch_size=args.batch_size, seed=seed
+        args.data_dir, max_len=args.max_len, batch_size=args.batch_size, seed=seed,
+        bucket_window=args.bucket_window,
     )
     L.seed_everything(seed)
     model = MMRecModule(
@@ -199,7 +202,7 @@ def write_table(
         f"{int(first['users'])} test users, {int(first['holiday_users'])} in the holiday-window "
         f"slice (target within {args.window_days} days before or on {', '.join(GIFT_EVENTS)}). "
         f"Model: GPT-2 d={args.d_model}, 2 layers, 2 heads, max_len {args.max_len}, full softmax "
-        f"CE, lr {args.lr}, batch {args.batch_size}, best val NDCG@10 checkpoint (patience "
+        f"CE, lr {args.lr}, batch {args.batch_size} (bucket_window {args.bucket_window}), best val NDCG@10 checkpoint (patience "
         f"{args.patience}, max_epochs {args.max_epochs}, limit_train_batches "
         f"{args.limit_train_batches}). Seeds {args.seeds}; mean ± std (ddof 1). Device: {device}; {args.jobs} run(s) in parallel.",
         "",

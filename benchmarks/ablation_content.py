@@ -101,6 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
                    help="which models to train (rating variants need ratings in the data)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--bucket_window", type=int, default=1,
+                   help="AmazonDataModule.bucket_window (1: plain shuffled batches)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs in parallel processes, the threads split between them")
     p.add_argument("--note", default="", help="free text added at the end")
@@ -153,7 +155,10 @@ def train_and_test(
     variant: str, seed: int, args: argparse.Namespace, data_dir: Path
 ) -> dict[str, float]:
     """Train one variant with early stopping on val NDCG@10; test with the best-val weights."""
-    dm = AmazonDataModule(str(data_dir), max_len=args.max_len, batch_size=args.batch_size, seed=seed)
+    dm = AmazonDataModule(
+        str(data_dir), max_len=args.max_len, batch_size=args.batch_size, seed=seed,
+        bucket_window=args.bucket_window,
+    )
     L.seed_everything(seed, verbose=False)
     items, fusion, events = VARIANTS[variant]()
     model = MMRecModule(
@@ -246,7 +251,8 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         f"Protocol: leave-one-out (last event test, second last valid), full-catalogue ranking "
         f"with the user's history excluded, ties counted against the model. Model: GPT-2 "
         f"d={args.d_model}, {args.n_layer} layers, {args.n_head} heads, dropout {args.dropout}, "
-        f"max_len {args.max_len}, full-softmax CE, AdamW lr {args.lr}, batch {args.batch_size}; "
+        f"max_len {args.max_len}, full-softmax CE, AdamW lr {args.lr}, batch {args.batch_size} "
+        f"(bucket_window {args.bucket_window}); "
         f"early stopping on val NDCG@10 (patience {args.patience} counted from epoch "
         f"{args.warmup_epochs + 1}, "
         f"max_epochs {args.max_epochs}), "
