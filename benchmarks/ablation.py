@@ -137,12 +137,8 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         bucket_window=args.bucket_window,
     )
     L.seed_everything(seed)
-    model = MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    model = MMRecModule.for_data(
+        dm,
         d_model=args.d_model,
         event_encoders=VARIANTS[variant](),
         sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.2),

@@ -161,12 +161,8 @@ def train_and_test(
     )
     L.seed_everything(seed, verbose=False)
     items, fusion, events = VARIANTS[variant]()
-    model = MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    model = MMRecModule.for_data(
+        dm,
         d_model=args.d_model,
         item_encoders=items,
         fusion=fusion,

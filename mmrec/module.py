@@ -112,6 +112,16 @@ class MMRecModule(L.LightningModule):
         self._eval_item_vecs: Tensor | None = None
         self._pretrained_loaded = False
 
+    @classmethod
+    def for_data(cls, dm: Any, **kwargs: Any) -> MMRecModule:
+        """A model sized for datamodule ``dm``: ``num_items``, ``num_users``, ``data_dir``,
+        ``time_granularity`` and ``max_len`` come from it (as the CLI links them); ``kwargs``
+        are the other constructor arguments."""
+        return cls(
+            num_items=dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir,
+            time_granularity=dm.time_granularity, max_len=dm.max_len, **kwargs,
+        )
+
     # ----------------------------------------------------------------------------- forward
     def item_vectors(self) -> Tensor:
         """The whole catalogue through the item tower: ``[N + 1, D]`` (row 0 is padding)."""

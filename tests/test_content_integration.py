@@ -48,12 +48,8 @@ def test_fit_and_validate_with_content_encoders(dataset, tmp_path):
     pytest.importorskip("mmrec.evaluation", reason="mmrec.evaluation (issue 3) not written yet")
     dm = AmazonDataModule(str(dataset), max_len=8, batch_size=32, eval_batch_size=64)
     dm.setup("fit")
-    model = MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    model = MMRecModule.for_data(
+        dm,
         d_model=16,
         item_encoders=[ItemIdEncoder(), CLIPTextEncoder(), CLIPImageEncoder()],
         event_encoders=[ReviewTextEncoder(name="clip_review")],

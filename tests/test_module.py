@@ -30,12 +30,8 @@ def _dm(path, **kw) -> AmazonDataModule:
 
 def _model(dm: AmazonDataModule, **kw) -> MMRecModule:
     kw.setdefault("sequence", GPT2Sequence(n_layer=1, n_head=2, dropout=0.0))
-    return MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    return MMRecModule.for_data(
+        dm,
         d_model=16,
         **kw,
     )

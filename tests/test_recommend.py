@@ -26,12 +26,8 @@ def trained(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     L.seed_everything(0)
-    model = MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    model = MMRecModule.for_data(
+        dm,
         d_model=32,
         event_encoders=[TimestampEncoder(), QueryTimeEncoder()],
         sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.1),

@@ -194,12 +194,8 @@ def _fit_seasonal(path, event_encoders, epochs: int = 10):
 
     dm = AmazonDataModule(str(path), max_len=10, batch_size=64, eval_batch_size=256)
     L.seed_everything(0)
-    model = MMRecModule(
-        num_items=dm.num_items,
-        num_users=dm.num_users,
-        data_dir=dm.data_dir,
-        time_granularity=dm.time_granularity,
-        max_len=dm.max_len,
+    model = MMRecModule.for_data(
+        dm,
         d_model=32,
         event_encoders=event_encoders,
         sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.1),
