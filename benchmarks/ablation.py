@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from mmrec.calendar import GIFT_EVENTS, in_event_window
 from mmrec.data.datamodule import AmazonDataModule
@@ -92,17 +92,35 @@ def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict
     return out
 
 
+class EpochLog(Callback):
+    """Prints one line per validation: epoch, val NDCG@10, seconds since fit start (the scripts
+    run without progress bars, often several at once; this is what their logs show)."""
+
+    def __init__(self, tag: str = "") -> None:
+        self.tag, self.t0 = tag, time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        val = trainer.callback_metrics.get("val/ndcg@10")
+        if val is not None and not trainer.sanity_checking:
+            print(f"{self.tag}epoch {trainer.current_epoch + 1}: val/ndcg@10 {float(val):.4f} "
+                  f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+
 def fit_best(
     model: MMRecModule,
     dm: AmazonDataModule,
     args: argparse.Namespace,
     early_stopping: EarlyStopping,
     limit_train_batches: float = 1.0,
+    tag: str = "",
 ) -> tuple[float, float | None, int]:
     """Train with early stopping on val NDCG@10, then load the best-val weights into ``model``.
 
     ``args`` supplies ``max_epochs``, ``accelerator`` and ``precision`` (None: bf16 on GPU,
-    fp32 on CPU). Returns (training seconds, best val NDCG@10 or None without a checkpoint, epochs run).
+    fp32 on CPU); ``tag`` prefixes the per-epoch progress lines. Returns (training seconds, best val NDCG@10 or None without a checkpoint, epochs run).
     """
     gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +132,7 @@ def fit_best(
             devices=1,
             precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
             gradient_clip_val=1.0,
-            callbacks=[ckpt, early_stopping],
+            callbacks=[ckpt, early_stopping, EpochLog(tag)],
             logger=False,
             enable_model_summary=False,
             enable_progress_bar=False,

@@ -172,7 +172,7 @@ def train_and_test(
         test_slices=False,
     )
     early = WarmEarlyStopping(args.warmup_epochs, "val/ndcg@10", "max", args.patience)
-    seconds, best_val, epochs = fit_best(model, dm, args, early)
+    seconds, best_val, epochs = fit_best(model, dm, args, early, tag=f"{data_dir.name} | {variant} | seed {seed}: ")
     if best_val is None:
         raise RuntimeError(f"{variant} seed {seed}: no checkpoint was saved")
     dm.setup("test")
