@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from ablation import _fmt, _rel, run_all  # noqa: E402
 from ablation_content import (  # noqa: E402
     COLS,
-    VARIANTS,
     ensure_data,
     hardware,
     popularity,
