@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder, component_spec, instantiate
@@ -137,6 +138,8 @@ class MMRecModule(L.LightningModule):
             if out.shape != tokens.shape:
                 raise ValueError(f"{type(enc).__name__} returned {tuple(out.shape)}, expected {tuple(tokens.shape)}")
             tokens = tokens + out
+        if "segments" in batch:  # a packed training batch (AmazonDataModule pack_sequences)
+            return self.sequence(tokens, batch["mask"], batch["segments"], batch["positions"])
         return self.sequence(tokens, batch["mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -150,6 +153,11 @@ class MMRecModule(L.LightningModule):
             return
         if getattr(dm, "num_items", self.num_items) != self.num_items:
             raise ValueError(f"model has {self.num_items} items, data has {dm.num_items}: wrong checkpoint?")
+        if getattr(dm, "pack_sequences", False):
+            unfit = [type(e).__name__ for e in self.event_encoders if not e.supports_packing]
+            if unfit:
+                rank_zero_info(f"pack_sequences off: {', '.join(unfit)} needs one user per row")
+                dm.pack_sequences = False
         counts = getattr(dm, "item_train_counts", None)
         if counts is not None:
             self.loss.set_item_counts(torch.as_tensor(counts))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
@@ -89,12 +90,34 @@ class GPT2Sequence(Configurable, nn.Module):
         if missing or unexpected:
             raise RuntimeError(f"pretrained GPT-2 mismatch: missing {missing}, unexpected {unexpected}")
 
-    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:  # [B, L, D], [B, L] -> [B, L, D]
+    def forward(
+        self, tokens: Tensor, mask: Tensor, segments: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:  # [B, L, D], [B, L] -> [B, L, D]
+        """Hidden states after each token.
+
+        ``segments``/``positions`` (``[B, L]``, packed training batches): tokens attend only to
+        earlier tokens of their own segment (0: padding) and take positions from ``positions``;
+        without them each row is one left-padded sequence.
+        """
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
-        mask = mask.long()
-        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]
+        if segments is None:
+            mask = mask.long()
+            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]
+            attention = mask
+        else:
+            position_ids = positions
+            ar = torch.arange(tokens.shape[1], device=tokens.device)
+            same = segments[:, :, None] == segments[:, None, :]  # [B, L, L]
+            allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
+            allowed |= torch.eye(len(ar), dtype=torch.bool, device=tokens.device)  # no empty rows
+            attention = allowed[:, None]  # [B, 1, L, L], True = attend
+            if self.attn_implementation == "eager":  # additive float mask
+                zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
+                attention = torch.where(attention, zero, torch.finfo(tokens.dtype).min)
         hidden = self.gpt2(
-            inputs_embeds=self.proj_in(tokens), attention_mask=mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=self.proj_in(tokens), attention_mask=attention, position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         return self.proj_out(hidden)

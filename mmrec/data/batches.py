@@ -171,6 +171,16 @@ class SequenceDataset(Dataset):
     the batch is only as wide as its longest row (at most ``max_len``), so a batch of short
     histories does not pay for ``max_len`` positions; otherwise every batch is ``max_len`` wide.
 
+    With ``pack`` (training rows only) the batch's users are packed into as few rows of width
+    ``max_len`` as first-fit-decreasing bin packing needs: each user's window is a contiguous
+    segment, ``segments [R, L]`` numbers them (0: padding) and ``positions [R, L]`` counts
+    from each segment's start. The sequence head then attends only within a segment and
+    encoders that look at neighbouring slots stop at segment borders, so each user's hidden
+    states and loss terms are those of the unpacked batch (tested) while the transformer runs
+    on ~7x fewer slots on Beauty 2014 (a random batch of 256 almost always holds one history
+    of 50, so trimming alone leaves most slots padding). ``user_idx`` is then the batch's
+    users, not one per row.
+
     Args:
         events: The flat event tensors.
         rows: The rows of this split.
@@ -178,14 +188,16 @@ class SequenceDataset(Dataset):
         train: Training rows (``targets [B, L]``) or evaluation rows (``target_items`` etc.).
         exclude_history: Fill ``exclude_items`` with the whole history (else a ``[B, 1]`` of 0).
         trim: Cut the left padding that every row of a batch shares.
+        pack: Pack training rows into shared rows (see above); ignored for evaluation rows.
     """
 
     def __init__(
         self, events: _Events, rows: _Rows, max_len: int, train: bool,
-        exclude_history: bool = True, trim: bool = True,
+        exclude_history: bool = True, trim: bool = True, pack: bool = False,
     ):
         self.ev, self.rows, self.max_len = events, rows, max_len
         self.train, self.exclude_history, self.trim = train, exclude_history, trim
+        self.pack = pack
         self._ar = torch.arange(max_len)
         self._mean_len = float(self.lengths().float().mean()) if len(self) else 1.0
 
@@ -201,6 +213,8 @@ class SequenceDataset(Dataset):
 
     def __getitems__(self, indices: list[int] | Tensor) -> dict[str, Tensor]:
         r = torch.as_tensor(indices, dtype=torch.long)
+        if self.pack and self.train and len(r):
+            return self._packed(r)
         ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1  # pad: the sentinel event
         begin, end = rows.begin[r], rows.end[r]  # [B]
         width = self.max_len
@@ -239,3 +253,62 @@ class SequenceDataset(Dataset):
         return batch
 
 
+
+    def _packed(self, r: Tensor) -> dict[str, Tensor]:
+        """Training batch of rows ``r`` packed into shared rows (first-fit decreasing)."""
+        ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1
+        end = rows.end[r]
+        n = (end - rows.begin[r]).clamp(max=self.max_len)  # [B] slots per user (>= 1)
+        bin_of, offset = _first_fit_decreasing(n.tolist(), self.max_len)
+        fill = int((torch.as_tensor(offset) + n).max())  # the fullest row
+        width = fill if self.trim else self.max_len
+        starts = torch.cumsum(n, 0) - n
+        k = torch.arange(int(n.sum())) - torch.repeat_interleave(starts, n)  # slot within segment
+        row = torch.repeat_interleave(torch.as_tensor(bin_of), n)
+        col = torch.repeat_interleave(torch.as_tensor(offset), n) + k
+        seg_end = torch.repeat_interleave(end, n)
+        flat = seg_end - torch.repeat_interleave(n, n) + k  # flat index of each event
+        shape = (max(bin_of) + 1, width)
+        pos = torch.full(shape, pad, dtype=torch.long)
+        pos[row, col] = flat
+        segments = torch.zeros(shape, dtype=torch.long)
+        segments[row, col] = torch.repeat_interleave(torch.arange(1, len(r) + 1), n)
+        positions = torch.zeros(shape, dtype=torch.long)
+        positions[row, col] = k
+        qlast = torch.zeros(shape, dtype=torch.long)
+        qlast[row, col] = torch.repeat_interleave(rows.qlast[r], n)
+        last = torch.zeros(shape, dtype=torch.bool)  # each segment's last slot
+        last[row, col] = flat + 1 == seg_end
+        mask = segments > 0
+        nxt = torch.where(mask, pos + 1, pad)
+        return {
+            "item_ids": _take(ev.items, pos),
+            "mask": mask,
+            "timestamps": _take(ev.ts, pos),
+            "ratings": _take(ev.ratings, pos),
+            "query_time": torch.where(last, qlast, _take(ev.ts, nxt)),
+            "user_idx": rows.user[r],
+            "segments": segments,
+            "positions": positions,
+            "targets": _take(ev.items, nxt),
+            "loss_weight": (mask.sum() / (len(r) * self._mean_len)).float(),
+        }
+
+
+def _first_fit_decreasing(sizes: list[int], capacity: int) -> tuple[list[int], list[int]]:
+    """Bin packing of ``sizes`` (each <= ``capacity``): ``(bin of each item, offset in it)``.
+
+    Items go longest first into the first bin with room (at most 11/9 of the optimal bin count
+    + 1); stable, so equal sizes keep their order.
+    """
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    room: list[int] = []
+    bin_of, offset = [0] * len(sizes), [0] * len(sizes)
+    for i in order:
+        size = sizes[i]
+        b = next((j for j, free in enumerate(room) if free >= size), len(room))
+        if b == len(room):
+            room.append(capacity)
+        bin_of[i], offset[i] = b, capacity - room[b]
+        room[b] -= size
+    return bin_of, offset

@@ -179,7 +179,14 @@ class EventEncoder(Encoder):
     Reads only what an event may know: its own timestamp/rating/review and the query time.
     Never reads ``targets``/``target_items`` (that would leak). Must not mutate the batch.
     Outputs at real positions (``batch["mask"]``) must not depend on padded positions.
+
+    ``supports_packing``: set True when the encoder is right on packed training batches
+    (several users' segments per row, numbered by ``batch["segments"]``): it works per slot,
+    or stops at segment borders, and does not read ``user_idx`` as one user per row. The
+    model lets the datamodule pack only when every event encoder says so.
     """
+
+    supports_packing: bool = False
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:  # -> [B, L, D]
         raise NotImplementedError

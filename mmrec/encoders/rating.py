@@ -17,6 +17,8 @@ class RatingEncoder(EventEncoder):
         scale: Divisor applied after centring.
     """
 
+    supports_packing = True  # per-slot features only
+
     def __init__(self, hidden: int = 32, center: float = 3.0, scale: float = 2.0) -> None:
         super().__init__()
         self.hidden = hidden

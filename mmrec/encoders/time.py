@@ -138,6 +138,8 @@ class TimestampEncoder(EventEncoder):
             ablation this beat the ungated encoder on every metric); None: no gate.
     """
 
+    supports_packing = True  # per-slot features; the gap feature stops at segment borders
+
     def __init__(
         self,
         periods_days: tuple[float, ...] | list[float] = (1.0, 7.0, 30.4375, 365.25, 3652.5),
@@ -212,6 +214,9 @@ class TimestampEncoder(EventEncoder):
         if self.use_gap:
             prev_ts = F.pad(ts[:, :-1], (1, 0))  # [B, L]: timestamp of position i-1
             has_prev = F.pad(mask[:, :-1], (1, 0), value=False) & mask
+            if "segments" in batch:  # packed rows: the previous slot may be another user's
+                seg = batch["segments"]
+                has_prev = has_prev & (F.pad(seg[:, :-1], (1, 0)) == seg)
             gap = ts - prev_ts
             bucket = torch.where(has_prev, 1 + log_gap_bucket(gap, self.gap_buckets), 0)
             new_session = ~has_prev | (gap > self.session_gap_seconds)
@@ -244,6 +249,8 @@ class QueryTimeEncoder(EventEncoder):
         gate_init: Initial value of a learnable scalar output gate (see TimestampEncoder);
             None: no gate.
     """
+
+    supports_packing = True  # per-slot features (query time and own timestamp)
 
     def __init__(
         self,

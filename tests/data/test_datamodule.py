@@ -186,19 +186,27 @@ def synthetic_dm(tmp_path_factory) -> AmazonDataModule:
     return dm
 
 
-def test_training_batches_are_causal(synthetic_dm):
+@pytest.mark.parametrize("pack", [False, True])
+def test_training_batches_are_causal(synthetic_dm, pack):
     n_rows = 0
+    synthetic_dm.pack_sequences = pack
     for b in synthetic_dm.train_dataloader():
         m = b["mask"]
         both = m[:, :-1] & m[:, 1:]
+        if pack:  # neighbours within one user's segment
+            seg = b["segments"]
+            both &= seg[:, :-1] == seg[:, 1:]
+            assert seg.max() == len(b["user_idx"]) and (seg[m] > 0).all()
         assert torch.equal(b["targets"][:, :-1][both], b["item_ids"][:, 1:][both])
         assert torch.equal(b["query_time"][:, :-1][both], b["timestamps"][:, 1:][both])
         assert (b["query_time"][m] >= b["timestamps"][m]).all()
         assert (b["targets"][m] > 0).all() and (b["targets"][~m] == 0).all()
         assert (b["item_ids"][~m] == 0).all() and b["ratings"][~m].isnan().all()
-        assert m[:, -1].all()  # left padding: the most recent event is at L-1
-        assert (m.long().diff(dim=1) >= 0).all()  # pads only on the left
+        if not pack:
+            assert m[:, -1].all()  # left padding: the most recent event is at L-1
+            assert (m.long().diff(dim=1) >= 0).all()  # pads only on the left
         n_rows += len(b["user_idx"])
+    synthetic_dm.pack_sequences = True
     assert n_rows == 150
 
 
