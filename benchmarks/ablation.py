@@ -102,7 +102,8 @@ class EpochLog(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.t0 = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # (callbacks' on_validation_epoch_end runs before the module logs this epoch's value)
         val = trainer.callback_metrics.get("val/ndcg@10")
         if val is not None and not trainer.sanity_checking:
             print(f"{self.tag}epoch {trainer.current_epoch + 1}: val/ndcg@10 {float(val):.4f} "
