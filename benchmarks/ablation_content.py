@@ -53,6 +53,7 @@ DATASETS = {  # name -> prepare config (its folder is <data_root>/<name>)
     "gift_cards2018": "configs/data/gift_cards2018.yaml",
     "all_beauty2023": "configs/data/all_beauty2023.yaml",
     "beauty2014": "configs/data/beauty2014.yaml",
+    "beauty2014_temporal": "configs/data/beauty2014_temporal.yaml",
 }
 FEATURES = "minilm_text"
 # variant -> (item encoders, fusion, event encoders); fresh instances per run
