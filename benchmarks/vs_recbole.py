@@ -1,7 +1,9 @@
 """mmrec vs RecBole 1.2.1: SASRec on Beauty 2014, same model size, same machine, one run.
 
-Both train SASRec-sized models (d=64, 2 layers, 2 heads, inner 256, max_len 50, dropout 0.2,
-full-softmax cross-entropy, Adam lr 1e-3) on the Beauty 2014 benchmark split (leave-one-out,
+Both train SASRec-sized models (d=64, 2 layers, 2 heads, inner 256, max_len 50, full-softmax
+cross-entropy; RecBole with dropout 0.2 and Adam lr 1e-3, mmrec with its config's values, which
+``--mmrec_overrides 'model.lr=0.001 model.sequence.init_args.dropout=0.2'`` sets to RecBole's
+for a like-for-like row) on the Beauty 2014 benchmark split (leave-one-out,
 full-catalogue ranking) and are measured the same way: seconds per training epoch (mean, the
 first epoch included), seconds for one full-ranking evaluation of all validation users (median),
 wall time from the start of training until validation NDCG@10 first reaches ``--target``
