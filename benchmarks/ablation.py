@@ -193,6 +193,14 @@ def run_all(fn, variants: list[str], args: argparse.Namespace) -> dict[str, list
         return {v: [futures[v, s].result() for s in args.seeds] for v in variants}
 
 
+def save_report(text: str, out: str) -> int:
+    """Write a benchmark's markdown report to ``out`` (folders made), print it, return 0."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    print(text)
+    return 0
+
+
 def _fmt(values: list[float]) -> str:
     a = np.asarray(values)
     return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
@@ -252,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = run_all(run, list(VARIANTS), args)
     text = write_table(results, args, cmd.strip())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return save_report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # reuse the time ablation's helpers
 
 import lightning as L  # noqa: E402
-from ablation import _fmt, _rel, evaluate, fit_best, run_all  # noqa: E402
+from ablation import _fmt, _rel, evaluate, fit_best, run_all, save_report  # noqa: E402
 from lightning.pytorch.callbacks import EarlyStopping  # noqa: E402
 
 from mmrec.data.datamodule import AmazonDataModule  # noqa: E402
@@ -340,10 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         rows |= run_all(functools.partial(train_and_test, data_dir=folder), args.variants, args)
         results[name] = rows
     text = write_report(results, args, cmd.strip(), time.perf_counter() - t0)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return save_report(text, args.out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from ablation import _fmt, _rel, run_all  # noqa: E402
+from ablation import _fmt, _rel, run_all, save_report  # noqa: E402
 from ablation_content import (  # noqa: E402
     COLS,
     ensure_data,
@@ -280,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_all(functools.partial(cached_run, data_dir=folder), rows, args)
     meta = AmazonDataModule(str(folder)).meta
     text = write_report(results, pop, skipped, args, meta, cmd, time.perf_counter() - t0)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    return 0
+    return save_report(text, args.out)
 
 
 if __name__ == "__main__":
