@@ -252,8 +252,6 @@ class SequenceDataset(Dataset):
         batch["target_time"] = rows.qlast[r]
         return batch
 
-
-
     def _packed(self, r: Tensor) -> dict[str, Tensor]:
         """Training batch of rows ``r`` packed into shared rows (first-fit decreasing)."""
         ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1
