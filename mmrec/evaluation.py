@@ -48,6 +48,15 @@ __all__ = [
 _NAN = float("nan")
 
 
+def _budget(memory_budget_mb: float | None, device: torch.device) -> float:
+    """The default memory budget: 256 MB on accelerators, 32 MB on CPU, where score blocks
+    that stay in cache rank ~2x faster (12k items: 512 users in ~45 ms vs ~110 ms with 256 MB,
+    one thread)."""
+    if memory_budget_mb is not None:
+        return memory_budget_mb
+    return 32.0 if device.type == "cpu" else 256.0
+
+
 def _user_chunk(num_cols: int, bytes_per_entry: int, memory_budget_mb: float) -> int:
     return max(1, int(memory_budget_mb * 2**20) // max(1, num_cols * bytes_per_entry))
 
@@ -138,7 +147,7 @@ def rank_targets(
     exclude_items: Tensor | None = None,
     *,
     exclude_history: bool = True,
-    memory_budget_mb: float = 256,
+    memory_budget_mb: float | None = None,
     sort_threshold: int = 32,
 ) -> Tensor:
     """Exact rank of every target among the whole catalogue (scores ``user_vecs @ item_vecs.T``).
@@ -149,7 +158,8 @@ def rank_targets(
         target_items: ``[U, T]`` relevant item ids, 0-padded.
         exclude_items: ``[U, E]`` item ids to drop from the candidates (the history), 0-padded.
         exclude_history: False ignores ``exclude_items``.
-        memory_budget_mb: Bound on the temporaries (score rows and comparison blocks).
+        memory_budget_mb: Bound on the temporaries (score rows and comparison blocks); None:
+            256 MB on an accelerator, 32 MB on CPU (blocks that stay in cache rank faster).
         sort_threshold: Rows with more than this many targets are counted by sort + binary
             search instead of item-chunked comparisons (same result, faster for large T).
 
@@ -167,6 +177,7 @@ def rank_targets(
     _check_ids(exclude, n_cols, "exclude_items")
     if targets.shape[0] != user_vecs.shape[0] or (exclude is not None and exclude.shape[0] != user_vecs.shape[0]):
         raise ValueError("user_vecs, target_items and exclude_items must have the same number of rows")
+    memory_budget_mb = _budget(memory_budget_mb, dev)
     step = _user_chunk(n_cols, 8, memory_budget_mb / 2)
     out = []
     for lo in range(0, user_vecs.shape[0], step):
@@ -182,7 +193,7 @@ def rank_from_scores(
     target_items: Tensor | Sequence[Sequence[int]],
     exclude_items: Tensor | Sequence[Sequence[int]] | None = None,
     *,
-    memory_budget_mb: float = 256,
+    memory_budget_mb: float | None = None,
     sort_threshold: int = 32,
 ) -> Tensor:
     """:func:`rank_targets` for a given score matrix ``[U, N + 1]`` (column 0 = padding; not modified)."""
@@ -194,6 +205,7 @@ def rank_from_scores(
     _check_ids(exclude, scores.shape[1], "exclude_items")
     if targets.shape[0] != scores.shape[0] or (exclude is not None and exclude.shape[0] != scores.shape[0]):
         raise ValueError("scores, targets and exclude must have the same number of rows (users)")
+    memory_budget_mb = _budget(memory_budget_mb, scores.device)
     step = _user_chunk(scores.shape[1], 8, memory_budget_mb / 2)
     out = []
     for lo in range(0, scores.shape[0], step):
@@ -210,7 +222,7 @@ def topk_items(
     k: int,
     exclude_items: Tensor | None = None,
     *,
-    memory_budget_mb: float = 256,
+    memory_budget_mb: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-``k`` items per user over the whole catalogue, chunked over users.
 
@@ -219,7 +231,7 @@ def topk_items(
         item_vecs: ``[N + 1, D]`` (row 0 = padding, never returned as a recommendation).
         k: How many items; at most N.
         exclude_items: ``[U, E]`` 0-padded ids never to return (e.g. the history).
-        memory_budget_mb: Bound on the ``[u, N + 1]`` score block.
+        memory_budget_mb: Bound on the ``[u, N + 1]`` score block (None: as in :func:`rank_targets`).
 
     Returns:
         ``scores [U, k]`` and ``items [U, k]``, best first. Where fewer than ``k`` items remain
@@ -230,6 +242,7 @@ def topk_items(
         raise ValueError(f"k must be in 1..{n_cols - 1} (the number of items), got {k}")
     exclude = _as_ids(exclude_items, user_vecs.device, "exclude_items")
     _check_ids(exclude, n_cols, "exclude_items")
+    memory_budget_mb = _budget(memory_budget_mb, user_vecs.device)
     step = _user_chunk(n_cols, 9, memory_budget_mb)
     all_s, all_i = [], []
     for lo in range(0, user_vecs.shape[0], step):

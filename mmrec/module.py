@@ -128,8 +128,8 @@ class MMRecModule(L.LightningModule):
         """The whole catalogue through the item tower: ``[N + 1, D]`` (row 0 is padding)."""
         return self.fusion([enc.all_items() for enc in self.item_encoders])
 
-    def encode(self, batch: dict[str, Tensor], item_vecs: Tensor | None = None) -> Tensor:
-        """Hidden state after each history event: ``[B, L, D]``."""
+    def _tokens(self, batch: dict[str, Tensor], item_vecs: Tensor | None) -> Tensor:
+        """Fused event tokens: item vectors plus every event encoder's output, ``[B, L, D]``."""
         if item_vecs is None:
             item_vecs = self.item_vectors()
         tokens = item_vecs[batch["item_ids"]]  # [B, L, D]
@@ -138,13 +138,28 @@ class MMRecModule(L.LightningModule):
             if out.shape != tokens.shape:
                 raise ValueError(f"{type(enc).__name__} returned {tuple(out.shape)}, expected {tuple(tokens.shape)}")
             tokens = tokens + out
+        return tokens
+
+    def encode(self, batch: dict[str, Tensor], item_vecs: Tensor | None = None) -> Tensor:
+        """Hidden state after each history event: ``[B, L, D]``."""
+        tokens = self._tokens(batch, item_vecs)
         if "segments" in batch:  # a packed training batch (AmazonDataModule pack_sequences)
             return self.sequence(tokens, batch["mask"], batch["segments"], batch["positions"])
         return self.sequence(tokens, batch["mask"])
 
+    def user_vectors(self, batch: dict[str, Tensor], item_vecs: Tensor | None = None) -> Tensor:
+        """Hidden state after the most recent event, ``encode(batch)[:, -1]``: ``[B, D]``.
+
+        The evaluation and prediction path: a sequence head with a ``last(tokens, mask)``
+        method (``GPT2Sequence``) computes only what the last position needs.
+        """
+        tokens = self._tokens(batch, item_vecs)
+        last = getattr(self.sequence, "last", None)
+        return last(tokens, batch["mask"]) if last is not None else self.sequence(tokens, batch["mask"])[:, -1]
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """User vectors after the last (most recent) event: ``[B, D]``."""
-        return self.encode(batch)[:, -1]
+        return self.user_vectors(batch)
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
@@ -188,7 +203,7 @@ class MMRecModule(L.LightningModule):
         from mmrec.evaluation import rank_targets
 
         item_vecs = self._eval_vecs()
-        user_vecs = self.encode(batch, item_vecs)[:, -1]  # [B, D]
+        user_vecs = self.user_vectors(batch, item_vecs)  # [B, D]
         targets = batch["target_items"]  # [B, T]
         with torch.autocast(user_vecs.device.type, enabled=False):  # rank in fp32, not bf16
             ranks = rank_targets(
@@ -258,7 +273,7 @@ class MMRecModule(L.LightningModule):
         from mmrec.evaluation import topk_items
 
         item_vecs = self._eval_vecs()
-        user_vecs = self.encode(batch, item_vecs)[:, -1]
+        user_vecs = self.user_vectors(batch, item_vecs)
         exclude = batch.get("exclude_items") if self.exclude_history else None
         with torch.autocast(user_vecs.device.type, enabled=False):
             scores, items = topk_items(user_vecs.float(), item_vecs.float(), self.hparams.predict_k, exclude)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
+from transformers.activations import ACT2FN
 
 from mmrec.encoders.base import Configurable
 
@@ -27,6 +28,10 @@ class GPT2Sequence(Configurable, nn.Module):
             depth and heads replace ``n_layer``/``n_head``; linear projections map d_model in
             and out when the widths differ. Weights are loaded by ``load_pretrained()``.
         attn_implementation: transformers attention backend (``sdpa`` or ``eager``).
+        activation: MLP activation, a transformers ``ACT2FN`` name. None: GPT-2's tanh GELU
+            (``gelu_pytorch_tanh``, or a pretrained checkpoint's own). ``gelu`` (exact, erf) is
+            RecBole SASRec's default and ~3x cheaper than the tanh GELU on AVX2 CPUs;
+            ``relu`` is the original SASRec's.
     """
 
     def __init__(
@@ -37,6 +42,7 @@ class GPT2Sequence(Configurable, nn.Module):
         attn_dropout: float | None = None,
         pretrained_path: str | None = None,
         attn_implementation: str = "sdpa",
+        activation: str | None = None,
     ) -> None:
         super().__init__()
         self.n_layer = n_layer
@@ -45,6 +51,9 @@ class GPT2Sequence(Configurable, nn.Module):
         self.attn_dropout = dropout if attn_dropout is None else attn_dropout
         self.pretrained_path = pretrained_path
         self.attn_implementation = attn_implementation
+        if activation is not None and activation not in ACT2FN:
+            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(sorted(ACT2FN))}")
+        self.activation = activation
         self.d_model = 0
         self.max_len = 0
 
@@ -69,6 +78,8 @@ class GPT2Sequence(Configurable, nn.Module):
                 n_head=self.n_head, n_inner=4 * d_model, bos_token_id=None, eos_token_id=None,
                 activation_function="gelu_pytorch_tanh", **drop,
             )
+        if self.activation is not None:
+            config.activation_function = self.activation
         config._attn_implementation = self.attn_implementation
         self.gpt2 = GPT2Model(config)
         self.gpt2.wte.weight.requires_grad_(False)  # unused: tokens enter as inputs_embeds (DDP needs this)
@@ -108,16 +119,61 @@ class GPT2Sequence(Configurable, nn.Module):
             attention = mask
         else:
             position_ids = positions
-            ar = torch.arange(tokens.shape[1], device=tokens.device)
-            same = segments[:, :, None] == segments[:, None, :]  # [B, L, L]
-            allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
-            allowed |= torch.eye(len(ar), dtype=torch.bool, device=tokens.device)  # no empty rows
-            attention = allowed[:, None]  # [B, 1, L, L], True = attend
-            if self.attn_implementation == "eager":  # additive float mask
-                zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
-                attention = torch.where(attention, zero, torch.finfo(tokens.dtype).min)
+            attention = self._block_mask(segments, tokens.dtype)
         hidden = self.gpt2(
             inputs_embeds=self.proj_in(tokens), attention_mask=attention, position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
         return self.proj_out(hidden)
+
+    def _block_mask(self, segments: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[B, 1, L, L]`` mask: earlier tokens of the same segment (0: padding) and itself."""
+        ar = torch.arange(segments.shape[1], device=segments.device)
+        same = segments[:, :, None] == segments[:, None, :]  # [B, L, L]
+        allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
+        allowed |= torch.eye(len(ar), dtype=torch.bool, device=segments.device)  # no empty rows
+        attention = allowed[:, None]  # True = attend
+        if self.attn_implementation == "eager":  # additive float mask
+            zero = torch.zeros((), dtype=dtype, device=segments.device)
+            attention = torch.where(attention, zero, torch.finfo(dtype).min)
+        return attention
+
+    def _last_is_exact(self) -> bool:
+        """Whether :meth:`last`'s own final block computes what GPT-2's would."""
+        c = self.gpt2.config
+        return (c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
+                and not c.add_cross_attention and not self.training)
+
+    def last(self, tokens: Tensor, mask: Tensor) -> Tensor:  # [B, L, D], [B, L] -> [B, D]
+        """Hidden state after the last token of left-padded rows: ``forward(...)[:, -1]``.
+
+        Evaluation only needs the last position, so the final block computes keys and values
+        for every token but its query, attention output and MLP for the last token alone: the
+        final block costs ~1/6 of a full one (a 2-layer model ~40% less work per user; tested
+        equal to ``forward`` within float tolerance). Falls back to ``forward`` in training mode
+        and for checkpoints whose attention scaling differs from GPT-2's.
+        """
+        if not self._last_is_exact():
+            return self.forward(tokens, mask)[:, -1]
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
+        g = self.gpt2
+        mask = mask.bool()
+        position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        hidden = g.drop(self.proj_in(tokens) + g.wpe(position_ids))
+        if len(g.h) > 1:
+            attention = self._block_mask(mask.long(), hidden.dtype)
+            for block in g.h[:-1]:
+                out = block(hidden, attention_mask=attention)
+                hidden = out[0] if isinstance(out, tuple) else out
+        block, attn = g.h[-1], g.h[-1].attn
+        b, length, width = hidden.shape
+        q, k, v = attn.c_attn(block.ln_1(hidden)).split(width, dim=2)
+        heads = (b, -1, width // attn.head_dim, attn.head_dim)
+        q, k, v = (x.reshape(heads).transpose(1, 2) for x in (q[:, -1:], k, v))  # [B, H, *, hd]
+        ctx = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[:, None, None, :], scale=attn.head_dim**-0.5
+        )  # [B, H, 1, hd]
+        x = hidden[:, -1] + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(b, width)))
+        x = x + block.mlp(block.ln_2(x))
+        return self.proj_out(g.ln_f(x))

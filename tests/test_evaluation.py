@@ -90,10 +90,13 @@ def test_minus_inf_scores_and_nan_error():
 
 def test_memory_bound_for_1m_items_100k_users():
     """Reasoning check (not run at scale): per chunk the score block is u * (N+1) * 4 bytes and
-    the comparison block u * T * n_chunk bytes; with the default 256 MB budget both stay far under
-    4 GB for N = 1M, whatever the number of users (chunks are processed one after another)."""
-    from mmrec.evaluation import _user_chunk
+    the comparison block u * T * n_chunk bytes; with the default budget (256 MB on an accelerator,
+    32 MB on CPU) both stay far under 4 GB for N = 1M, whatever the number of users (chunks are
+    processed one after another)."""
+    from mmrec.evaluation import _budget, _user_chunk
 
+    assert _budget(None, torch.device("cpu")) == 32 and _budget(None, torch.device("cuda")) == 256
+    assert _budget(8, torch.device("cuda")) == 8
     n_cols, budget = 1_000_001, 256
     u = _user_chunk(n_cols, 8, budget / 2)
     assert 1 <= u <= 100_000

@@ -246,3 +246,17 @@ def test_training_step_scales_the_loss_by_the_batch_weight(dataset):
     with pytest.warns(UserWarning, match="not managed by the `Trainer`|log"):
         weighted = model.training_step(batch | {"loss_weight": torch.tensor(2.5)}, 0)
     torch.testing.assert_close(weighted, 2.5 * plain)
+
+
+def test_user_vectors_equal_the_last_hidden_state(dataset):
+    """The evaluation path (GPT2Sequence.last) gives encode()[:, -1] with time features on."""
+    from mmrec.encoders.time import TimestampEncoder
+
+    dm = _dm(dataset)
+    model = _model(dm, event_encoders=[TimestampEncoder()],
+                   sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.3)).eval()
+    batch = _first(dm.test_dataloader())
+    with torch.no_grad():
+        full = model.encode(batch)[:, -1]
+        torch.testing.assert_close(model.user_vectors(batch), full, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model(batch), full, atol=1e-6, rtol=1e-5)

@@ -1,0 +1,78 @@
+"""GPT2Sequence: the last-position evaluation path and the activation option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmrec.sequence import GPT2Sequence
+
+
+def _left_padded(lengths: list[int], width: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor(lengths)
+    mask = torch.arange(width)[None] >= width - lens[:, None]
+    return torch.randn(len(lengths), width, d, generator=g), mask
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("n_layer", [1, 2, 3])
+def test_last_equals_the_full_forward_at_the_last_position(impl, n_layer):
+    torch.manual_seed(n_layer)
+    seq = GPT2Sequence(n_layer=n_layer, n_head=2, dropout=0.3, attn_implementation=impl)
+    seq.build(16, 8)
+    seq.eval()
+    tokens, mask = _left_padded([8, 1, 3, 5, 2], 8, 16)
+    assert seq._last_is_exact()
+    with torch.no_grad():
+        full = seq(tokens, mask)[:, -1]
+        last = seq.last(tokens, mask)
+    assert last.shape == (5, 16)
+    torch.testing.assert_close(last, full, atol=1e-6, rtol=1e-5)
+    # the padding content does not leak into any row
+    with torch.no_grad():
+        noisy = seq.last(torch.where(mask[..., None], tokens, torch.randn_like(tokens) * 100), mask)
+    torch.testing.assert_close(noisy, last, atol=1e-6, rtol=1e-5)
+
+
+def test_last_falls_back_to_forward_in_training_mode():
+    seq = GPT2Sequence(n_layer=2, n_head=2, dropout=0.5)
+    seq.build(16, 8)
+    seq.train()
+    tokens, mask = _left_padded([8, 4, 1], 8, 16)
+    assert not seq._last_is_exact()
+    torch.manual_seed(3)
+    full = seq(tokens, mask)[:, -1]
+    torch.manual_seed(3)
+    last = seq.last(tokens, mask)  # same dropout draws: the same code ran
+    torch.testing.assert_close(last, full)
+
+
+def test_last_falls_back_for_a_checkpoint_with_other_attention_scaling(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=8, vocab_size=5,
+                         scale_attn_by_inverse_layer_idx=True)).save_pretrained(tmp_path / "g")
+    seq = GPT2Sequence(pretrained_path=str(tmp_path / "g"), dropout=0.0)
+    seq.build(16, 8)
+    seq.load_pretrained()
+    seq.eval()
+    with torch.no_grad():  # sharp attention, so that a wrong scale would show
+        seq.gpt2.h[1].attn.c_attn.weight.mul_(20)
+    tokens, mask = _left_padded([8, 3], 8, 16)
+    assert not seq._last_is_exact()
+    with torch.no_grad():
+        torch.testing.assert_close(seq.last(tokens, mask), seq(tokens, mask)[:, -1], atol=1e-6, rtol=1e-6)
+
+
+def test_activation_option():
+    relu = GPT2Sequence(activation="relu")
+    relu.build(16, 8)
+    assert relu.gpt2.config.activation_function == "relu"
+    assert relu.gpt2.h[0].mlp.act(torch.tensor([-1.0, 2.0])).tolist() == [0.0, 2.0]
+    default = GPT2Sequence()
+    default.build(16, 8)
+    assert default.gpt2.config.activation_function == "gelu_pytorch_tanh"
+    with pytest.raises(ValueError, match="unknown activation 'gelux'; choose one of: .*gelu_pytorch_tanh"):
+        GPT2Sequence(activation="gelux")
