@@ -93,7 +93,7 @@ def _dedupe(targets: Tensor) -> Tensor:
 
 
 def _count_ge(cands: Tensor, ts: Tensor, item_chunk: int, use_sort: bool) -> Tensor:
-    """``#{c: cands[u, c] >= ts[u, j]}`` ignoring NaN candidates -> ``[u, T]`` int64."""
+    """``#{c: cands[u, c] >= ts[u, j]}`` ignoring NaN candidates -> ``[u, T]`` int64 (may overwrite ``cands``)."""
     if use_sort:
         nan = torch.isnan(cands)
         n_nan = nan.sum(1, keepdim=True)
@@ -102,6 +102,10 @@ def _count_ge(cands: Tensor, ts: Tensor, item_chunk: int, use_sort: bool) -> Ten
         ordered = cands.masked_fill(nan, float("-inf")).sort(dim=1).values
         below = torch.searchsorted(ordered, ts.contiguous(), side="left")
         return cands.shape[1] - below - n_nan * (ts == float("-inf"))
+    if ts.shape[1] == 1 and cands.dtype in (torch.float32, torch.float64):
+        # one target per row (leave-one-out): compare in place, ~3x faster than a bool block;
+        # its 0/1 floats sum exactly below 2**24 candidates; NaN >= x is False, as below
+        return cands.ge_(ts).sum(1, keepdim=True).long()
     out = torch.zeros(ts.shape, dtype=torch.long, device=ts.device)
     tq = ts.unsqueeze(2)  # [u, T, 1]
     for lo in range(0, cands.shape[1], item_chunk):

@@ -144,6 +144,11 @@ class GPT2Sequence(Configurable, nn.Module):
         return (c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
                 and not c.add_cross_attention and not self.training)
 
+    #: On CPU, :meth:`last` runs at most this many tokens (rows x length) at a time: smaller
+    #: activations reuse allocator memory instead of page-faulting fresh 40+ MB buffers on
+    #: every call (Beauty 2014 validation forward, 2 threads: 0.77 -> 0.65 s). Same result.
+    cpu_chunk_tokens: int = 16384
+
     def last(self, tokens: Tensor, mask: Tensor) -> Tensor:  # [B, L, D], [B, L] -> [B, D]
         """Hidden state after the last token of left-padded rows: ``forward(...)[:, -1]``.
 
@@ -157,6 +162,12 @@ class GPT2Sequence(Configurable, nn.Module):
             return self.forward(tokens, mask)[:, -1]
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
+        rows = max(1, self.cpu_chunk_tokens // max(1, tokens.shape[1]))
+        if tokens.device.type == "cpu" and tokens.shape[0] > rows:
+            return torch.cat([self._last(tokens[i : i + rows], mask[i : i + rows]) for i in range(0, len(tokens), rows)])
+        return self._last(tokens, mask)
+
+    def _last(self, tokens: Tensor, mask: Tensor) -> Tensor:
         g = self.gpt2
         mask = mask.bool()
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)

@@ -39,10 +39,11 @@ def _ids(seed: int, users: int, items: int, width: int, fill: int):
     return out * keep
 
 
+@pytest.mark.parametrize("width", [4, 1])  # 1: the in-place leave-one-out count
 @pytest.mark.parametrize("ties", [True, False])
-def test_rank_targets_matches_reference_sort(ties):
+def test_rank_targets_matches_reference_sort(ties, width):
     u, it = _vectors(0, users=19, items=40, ties=ties)
-    targets = _ids(1, 19, 40, width=4, fill=1)  # may repeat ids: repeats get inf
+    targets = _ids(1, 19, 40, width=width, fill=1)  # may repeat ids: repeats get inf
     exclude = _ids(2, 19, 40, width=6, fill=0)  # may overlap targets: targets still ranked
     ranks = rank_targets(u, it, targets, exclude)
     scores = (u @ it.T).numpy()
@@ -82,6 +83,7 @@ def test_minus_inf_scores_and_nan_error():
     s = torch.tensor([[0.0, 3.0, -math.inf, 2.0, -math.inf, 5.0]])
     for thr in (0, 32):
         assert rank_from_scores(s, [[2, 3]], [[5]], sort_threshold=thr).tolist() == [[4.0, 2.0]]
+        assert rank_from_scores(s, [[2]], [[5]], sort_threshold=thr).tolist() == [[4.0]]  # ties with -inf
     with pytest.raises(ValueError, match="NaN"):
         rank_from_scores(torch.tensor([[0.0, math.nan, 1.0]]), [[1]])
     with pytest.raises(ValueError, match=r"item ids in 0\.\.2"):

@@ -35,6 +35,22 @@ def test_last_equals_the_full_forward_at_the_last_position(impl, n_layer):
     torch.testing.assert_close(noisy, last, atol=1e-6, rtol=1e-5)
 
 
+def test_last_in_cpu_chunks_equals_one_pass(monkeypatch):
+    seq = GPT2Sequence(n_layer=2, n_head=2)
+    seq.build(16, 8)
+    seq.eval()
+    tokens, mask = _left_padded([8, 1, 3, 5, 2, 7, 4], 8, 16)
+    with torch.no_grad():
+        whole = seq.last(tokens, mask)
+        calls = []
+        inner = seq._last
+        monkeypatch.setattr(seq, "_last", lambda t, m: calls.append(len(t)) or inner(t, m))
+        seq.cpu_chunk_tokens = 24  # 3 rows of 8 tokens per chunk
+        chunked = seq.last(tokens, mask)
+    assert calls == [3, 3, 1]
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)
+
+
 def test_last_falls_back_to_forward_in_training_mode():
     seq = GPT2Sequence(n_layer=2, n_head=2, dropout=0.5)
     seq.build(16, 8)
