@@ -97,8 +97,12 @@ def test_memory_bound_for_1m_items_100k_users():
     processed one after another)."""
     from mmrec.evaluation import _budget, _user_chunk
 
-    assert _budget(None, torch.device("cpu")) == 32 and _budget(None, torch.device("cuda")) == 256
-    assert _budget(8, torch.device("cuda")) == 8
+    assert _budget(None, torch.device("cpu"), 12_102) == 32 and _budget(None, torch.device("cuda"), 12_102) == 256
+    assert _budget(8, torch.device("cuda"), 12_102) == 8 and _budget(8, torch.device("cpu"), 1_000_001) == 8
+    # CPU default: at least 32 users per block, so the item matrix is not re-read for every 2 users
+    cpu_1m = _budget(None, torch.device("cpu"), 1_000_001)
+    assert _user_chunk(1_000_001, 8, cpu_1m / 2) == 32 and cpu_1m < 600
+    assert _user_chunk(12_102, 8, _budget(None, torch.device("cpu"), 12_102) / 2) == 173
     n_cols, budget = 1_000_001, 256
     u = _user_chunk(n_cols, 8, budget / 2)
     assert 1 <= u <= 100_000
