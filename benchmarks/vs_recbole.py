@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if not out.exists():
         out.write_text("# mmrec vs RecBole 1.2.1 (SASRec, Beauty 2014, full ranking, history not excluded)\n\n"
-                       "See the docstring of benchmarks/vs_recbole.py for what is measured.\n")
+                       "See the docstring of benchmarks/vs_recbole.py for what is measured. Each run appends a "
+                       "section, so the last section per device is the current result.\n")
     with open(out, "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
