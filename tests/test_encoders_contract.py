@@ -168,3 +168,20 @@ def test_spec_round_trip(cls, tmp_path):
     again.build(ctx)
     with pytest.raises(RuntimeError, match="called twice"):
         again.build(ctx)
+
+
+# unit-norm by design (cosine scores times a learned scale)
+_OWN_SCALE = {"CosineItemIdEncoder"}
+
+
+@pytest.mark.parametrize("cls", [c for c in ENCODERS if c.__name__ not in _OWN_SCALE], ids=lambda c: c.__name__)
+def test_output_starts_at_id_embedding_scale(cls, tmp_path):
+    """Summed or fused with item-ID embeddings (std 0.02), an encoder that starts much larger
+    drowns them and the model first has to unlearn it (a default-initialised RatingEncoder started
+    at RMS ~0.25 and cost All_Beauty 2023 0.058 -> 0.034 NDCG@10)."""
+    enc = _build(cls, tmp_path)
+    batch = make_batch()
+    with torch.no_grad():
+        out = enc(batch["item_ids"]) if issubclass(cls, ItemEncoder) else enc(batch)
+    rms = out[batch["mask"]].pow(2).mean(-1).sqrt()
+    assert float(rms.max()) <= 0.05, f"{cls.__name__} starts at per-token RMS {float(rms.max()):.3f} (> 0.05)"
