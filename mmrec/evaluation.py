@@ -58,6 +58,7 @@ def _budget(memory_budget_mb: float | None, device: torch.device, num_cols: int)
         return memory_budget_mb
     if device.type != "cpu":
         return 256.0
+    # rank_targets spends half the budget on [u, N+1] rows at 8 bytes an entry: 16 bytes per column
     return max(32.0, _MIN_CPU_ROWS * num_cols * 16 / 2**20)
 
 
