@@ -31,7 +31,7 @@ from mmrec.calendar import GIFT_EVENTS, in_event_window
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.evaluation import rank_targets
-from mmrec.metrics import RankingMetrics
+from mmrec.evaluation.metrics import RankingMetrics
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 

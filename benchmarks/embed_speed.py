@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.content_models import autocast  # noqa: E402
-from mmrec.embed import item_text  # noqa: E402
-from mmrec.image_decode import decode_jpegs_to_pixels, load_rgb  # noqa: E402
+from mmrec.content.embed import item_text  # noqa: E402
+from mmrec.content.images import decode_jpegs_to_pixels, load_rgb  # noqa: E402
+from mmrec.content.models import autocast  # noqa: E402
 
 SIZES = [(500, 500), (500, 375), (375, 500), (320, 320)]  # typical Amazon product image sizes
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmrec.evaluation import rank_targets  # noqa: E402
-from mmrec.metrics import RankingMetrics, per_user_metrics  # noqa: E402
+from mmrec.evaluation.metrics import RankingMetrics, per_user_metrics  # noqa: E402
 
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon2014-beauty" / "interactions.tsv"
 

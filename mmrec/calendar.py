@@ -1,15 +1,61 @@
-"""Holiday and shopping-event dates by rule, and a vectorised per-day calendar lookup table."""
+"""Time vocabulary: the DAY constant, the one date parser, holiday and shopping-event dates by
+rule, and a vectorised per-day calendar lookup table."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
-SECONDS_PER_DAY = 86400
+DAY = 86_400
+"""Seconds per day; day-granular timestamps are multiples of it (UTC midnight)."""
+
+
+def to_unix(
+    value: dt.datetime | dt.date | str | int | float | np.integer | None,
+    granularity: str | None = None,
+    *,
+    name: str = "time",
+) -> int | None:
+    """Unix seconds (UTC) of a datetime, a date, an ISO date/datetime string or a number.
+
+    Naive datetimes and dates are taken as UTC; numbers are unix seconds already; None stays
+    None. With ``granularity="day"`` the result is floored to midnight, as day-granular
+    timestamps are.
+
+    Raises:
+        ValueError: naming ``name`` when a string is not an ISO date or datetime.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        ts = int(value)
+    elif isinstance(value, float):
+        ts = int(value // 1)
+    else:
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(
+                    f"{name} {value!r} is not an ISO date or datetime "
+                    "(e.g. 2014-12-20 or 2014-12-20T18:30)"
+                ) from None
+        if not isinstance(value, dt.datetime):  # a date
+            value = dt.datetime(value.year, value.month, value.day)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        ts = int(value.timestamp())
+    return ts - ts % DAY if granularity == "day" else ts
+
+
+def now_unix() -> int:
+    """The current time in unix seconds."""
+    return int(dt.datetime.now(dt.timezone.utc).timestamp())
 
 # Amazon Prime Day (US), every day of the event. No rule exists: it is announced each year.
 PRIME_DAY: dict[int, tuple[str, ...]] = {
@@ -71,7 +117,7 @@ def _table(table: dict[int, tuple[str, ...]]) -> Callable[[int], list[dt.date]]:
 EventRule = Callable[[int], list[dt.date]]
 """A rule maps a year to the event's days in that year (empty where unknown)."""
 
-EVENT_RULES: dict[str, EventRule] = {
+_RULES: dict[str, EventRule] = {
     "new_year": _fixed(1, 1),
     "valentines_day": _fixed(2, 14),
     "easter": lambda y: [easter(y)],
@@ -87,7 +133,9 @@ EVENT_RULES: dict[str, EventRule] = {
     "cyber_monday": lambda y: [thanksgiving(y) + dt.timedelta(days=4)],
     "christmas": _fixed(12, 25),
 }
-"""Known events by name. Add your own with :func:`register_event`."""
+EVENT_RULES: Mapping[str, EventRule] = MappingProxyType(_RULES)
+"""Known events by name (read-only). Other events are configured where they are used, as
+data (``custom_events``: name -> dates), so a checkpoint that names them rebuilds anywhere."""
 
 DEFAULT_EVENTS: tuple[str, ...] = (
     "christmas",
@@ -121,29 +169,49 @@ _FAR = 1_000_000  # distance used where an event has no known occurrence before/
 _MMDD = re.compile(r"^(\d\d)-(\d\d)$")
 
 
-def register_event(name: str, rule: EventRule) -> None:
-    """Add (or replace) an event rule so configs can name it in ``events``."""
-    EVENT_RULES[name] = rule
+def _annual(text: str) -> EventRule:
+    match = _MMDD.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a date written 'MM-DD' or 'YYYY-MM-DD'")
+    month, day = int(match.group(1)), int(match.group(2))
+    dt.date(2000, month, day)  # validates (2000 is a leap year, so 02-29 is accepted)
+    return lambda y: [dt.date(y, month, day)] if (month, day) != (2, 29) or y % 4 == 0 else []
 
 
-def event_rule(name: str) -> EventRule:
-    """The rule for a known event name, or a fixed annual date written ``"MM-DD"``."""
+def _custom_rule(name: str, dates: Sequence[str]) -> EventRule:
+    """Rule of a configured event: ``"MM-DD"`` entries recur every year, ISO dates once."""
+    annual, once = [], []
+    for text in dates:
+        try:
+            if len(text) > 5:
+                once.append(dt.date.fromisoformat(text))
+            else:
+                annual.append(_annual(text))
+        except ValueError as err:
+            raise ValueError(f"custom event {name!r}: {err}") from None
+    return lambda y: [d for r in annual for d in r(y)] + [d for d in once if d.year == y]
+
+
+def event_rule(name: str, custom: Mapping[str, Sequence[str]] | None = None) -> EventRule:
+    """The rule of an event: a configured ``custom`` event (name -> ``"MM-DD"`` or ISO
+    dates), a known name (:data:`EVENT_RULES`), or a fixed annual date written ``"MM-DD"``."""
+    if custom and name in custom:
+        return _custom_rule(name, custom[name])
     if name in EVENT_RULES:
         return EVENT_RULES[name]
-    match = _MMDD.match(name)
-    if match:
-        month, day = int(match.group(1)), int(match.group(2))
-        dt.date(2000, month, day)  # validates (2000 is a leap year, so 02-29 is accepted)
-        return lambda y: [dt.date(y, month, day)] if (month, day) != (2, 29) or y % 4 == 0 else []
+    if _MMDD.match(name):
+        return _annual(name)
     raise ValueError(
         f"unknown calendar event {name!r}: use one of {sorted(EVENT_RULES)}, a fixed date "
-        "written 'MM-DD', or mmrec.calendar.register_event(name, rule)"
+        "written 'MM-DD', or define it in custom_events (name: [dates])"
     )
 
 
-def event_dates(name: str, first_year: int, last_year: int) -> list[dt.date]:
+def event_dates(
+    name: str, first_year: int, last_year: int, custom: Mapping[str, Sequence[str]] | None = None
+) -> list[dt.date]:
     """All days of event ``name`` in ``first_year..last_year`` (inclusive), sorted."""
-    rule = event_rule(name)
+    rule = event_rule(name, custom)
     return sorted(d for y in range(first_year, last_year + 1) for d in rule(y))
 
 
@@ -205,7 +273,7 @@ class CalendarTable:
 
     def rows(self, timestamps: np.ndarray) -> np.ndarray:
         """Row of each unix-seconds timestamp (clipped to the table's range)."""
-        days = np.floor_divide(np.asarray(timestamps, dtype=np.int64), SECONDS_PER_DAY)
+        days = np.floor_divide(np.asarray(timestamps, dtype=np.int64), DAY)
         return np.clip(days - self.first_day, 0, self.num_days - 1)
 
     def codes(self) -> np.ndarray:
@@ -229,13 +297,16 @@ def build_calendar_table(
     events: Sequence[str] = DEFAULT_EVENTS,
     start: str = "1995-01-01",
     end: str = "2035-12-31",
+    custom: Mapping[str, Sequence[str]] | None = None,
 ) -> CalendarTable:
     """Compute the calendar features of every day from ``start`` to ``end`` (inclusive, UTC).
 
     Args:
-        events: Event names (see :data:`EVENT_RULES`) or fixed dates ``"MM-DD"``.
+        events: Event names (see :data:`EVENT_RULES`), names defined in ``custom``, or fixed
+            dates ``"MM-DD"``.
         start: First day of the table (ISO date).
         end: Last day of the table (ISO date).
+        custom: Configured events: name -> dates (``"MM-DD"`` every year, or ISO dates).
     """
     days = np.arange(np.datetime64(start, "D"), np.datetime64(end, "D") + 1)
     if days.size == 0:
@@ -253,7 +324,8 @@ def build_calendar_table(
     first_year, last_year = int(year[0]) - 1, int(year[-1]) + 1
     until_cols, since_cols = [], []
     for name in events:
-        ev = np.array([day_index(x) for x in event_dates(name, first_year, last_year)], np.int64)
+        dates = event_dates(name, first_year, last_year, custom)
+        ev = np.array([day_index(x) for x in dates], np.int64)
         until, since = _distances(d, ev)
         until_cols.append(until)
         since_cols.append(since)

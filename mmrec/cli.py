@@ -8,8 +8,8 @@ import sys
 
 TOOLS = {
     "prepare": ("mmrec.data.prepare", "build a dataset folder from raw Amazon files"),
-    "embed": ("mmrec.embed", "compute item features (CLIP / text) into <dataset>/features/"),
-    "recommend": ("mmrec.recommend", "time-aware top-K for a user or a history from a checkpoint"),
+    "embed": ("mmrec.content.embed", "compute item features (CLIP / text) into <dataset>/features/"),
+    "recommend": ("mmrec.serving.recommend", "time-aware top-K for a user or a history from a checkpoint"),
 }
 LIGHTNING = {
     "fit": "train (and validate) a model: mmrec fit --config configs/quickstart.yaml",
@@ -42,7 +42,7 @@ def _cli_class():
 
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.module import MMRecModule
-    from mmrec.writer import TopKWriter
+    from mmrec.serving.writer import TopKWriter
 
     class MMRecCLI(LightningCLI):
         """LightningCLI with data->model links and mmrec's callbacks and trainer defaults."""

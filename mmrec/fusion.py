@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mmrec.encoders.base import Configurable
+from mmrec.config import Configurable
 
 
 class Fusion(Configurable, nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmrec.encoders.base import Configurable
+from mmrec.config import Configurable
 
 
 class Loss(Configurable, nn.Module):

@@ -6,16 +6,23 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from transformers.pytorch_utils import Conv1D
 from torch import Tensor, nn
 
-from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder, component_spec, instantiate
+from mmrec.config import component_spec, instantiate
+from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.fusion import Fusion, SumFusion
 from mmrec.losses import FullSoftmaxCE, Loss
-from mmrec.sequence import GPT2Sequence
+from mmrec.sequence import GPT2Sequence, SequenceHead
 
 _COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
+_NOT_SAVED = (*_COMPONENTS, "trusted_modules")
+
+#: Module types whose ``weight`` gets weight decay; every other parameter (embeddings, norms,
+#: biases, free vectors and gates) does not. Decided by type, so renaming an attribute never
+#: changes training. GPT-2's ``Conv1D`` is a linear layer with transposed weights.
+DECAYED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, Conv1D)
 
 
 class MMRecModule(L.LightningModule):
@@ -37,10 +44,11 @@ class MMRecModule(L.LightningModule):
         item_encoders: Item-side encoders, fused into one vector per item (default: ItemIdEncoder).
         event_encoders: Event-side encoders whose outputs are added to each history token.
         fusion: How item encoder outputs are combined (default: SumFusion).
-        sequence: The sequence head (default: GPT2Sequence()).
+        sequence: The sequence head, a ``SequenceHead`` (default: GPT2Sequence()).
         loss: Training loss (default: FullSoftmaxCE).
         lr: Peak learning rate of AdamW.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms or vectors).
+        weight_decay: AdamW weight decay on the weights of linear layers (``DECAYED_TYPES``);
+            embeddings, norms, biases and free vectors are not decayed.
         warmup_steps: Linear learning-rate warm-up steps (then constant).
         ks: Cut-offs of the ranking metrics, e.g. ``(10, 20)``.
         exclude_history: Mask the user's history items out of evaluation and predictions.
@@ -49,6 +57,9 @@ class MMRecModule(L.LightningModule):
             history length, target popularity incl. items unseen in training = cold items), log
             their HR/NDCG@10 and write ``test_slices.csv`` and ``test_ndcg_by_month.png`` into
             the trainer's log folder.
+        trusted_modules: Packages outside mmrec that a checkpoint's components may be imported
+            from (importing runs code, so a checkpoint alone never imports them); modules your
+            code or config imported already are always allowed. Not saved in checkpoints.
     """
 
     def __init__(
@@ -62,7 +73,7 @@ class MMRecModule(L.LightningModule):
         item_encoders: list[ItemEncoder] | None = None,
         event_encoders: list[EventEncoder] | None = None,
         fusion: Fusion | None = None,
-        sequence: GPT2Sequence | None = None,
+        sequence: SequenceHead | None = None,
         loss: Loss | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -71,15 +82,28 @@ class MMRecModule(L.LightningModule):
         exclude_history: bool = True,
         predict_k: int = 10,
         test_slices: bool = True,
+        trusted_modules: list[str] | None = None,
     ) -> None:
         super().__init__()
-        # components arrive as instances (Python, CLI) or as specs (checkpoint hyper-parameters)
-        item_encoders = instantiate(item_encoders) or [ItemIdEncoder()]
-        event_encoders = instantiate(event_encoders) or []
-        fusion = instantiate(fusion) or SumFusion()
-        sequence = instantiate(sequence) or GPT2Sequence()
-        loss = instantiate(loss) or FullSoftmaxCE()
-        self.save_hyperparameters(ignore=list(_COMPONENTS))
+        # components arrive as instances (Python, CLI) or as specs (checkpoint hyper-parameters);
+        # a spec may only name a subclass of its slot's base, checked before anything is called
+        trust = list(trusted_modules or [])
+        item_encoders = [
+            instantiate(e, ItemEncoder, f"item_encoders[{i}]", trust)
+            for i, e in enumerate(item_encoders or [])
+        ] or [ItemIdEncoder()]
+        event_encoders = [
+            instantiate(e, EventEncoder, f"event_encoders[{i}]", trust)
+            for i, e in enumerate(event_encoders or [])
+        ]
+        fusion = SumFusion() if fusion is None else instantiate(fusion, Fusion, "fusion", trust)
+        sequence = (
+            GPT2Sequence()
+            if sequence is None
+            else instantiate(sequence, SequenceHead, "sequence", trust)
+        )
+        loss = FullSoftmaxCE() if loss is None else instantiate(loss, Loss, "loss", trust)
+        self.save_hyperparameters(ignore=list(_NOT_SAVED))
         specs = {
             "item_encoders": [component_spec(e) for e in item_encoders],
             "event_encoders": [component_spec(e) for e in event_encoders],
@@ -91,9 +115,7 @@ class MMRecModule(L.LightningModule):
         self._hparams_initial.update(specs)
 
         ctx = BuildContext(num_items, num_users, d_model, data_dir, time_granularity)
-        for enc, kind in [(e, ItemEncoder) for e in item_encoders] + [(e, EventEncoder) for e in event_encoders]:
-            if not isinstance(enc, kind):
-                raise TypeError(f"{type(enc).__name__} is not an {kind.__name__}; check the encoder lists")
+        for enc in [*item_encoders, *event_encoders]:
             enc.build(ctx)
         fusion.build(d_model, len(item_encoders))
         sequence.build(d_model, max_len)
@@ -103,8 +125,8 @@ class MMRecModule(L.LightningModule):
         self.fusion, self.sequence, self.loss = fusion, sequence, loss
         self.num_items, self.ks, self.exclude_history = num_items, tuple(ks), exclude_history
 
-        from mmrec.metrics import RankingMetrics
-        from mmrec.slices import SlicedRankingMetrics
+        from mmrec.evaluation.metrics import RankingMetrics
+        from mmrec.evaluation.slices import SlicedRankingMetrics
 
         self.val_metrics = RankingMetrics(ks=self.ks, prefix="val/")
         self.test_metrics = RankingMetrics(ks=self.ks, prefix="test/")
@@ -150,12 +172,10 @@ class MMRecModule(L.LightningModule):
     def user_vectors(self, batch: dict[str, Tensor], item_vecs: Tensor | None = None) -> Tensor:
         """Hidden state after the most recent event, ``encode(batch)[:, -1]``: ``[B, D]``.
 
-        The evaluation and prediction path: a sequence head with a ``last(tokens, mask)``
-        method (``GPT2Sequence``) computes only what the last position needs.
+        The evaluation and prediction path: ``SequenceHead.last`` (``GPT2Sequence`` computes
+        only what the last position needs).
         """
-        tokens = self._tokens(batch, item_vecs)
-        last = getattr(self.sequence, "last", None)
-        return last(tokens, batch["mask"]) if last is not None else self.sequence(tokens, batch["mask"])[:, -1]
+        return self.sequence.last(self._tokens(batch, item_vecs), batch["mask"])
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """User vectors after the last (most recent) event: ``[B, D]``."""
@@ -168,11 +188,17 @@ class MMRecModule(L.LightningModule):
             return
         if getattr(dm, "num_items", self.num_items) != self.num_items:
             raise ValueError(f"model has {self.num_items} items, data has {dm.num_items}: wrong checkpoint?")
-        if getattr(dm, "pack_sequences", False):
-            unfit = [type(e).__name__ for e in self.event_encoders if not e.supports_packing]
+        if getattr(dm, "pack_sequences", False) and stage == "fit":
+            unfit = [
+                type(c).__name__
+                for c in (*self.event_encoders, self.sequence)
+                if not c.supports_packing
+            ]
             if unfit:
-                rank_zero_info(f"pack_sequences off: {', '.join(unfit)} needs one user per row")
-                dm.pack_sequences = False
+                raise ValueError(
+                    f"{', '.join(unfit)} cannot take packed training batches (several users per "
+                    "row): set data.pack_sequences false (--data.pack_sequences false)"
+                )
         counts = getattr(dm, "item_train_counts", None)
         if counts is not None:
             self.loss.set_item_counts(torch.as_tensor(counts))
@@ -244,7 +270,7 @@ class MMRecModule(L.LightningModule):
         """Log HR/NDCG@10 (and users) per slice; rank 0 writes the CSV table and the month plot."""
         from pathlib import Path
 
-        from mmrec.slices import plot_metric_by_month, write_slices_csv
+        from mmrec.evaluation.slices import plot_metric_by_month, write_slices_csv
 
         results = {k: float(v) for k, v in slices.compute().items()}
         slices.reset()
@@ -280,12 +306,7 @@ class MMRecModule(L.LightningModule):
         return {"user_idx": batch["user_idx"], "items": items, "scores": scores}
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_matrix = p.ndim >= 2 and "embedding" not in name and "wpe" not in name
-            (decay if is_matrix else no_decay).append(p)
+        decay, no_decay = split_decay(self)
         groups = [
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -297,3 +318,20 @@ class MMRecModule(L.LightningModule):
             return optimizer
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters with and without weight decay, decided by module type.
+
+    The ``weight`` of a module of one of :data:`DECAYED_TYPES` is decayed; everything else
+    (embedding tables, norms, biases, vectors and gates owned directly by a module) is not.
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_decayed = isinstance(module, DECAYED_TYPES) and name == "weight"
+            (decay if is_decayed else no_decay).append(p)
+    return decay, no_decay

@@ -16,6 +16,7 @@ from mmrec.calendar import (
     easter,
     event_dates,
     in_event_window,
+    to_unix,
 )
 
 
@@ -124,3 +125,14 @@ def test_in_event_window_vectorised():
         False,
         True,
     ]
+
+
+def test_to_unix():
+    assert to_unix("2013-12-20") == 1387497600
+    assert to_unix("2013-12-20T15:30:00", "day") == 1387497600
+    assert to_unix("2013-12-20T15:30:00+01:00") == 1387497600 + 14 * 3600 + 1800
+    with pytest.raises(ValueError, match="not an ISO date"):
+        to_unix("20 Dec")
+    assert to_unix(None) is None
+    assert to_unix(1387497600.7) == 1387497600
+    assert to_unix(dt.date(2013, 12, 20)) == 1387497600

@@ -161,7 +161,7 @@ def test_pretrained_gpt2_with_projections(dataset, tmp_path):
 
 def _popularity_ndcg(dm: AmazonDataModule) -> float:
     from mmrec.evaluation import rank_targets
-    from mmrec.metrics import RankingMetrics
+    from mmrec.evaluation.metrics import RankingMetrics
 
     metrics = RankingMetrics(ks=(10,))
     counts = dm.item_train_counts.float()

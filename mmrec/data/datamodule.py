@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mmrec.data.batches import (
+from mmrec.calendar import DAY, to_unix
+from mmrec.data.dataset import (
     LengthBucketSampler,
     SequenceDataset,
     UnpaddedDistributedSampler,
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from mmrec.data.prepare import PrepareConfig
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
-DAY = 86_400
 
 
 class AmazonDataModule(LightningDataModule):
@@ -119,7 +118,7 @@ class AmazonDataModule(LightningDataModule):
             raise ValueError(f"bucket_window must be >= 1 (1: no length bucketing), got {bucket_window}")
         self.trim_padding, self.bucket_window = trim_padding, bucket_window
         self.pack_sequences = pack_sequences
-        self.predict_time = _to_unix(predict_time)
+        self.predict_time = to_unix(predict_time, name="predict_time")
         self._meta: dict[str, Any] | None = None
         self._items: pl.DataFrame | None = None
         self._users: pl.DataFrame | None = None
@@ -356,12 +355,3 @@ class AmazonDataModule(LightningDataModule):
         """Every user with events, history = all events, one disjoint shard per rank."""
         return self._eval_loader("predict")
 
-
-def _to_unix(value: int | str | None) -> int | None:
-    """Unix seconds from an int, an ISO date/datetime string (UTC when naive), or None."""
-    if value is None or isinstance(value, int):
-        return value
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp())

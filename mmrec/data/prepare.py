@@ -17,6 +17,7 @@ from typing import Literal
 import polars as pl
 from tqdm.auto import tqdm
 
+from mmrec.calendar import DAY, to_unix
 from mmrec.data.clean import assign_ids, clean_interactions, encode_ids, split_column
 from mmrec.data.errors import BadLines, DataError
 from mmrec.data.items import (
@@ -120,15 +121,10 @@ def _log(msg: str) -> None:
 
 
 def _parse_time(name: str, value: str | None) -> int | None:
-    if value is None:
-        return None
     try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise DataError(
-            f"--{name} {value!r} is not an ISO date (e.g. 2014-01-01 or 2014-01-01T12:00)"
-        ) from None
-    return int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp())
+        return to_unix(value, name=f"--{name}")
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
@@ -291,7 +287,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     stats = frame.select(
         pl.col("timestamp").min().alias("min"),
         pl.col("timestamp").max().alias("max"),
-        (pl.col("timestamp") % 86400 == 0).all().alias("day"),
+        (pl.col("timestamp") % DAY == 0).all().alias("day"),
     ).row(0, named=True)
     counts = frame.group_by("split").len()
     split_info: dict = {

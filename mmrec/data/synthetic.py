@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mmrec.calendar import DAY, to_unix
 from mmrec.data.synthetic_items import (
     CATEGORIES,
     SEASONS,
@@ -21,12 +22,11 @@ from mmrec.data.synthetic_items import (
 
 __all__ = ["CATEGORIES", "SEASONS", "make_item_image", "make_synthetic_dataset", "synthetic_raw_interactions"]
 
-DAY = 86_400
 LOCATIONS = ("US-East", "US-West", "UK", "DE", "JP")
 
 
 def _unix(day: str) -> int:
-    return int(datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp())
+    return to_unix(day)
 
 
 def _season_of(ts: np.ndarray) -> np.ndarray:

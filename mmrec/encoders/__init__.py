@@ -1,14 +1,6 @@
 """Pluggable encoders: item-side (id, content) and event-side (time, rating, context)."""
 
-from mmrec.encoders.base import (
-    BuildContext,
-    Configurable,
-    Encoder,
-    EventEncoder,
-    ItemEncoder,
-    component_spec,
-    instantiate,
-)
+from mmrec.encoders.base import BuildContext, Encoder, EventEncoder, ItemEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.rating import RatingEncoder
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
@@ -16,7 +8,6 @@ from mmrec.encoders.user_context import UserContextEncoder
 
 __all__ = [
     "BuildContext",
-    "Configurable",
     "Encoder",
     "EventEncoder",
     "ItemEncoder",
@@ -25,6 +16,4 @@ __all__ = [
     "RatingEncoder",
     "TimestampEncoder",
     "UserContextEncoder",
-    "component_spec",
-    "instantiate",
 ]

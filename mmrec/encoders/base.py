@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from mmrec.config import Configurable
 
 
 @dataclass(frozen=True)
@@ -33,83 +31,6 @@ class BuildContext:
     d_model: int
     data_dir: str | None = None
     time_granularity: str | None = None
-
-
-class Configurable:
-    """Mixin that records the arguments a component was constructed with.
-
-    Every subclass's ``__init__`` is wrapped so that the outermost call stores its bound
-    arguments (defaults applied); ``component_spec(obj)`` turns them into a
-    ``{"class_path", "init_args"}`` dict. ``MMRecModule`` stores these specs as
-    hyper-parameters, so a checkpoint alone rebuilds the model with its encoders, whether the
-    model was built by the CLI or in Python.
-    """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None or getattr(init, "_records_args", False):
-            return
-        signature = inspect.signature(init)
-
-        @functools.wraps(init)
-        def wrapped(self, *args: Any, **kw: Any) -> None:
-            if "_init_args" not in self.__dict__:
-                bound = signature.bind(self, *args, **kw)
-                bound.apply_defaults()
-                recorded = dict(bound.arguments)
-                recorded.pop(next(iter(signature.parameters)))  # self
-                for name, param in signature.parameters.items():
-                    if param.kind is inspect.Parameter.VAR_KEYWORD and name in recorded:
-                        recorded.update(recorded.pop(name))
-                    elif param.kind is inspect.Parameter.VAR_POSITIONAL and name in recorded:
-                        if recorded.pop(name):
-                            raise TypeError(f"{cls.__name__}: *args cannot be recorded; use keywords")
-                object.__setattr__(self, "_init_args", recorded)
-            init(self, *args, **kw)
-
-        wrapped._records_args = True  # type: ignore[attr-defined]
-        cls.__init__ = wrapped  # type: ignore[misc]
-
-
-def _spec_value(value: Any, where: str) -> Any:
-    if isinstance(value, Configurable):
-        return component_spec(value)
-    if isinstance(value, (list, tuple)):
-        return [_spec_value(v, where) for v in value]
-    if isinstance(value, dict):
-        return {k: _spec_value(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(
-        f"{where}: {type(value).__name__} cannot be stored in a checkpoint's hyper-parameters; "
-        "pass plain values (numbers, strings, lists) or Configurable components"
-    )
-
-
-def component_spec(obj: Configurable) -> dict[str, Any]:
-    """``{"class_path": ..., "init_args": {...}}`` of a constructed component (YAML-ready)."""
-    cls = type(obj)
-    args = obj.__dict__.get("_init_args", {})
-    path = f"{cls.__module__}.{cls.__qualname__}"
-    return {"class_path": path, "init_args": {k: _spec_value(v, f"{path}.{k}") for k, v in args.items()}}
-
-
-def instantiate(spec: Any) -> Any:
-    """Build a component from a ``{"class_path", "init_args"}`` dict; other values pass through."""
-    if isinstance(spec, list):
-        return [instantiate(s) for s in spec]
-    if not (isinstance(spec, dict) and "class_path" in spec):
-        return spec
-    module_name, _, name = spec["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"cannot import {spec['class_path']!r}: {err}") from err
-    kwargs = {k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
-    return cls(**kwargs)
 
 
 class Encoder(Configurable, nn.Module):

@@ -120,7 +120,7 @@ class CLIPTextEncoder(_CLIPEncoder):
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
         import clip
 
-        from mmrec.item_content import load_inputs
+        from mmrec.content.inputs import load_inputs
 
         texts = [""] + load_inputs(data_dir, "text")
         present = torch.tensor([bool(t) for t in texts], dtype=torch.bool)
@@ -144,9 +144,8 @@ class CLIPImageEncoder(_CLIPEncoder):
     modality = "image"
 
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
-        from mmrec.image_decode import load_rgb
-        from mmrec.images import ImageFetcher
-        from mmrec.item_content import load_inputs
+        from mmrec.content.images import ImageFetcher, load_rgb
+        from mmrec.content.inputs import load_inputs
 
         fetcher = ImageFetcher(self.image_cache or data_dir / "features" / "image_cache")
         results = fetcher.fetch_many(load_inputs(data_dir, "image"), desc="images for finetune")

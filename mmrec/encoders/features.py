@@ -51,7 +51,7 @@ def check_items_fingerprint(fp: dict, data_dir: str | None, file: Path) -> None:
     modality = fp.get("modality")
     if data_dir is None or modality not in ("text", "image"):
         return
-    from mmrec.item_content import inputs_sha256, load_inputs
+    from mmrec.content.inputs import inputs_sha256, load_inputs
 
     now = inputs_sha256(load_inputs(data_dir, modality))
     if now != fp.get("items_sha256"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mmrec.calendar import DAY
 from mmrec.encoders.base import BuildContext, EventEncoder
 from mmrec.encoders.features import CachedFeatureEncoder, Projection, features_path, load_features
 
@@ -153,7 +154,7 @@ class ReviewTextEncoder(EventEncoder):
             {
                 "user_idx": [0, 0, 4, 5, 5],
                 "item_idx": [1, 2, 3, 4, 5],
-                "timestamp": [86_400 * d for d in range(5)],
+                "timestamp": [DAY * d for d in range(5)],
             }
         ).write_parquet(folder / "interactions.parquet")
         write_features(folder / "features" / f"{enc.name}.safetensors", 6)

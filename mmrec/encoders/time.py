@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmrec.calendar import DEFAULT_EVENTS, SECONDS_PER_DAY, build_calendar_table, day_index
+from mmrec.calendar import DAY, DEFAULT_EVENTS, build_calendar_table, day_index
 from mmrec.encoders.base import BuildContext, EventEncoder
 
 _T0_DAY = day_index("2010-01-01")  # origin of the sinusoidal time axis (keeps phases small)
@@ -34,7 +34,10 @@ class CalendarEmbedding(nn.Module):
 
     Args:
         d_model: Output width D.
-        events: Event names (``mmrec.calendar.EVENT_RULES``) or fixed dates ``"MM-DD"``.
+        events: Event names (``mmrec.calendar.EVENT_RULES``), names of ``custom_events`` or
+            fixed dates ``"MM-DD"``.
+        custom_events: Events of your own: name -> dates (``"MM-DD"`` every year, or ISO dates
+            ``"YYYY-MM-DD"``), e.g. ``{"prime_day_de": ["2019-07-15", "2019-07-16"]}``.
         use_calendar: Embed month, day of week, day of month and week of year.
         use_events: Embed days until / since each event.
         hour_of_day: Also embed the hour of day (UTC); only meaningful for second-granular data.
@@ -47,6 +50,7 @@ class CalendarEmbedding(nn.Module):
         self,
         d_model: int,
         events: tuple[str, ...] | list[str] = DEFAULT_EVENTS,
+        custom_events: dict[str, list[str]] | None = None,
         use_calendar: bool = True,
         use_events: bool = True,
         hour_of_day: bool = False,
@@ -55,7 +59,7 @@ class CalendarEmbedding(nn.Module):
         init_std: float = 0.02,
     ) -> None:
         super().__init__()
-        table = build_calendar_table(list(events), start, end)
+        table = build_calendar_table(list(events), start, end, custom_events)
         codes = torch.from_numpy(table.codes())  # [N, 4 + 2E]
         cols = ([0, 1, 2, 3] if use_calendar else []) + (
             list(range(4, codes.shape[1])) if use_events else []
@@ -75,7 +79,7 @@ class CalendarEmbedding(nn.Module):
 
     def day_rows(self, ts: Tensor) -> Tensor:
         """Table row of each timestamp: ``[...]`` -> ``[...]`` int64."""
-        days = torch.div(ts, SECONDS_PER_DAY, rounding_mode="floor") - self.first_day
+        days = torch.div(ts, DAY, rounding_mode="floor") - self.first_day
         return days.clamp(0, self.num_days - 1)
 
     def forward(self, ts: Tensor) -> Tensor:  # [...] int64 unix seconds -> [..., D]
@@ -83,10 +87,9 @@ class CalendarEmbedding(nn.Module):
         if self.emb is not None:
             out = self.emb(self.codes[self.day_rows(ts)]).sum(-2)  # [..., C, D] -> [..., D]
         if self.hour is not None:
-            hour = torch.remainder(ts, SECONDS_PER_DAY) // 3600
+            hour = torch.remainder(ts, DAY) // 3600
             out = out + self.hour(hour)
         return out
-
 
 
 def _calendar_for(enc: EventEncoder, d: int) -> CalendarEmbedding | None:
@@ -96,6 +99,7 @@ def _calendar_for(enc: EventEncoder, d: int) -> CalendarEmbedding | None:
     return CalendarEmbedding(
         d,
         enc.events,
+        custom_events=enc.custom_events,
         use_calendar=enc.use_calendar,
         use_events=enc.use_events,
         hour_of_day=enc.hour_of_day,
@@ -121,8 +125,10 @@ class TimestampEncoder(EventEncoder):
         harmonics: Harmonics per period (k = 1..harmonics: sin and cos of 2*pi*k*t/period).
         learnable_frequencies: Make the sinusoid frequencies trainable (initialised from the
             periods).
-        events: Holiday and shopping events (``mmrec.calendar.EVENT_RULES`` names or
-            ``"MM-DD"``); None = ``mmrec.calendar.DEFAULT_EVENTS``.
+        events: Holiday and shopping events (``mmrec.calendar.EVENT_RULES`` names, names of
+            ``custom_events`` or ``"MM-DD"``); None = ``mmrec.calendar.DEFAULT_EVENTS``.
+        custom_events: Events of your own: name -> dates (``"MM-DD"`` every year, or ISO
+            dates), stored with the model so a checkpoint rebuilds them anywhere.
         use_sinusoidal: Add the sinusoidal encoding.
         use_calendar: Add month / day-of-week / day-of-month / week-of-year embeddings.
         use_events: Add days-until / days-since event embeddings.
@@ -146,6 +152,7 @@ class TimestampEncoder(EventEncoder):
         harmonics: int = 2,
         learnable_frequencies: bool = False,
         events: list[str] | None = None,
+        custom_events: dict[str, list[str]] | None = None,
         use_sinusoidal: bool = True,
         use_calendar: bool = True,
         use_events: bool = True,
@@ -165,6 +172,7 @@ class TimestampEncoder(EventEncoder):
         self.harmonics = harmonics
         self.learnable_frequencies = learnable_frequencies
         self.events = tuple(events) if events is not None else DEFAULT_EVENTS
+        self.custom_events = dict(custom_events or {})
         self.use_sinusoidal, self.use_calendar = use_sinusoidal, use_calendar
         self.use_events, self.use_gap = use_events, use_gap
         self.gap_buckets, self.session_gap_seconds = gap_buckets, session_gap_seconds
@@ -200,7 +208,7 @@ class TimestampEncoder(EventEncoder):
 
     def sinusoids(self, ts: Tensor) -> Tensor:
         """``[B, L]`` unix seconds -> ``[B, L, 2F]`` sin/cos features (phases in float64)."""
-        t_days = ts.to(torch.float64) / SECONDS_PER_DAY - _T0_DAY
+        t_days = ts.to(torch.float64) / DAY - _T0_DAY
         phase = t_days.unsqueeze(-1) * self.freq.to(torch.float64)  # [B, L, F]
         return torch.cat([phase.sin(), phase.cos()], dim=-1).to(self.sin_proj.weight.dtype)
 
@@ -238,6 +246,7 @@ class QueryTimeEncoder(EventEncoder):
 
     Args:
         events: Holiday and shopping events; None = ``mmrec.calendar.DEFAULT_EVENTS``.
+        custom_events: Events of your own: name -> dates (see ``TimestampEncoder``).
         use_calendar: Embed the query time's month / day of week / day of month / week.
         use_events: Embed days until / since each event at the query time.
         use_gap: Embed the gap between each event and the query time.
@@ -255,6 +264,7 @@ class QueryTimeEncoder(EventEncoder):
     def __init__(
         self,
         events: list[str] | None = None,
+        custom_events: dict[str, list[str]] | None = None,
         use_calendar: bool = True,
         use_events: bool = True,
         use_gap: bool = True,
@@ -267,6 +277,7 @@ class QueryTimeEncoder(EventEncoder):
     ) -> None:
         super().__init__()
         self.events = tuple(events) if events is not None else DEFAULT_EVENTS
+        self.custom_events = dict(custom_events or {})
         self.use_calendar, self.use_events, self.use_gap = use_calendar, use_events, use_gap
         self.gap_buckets = gap_buckets
         self.calendar_start, self.calendar_end = calendar_start, calendar_end

@@ -13,7 +13,8 @@ from mmrec.encoders.base import BuildContext, EventEncoder
 class UserContextEncoder(EventEncoder):
     """Sum of one learned embedding per categorical column of ``users.parquet``.
 
-    The user's vector is added to every real history token. Values are indexed at build time
+    The user's vector is added to every real history token (in packed training batches, each
+    segment's tokens get their own user's vector). Values are indexed at build time
     (nulls and users outside the table map to a shared "unknown" row); the value tables are
     buffers, so a checkpoint carries them.
 
@@ -21,6 +22,8 @@ class UserContextEncoder(EventEncoder):
         columns: Columns of ``users.parquet`` to embed, e.g. ``["location"]``.
         max_values: Most frequent values kept per column; rarer ones share "unknown".
     """
+
+    supports_packing = True  # the user of each slot comes from its segment
 
     def __init__(self, columns: list[str] | None = None, max_values: int = 10_000) -> None:
         super().__init__()
@@ -61,11 +64,14 @@ class UserContextEncoder(EventEncoder):
         self.num_users = ctx.num_users
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:  # -> [B, L, D]
-        user = batch["user_idx"]  # [B]
+        user = batch["user_idx"]  # [B] (packed: [S], one per segment)
         user = torch.where((user >= 0) & (user < self.num_users), user, self.num_users)
         codes = self.codes[user]  # [B, C]
         vec = sum(emb(codes[:, j]) for j, emb in enumerate(self.embeddings))  # [B, D]
         mask = batch["mask"].unsqueeze(-1).to(vec.dtype)  # [B, L, 1]
+        if "segments" in batch:  # packed rows: segment s (1-based) is user_idx[s - 1]
+            slot_vec = vec[(batch["segments"] - 1).clamp_min(0)]  # [B, L, D]
+            return slot_vec * mask
         return vec.unsqueeze(1) * mask
 
     @classmethod

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from mmrec.data.batches import LengthBucketSampler
 from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
+from mmrec.data.dataset import LengthBucketSampler
 from mmrec.data.synthetic import make_synthetic_dataset
 
 NAN = float("nan")

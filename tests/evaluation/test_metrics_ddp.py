@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmrec.evaluation import rank_from_scores
-from mmrec.metrics import RankingMetrics
-from mmrec.slices import SlicedRankingMetrics
+from mmrec.evaluation.metrics import RankingMetrics
+from mmrec.evaluation.slices import SlicedRankingMetrics
 
 USERS, ITEMS, SPLIT = 23, 40, 15  # odd, split 15 / 8 with no padding or duplicated user
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from content_helpers import SLOW_S, ImageServer, jpeg_bytes, png_bytes
 
-from mmrec.image_decode import decode_jpegs_to_pixels
-from mmrec.images import (
+from mmrec.content.images import (
     FetchReport,
     ImageFetcher,
     amazon_full_size,
+    decode_jpegs_to_pixels,
     looks_like_image,
 )
+from tests.content.helpers import SLOW_S, ImageServer, jpeg_bytes, png_bytes
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 import torch
-from content_helpers import tiny_sentence_model, write_dataset
 
-from mmrec.embed import main
+from mmrec.content.embed import main
 from mmrec.encoders.base import BuildContext
 from mmrec.encoders.text import ReviewTextEncoder, SentenceTextEncoder
+from tests.content.helpers import tiny_sentence_model, write_dataset
 
 D = 6
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mmrec.item_content import TEXT_RECIPE, clean_text, inputs_sha256, item_text, load_inputs
+from mmrec.content.inputs import TEXT_RECIPE, clean_text, inputs_sha256, item_text, load_inputs
 
 __all__ = ["clean_text", "item_text", "load_inputs", "inputs_sha256", "main", "run_embed"]
 
@@ -88,8 +88,7 @@ def embed_images(
     Returns ``(features [n, D], present [n], counts per reason, failures)``; items whose
     image is missing or unusable get a zero row and present False.
     """
-    from mmrec.image_decode import decode_jpegs_to_pixels, is_jpeg, load_rgb
-    from mmrec.images import FetchResult
+    from mmrec.content.images import FetchResult, decode_jpegs_to_pixels, is_jpeg, load_rgb
 
     results: list[FetchResult] = fetcher.fetch_many(urls)
     res = model.image_resolution
@@ -233,7 +232,7 @@ def _image_report(partial: Path, shards, dataset: Path, path: Path, log) -> None
     import polars as pl
     from safetensors import safe_open
 
-    from mmrec.images import FetchReport
+    from mmrec.content.images import FetchReport
 
     items = pl.read_parquet(dataset / "items.parquet", columns=["item_idx", "item_id"])
     ids = items.sort("item_idx")["item_id"].to_list()
@@ -332,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `mmrec embed`; returns the process exit code."""
-    from mmrec.content_models import build_content_model, default_stem
-    from mmrec.images import ImageFetcher
+    from mmrec.content.images import ImageFetcher
+    from mmrec.content.models import build_content_model, default_stem
 
     args = build_parser().parse_args(argv)
     dataset = Path(args.dataset)

@@ -30,20 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mmrec.metrics import RankingMetrics, check_ks
-from mmrec.slices import SlicedRankingMetrics, plot_metric_by_month, write_slices_csv
-
-__all__ = [
-    "RankingMetrics",
-    "SampledCandidates",
-    "SlicedRankingMetrics",
-    "evaluate_scores",
-    "plot_metric_by_month",
-    "rank_from_scores",
-    "rank_targets",
-    "topk_items",
-    "write_slices_csv",
-]
+from mmrec.evaluation.metrics import RankingMetrics, check_ks
 
 _NAN = float("nan")
 _MIN_CPU_ROWS = 32  # users per block at least, with the default CPU budget
@@ -335,7 +322,7 @@ def evaluate_scores(
 
     Returns:
         ``{"hr@10", "recall@10", "precision@10", "f1@10", "ndcg@10", "mrr", "mrr@10", "map@10", ...}``
-        (definitions in :func:`mmrec.metrics.per_user_metrics`).
+        (definitions in :func:`mmrec.evaluation.metrics.per_user_metrics`).
     """
     metric = RankingMetrics(ks=check_ks(ks))
     metric.update(rank_from_scores(scores, targets, exclude).cpu())

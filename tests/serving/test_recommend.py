@@ -1,4 +1,4 @@
-"""Tests for mmrec.recommend: time-aware top-K from a checkpoint, Python API and CLI."""
+"""Tests for mmrec.serving.recommend: time-aware top-K from a checkpoint, Python API and CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.module import MMRecModule
-from mmrec.recommend import Recommender, main, to_unix
 from mmrec.sequence import GPT2Sequence
+from mmrec.serving.recommend import Recommender, main
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +89,6 @@ def test_known_user_history_and_unknown_items(trained):
             rec.recommend(["NOT_AN_ASIN"], k=3)
 
 
-def test_to_unix():
-    assert to_unix("2013-12-20") == 1387497600
-    assert to_unix("2013-12-20T15:30:00", "day") == 1387497600
-    assert to_unix("2013-12-20T15:30:00+01:00") == 1387497600 + 14 * 3600 + 1800
-    with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        to_unix("20 Dec")
 
 
 def test_cli_json_and_table(trained, capsys):

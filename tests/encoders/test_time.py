@@ -10,7 +10,8 @@ import torch
 import mmrec.calendar
 import mmrec.encoders.time
 from mmrec.calendar import day_index
-from mmrec.encoders.base import BuildContext, component_spec, instantiate
+from mmrec.config import component_spec, instantiate
+from mmrec.encoders.base import BuildContext
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder, log_gap_bucket
 
 DAY = 86_400
@@ -123,8 +124,8 @@ def test_vectorised_no_python_per_event(monkeypatch):
     monkeypatch.setattr(mmrec.calendar, "event_dates", boom)
     monkeypatch.setattr(mmrec.calendar, "build_calendar_table", boom)
     monkeypatch.setattr(mmrec.encoders.time, "build_calendar_table", boom)
-    for name in list(mmrec.calendar.EVENT_RULES):
-        monkeypatch.setitem(mmrec.calendar.EVENT_RULES, name, boom)
+    for name in list(mmrec.calendar._RULES):
+        monkeypatch.setitem(mmrec.calendar._RULES, name, boom)
     g = torch.Generator().manual_seed(0)
     B, L = 256, 200  # 51,200 events
     ts = torch.randint(1_300_000_000, 1_400_000_000, (B, L), generator=g).sort(-1).values
@@ -160,7 +161,7 @@ def test_spec_roundtrip_rebuilds_same_parameters():
     enc = _built(TimestampEncoder, events=["christmas", "12-01"], harmonics=3)
     spec = component_spec(enc)
     assert spec["init_args"]["events"] == ["christmas", "12-01"]
-    clone = instantiate(spec)
+    clone = instantiate(spec, TimestampEncoder, "event_encoders[0]")
     clone.build(_ctx())
     clone.load_state_dict(enc.state_dict())
     batch = _batch(HIST, 5)

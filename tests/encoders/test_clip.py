@@ -5,11 +5,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 import torch
-from content_helpers import ImageServer, tiny_clip_checkpoint, write_dataset
 
-from mmrec.embed import main
+from mmrec.content.embed import main
 from mmrec.encoders.base import BuildContext
 from mmrec.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
+from tests.content.helpers import ImageServer, tiny_clip_checkpoint, write_dataset
 
 D = 12
 

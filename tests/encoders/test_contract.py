@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import mmrec.encoders
-from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder, component_spec, instantiate
+from mmrec.config import component_spec, instantiate
+from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
 
 CTX = BuildContext(num_items=30, num_users=6, d_model=16, data_dir=None, time_granularity="day")
 B, L = 3, 7
@@ -164,7 +165,7 @@ def test_spec_round_trip(cls, tmp_path):
     enc, ctx = cls.example(tmp_path, CTX)
     spec = component_spec(enc)
     assert spec["class_path"].endswith(cls.__qualname__)
-    again = instantiate(spec)
+    again = instantiate(spec, (ItemEncoder if issubclass(cls, ItemEncoder) else EventEncoder), "encoder")
     assert type(again) is cls and component_spec(again) == spec
     again.build(ctx)
     with pytest.raises(RuntimeError, match="called twice"):

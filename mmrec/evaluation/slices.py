@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from mmrec.metrics import (
+from mmrec.calendar import DAY
+from mmrec.evaluation.metrics import (
     FIXED_POINT_SCALE,
     check_ks,
     metric_names,
@@ -52,7 +53,7 @@ def popularity_buckets(item_train_counts: Tensor, head: float = 0.2, torso: floa
 
 
 class SlicedRankingMetrics(Metric):
-    """:class:`~mmrec.metrics.RankingMetrics` per slice of users, DDP-safe (fixed-size sum states).
+    """:class:`~mmrec.evaluation.metrics.RankingMetrics` per slice of users, DDP-safe (fixed-size sum states).
 
     Slices: ``month=YYYY-MM`` of the target time (``month=unknown`` outside the configured range
     or for timestamp <= 0); ``holiday=in|out`` (target day inside the window, inclusive, the
@@ -128,7 +129,7 @@ class SlicedRankingMetrics(Metric):
         )
 
     def _month_slot(self, target_time: Tensor) -> tuple[Tensor, Tensor]:
-        days = torch.div(target_time.long(), 86400, rounding_mode="floor").cpu().tolist()
+        days = torch.div(target_time.long(), DAY, rounding_mode="floor").cpu().tolist()
         secs = target_time.long().cpu().tolist()
         month, hol = [], []
         (m0, d0), (m1, d1) = self.holiday

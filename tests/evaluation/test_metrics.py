@@ -17,8 +17,8 @@ from torchmetrics.retrieval import (
 )
 
 from mmrec.evaluation import rank_from_scores
-from mmrec.metrics import RankingMetrics, metric_names, per_user_metrics
-from tests.reference_ranking import reference_mean, reference_metrics, reference_ranks
+from mmrec.evaluation.metrics import RankingMetrics, metric_names, per_user_metrics
+from tests.evaluation.reference_ranking import reference_mean, reference_metrics, reference_ranks
 
 KS = (1, 3, 10)
 

@@ -19,9 +19,9 @@ from mmrec.evaluation import (
     topk_items,
     write_slices_csv,
 )
-from mmrec.metrics import RankingMetrics
-from mmrec.slices import popularity_buckets
-from tests.reference_ranking import reference_ranks
+from mmrec.evaluation.metrics import RankingMetrics
+from mmrec.evaluation.slices import popularity_buckets
+from tests.evaluation.reference_ranking import reference_ranks
 
 
 def _vectors(seed: int, users: int, items: int, dim: int = 4, ties: bool = True):
@@ -95,7 +95,7 @@ def test_memory_bound_for_1m_items_100k_users():
     the comparison block u * T * n_chunk bytes; with the default budget (256 MB on an accelerator,
     32 MB on CPU) both stay far under 4 GB for N = 1M, whatever the number of users (chunks are
     processed one after another)."""
-    from mmrec.evaluation import _budget, _user_chunk
+    from mmrec.evaluation.ranking import _budget, _user_chunk
 
     assert _budget(None, torch.device("cpu"), 12_102) == 32 and _budget(None, torch.device("cuda"), 12_102) == 256
     assert _budget(8, torch.device("cuda"), 12_102) == 8 and _budget(8, torch.device("cpu"), 1_000_001) == 8

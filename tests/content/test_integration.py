@@ -6,16 +6,16 @@ import lightning as L
 import polars as pl
 import pytest
 import torch
-from content_helpers import jpeg_bytes, tiny_clip_checkpoint
 
+from mmrec.content.embed import main
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.synthetic import make_synthetic_dataset
-from mmrec.embed import main
 from mmrec.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.text import ReviewTextEncoder
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from tests.content.helpers import jpeg_bytes, tiny_clip_checkpoint
 
 
 @pytest.fixture(scope="module")

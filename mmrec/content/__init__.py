@@ -1,0 +1,1 @@
+"""Item content: `mmrec embed`, content models, item inputs, images, the feature-file format."""

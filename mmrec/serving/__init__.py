@@ -1,0 +1,1 @@
+"""Serving: recommendations from a checkpoint (`mmrec recommend`) and the prediction writer."""
