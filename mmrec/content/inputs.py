@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import html
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
-TEXT_RECIPE = "title|brand|categories|description;html-cleaned;v1"
+from mmrec.data.items import clean_html
 
-_TAG = re.compile(r"<[^>]+>")
-_WS = re.compile(r"\s+")
+TEXT_RECIPE = "title|brand|categories|description;html-cleaned;v1"
 
 
 def clean_text(value: object) -> str:
-    """HTML tags removed, entities unescaped, whitespace collapsed; lists joined with spaces."""
+    """Text of a field for embedding: lists joined with spaces, then
+    :func:`mmrec.data.items.clean_html`; ``""`` when nothing is left."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         value = " ".join(clean_text(v) for v in value)
-    text = html.unescape(_TAG.sub(" ", str(value)))
-    return _WS.sub(" ", text).strip()
+    return clean_html(str(value)) or ""
 
 
 def item_text(title: object, brand: object, categories: object, description: object) -> str:

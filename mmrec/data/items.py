@@ -215,13 +215,20 @@ def read_item_text(path: str | Path) -> pl.DataFrame:
     )
 
 
-_TAG = re.compile(r"<[A-Za-z/!][^>]*>")
+_TAG = re.compile(r"<[A-Za-z/!][^>]*>")  # a tag, comment or doctype
+_OPEN_TAG = re.compile(r"<[A-Za-z/!][^<>]*$")  # a tag cut off at the end of the field
 
 
-def _clean(value: str | None) -> str | None:
+def clean_html(value: str | None) -> str | None:
+    """The one HTML cleaner of mmrec: entities unescaped, tags (and a tag cut off at the end)
+    removed, whitespace collapsed; None when nothing is left (a field that was only markup).
+
+    Used for item metadata in ``mmrec prepare`` and for every text ``mmrec embed`` reads.
+    A ``<`` not followed by a letter, ``/`` or ``!`` is text (``size < 5``), not a tag.
+    """
     if value is None:
         return None
-    value = _TAG.sub(" ", html.unescape(value))
+    value = _OPEN_TAG.sub(" ", _TAG.sub(" ", html.unescape(value)))
     value = " ".join(value.split())
     return value or None
 
@@ -232,7 +239,7 @@ def clean_items(items: pl.DataFrame) -> pl.DataFrame:
     items = items.unique("item_id", keep="first", maintain_order=True)
     text = ["title", "description", "categories", "brand"]
     return items.with_columns(
-        pl.col(c).map_elements(_clean, return_dtype=pl.String, skip_nulls=True) for c in text
+        pl.col(c).map_elements(clean_html, return_dtype=pl.String, skip_nulls=True) for c in text
     )
 
 
