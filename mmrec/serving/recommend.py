@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from mmrec.calendar import now_unix, to_unix
+from mmrec.calendar import DAY, now_unix, to_unix
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,13 @@ class Recommender:
 
     def __init__(self, model, data_dir: str | Path, device: str | torch.device = "cpu") -> None:
         data_dir = Path(data_dir)
-        if not (data_dir / "items.parquet").exists():
+        if not (data_dir / "meta.json").is_file():
             raise FileNotFoundError(
-                f"{data_dir} has no items.parquet: pass the prepared dataset folder the model "
-                "was trained on (--data_dir DIR / data_dir=...)"
+                f"{data_dir} has no meta.json (missing, or an interrupted `mmrec prepare`): pass "
+                "the prepared dataset folder the model was trained on (--data_dir DIR), or "
+                "prepare it again"
             )
+        self.meta = json.loads((data_dir / "meta.json").read_text())
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.data_dir = data_dir
@@ -68,16 +69,26 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, data_dir: str | Path | None = None, device: str = "cpu"
+        cls,
+        path: str | Path,
+        data_dir: str | Path | None = None,
+        device: str = "cpu",
+        trusted_modules: list[str] | None = None,
     ) -> Recommender:
         """Rebuild the model from a Lightning checkpoint alone (its hyper-parameters hold the
-        encoders), with its dataset folder (default: the one it was trained on)."""
+        encoders), with its dataset folder (default: the one it was trained on).
+        ``trusted_modules``: packages outside mmrec the checkpoint's components may come from
+        (see ``MMRecModule``)."""
         from mmrec.module import MMRecModule
 
-        if not Path(path).exists():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} not found")
-        kw = {"data_dir": str(data_dir)} if data_dir is not None else {}
-        model = MMRecModule.load_from_checkpoint(str(path), map_location="cpu", **kw)
+        kw: dict = {"data_dir": str(data_dir)} if data_dir is not None else {}
+        if trusted_modules:
+            kw["trusted_modules"] = list(trusted_modules)
+        model = MMRecModule.load_from_checkpoint(
+            str(path), map_location="cpu", weights_only=True, **kw
+        )
         data_dir = data_dir or model.hparams.get("data_dir")
         if not data_dir:
             raise ValueError(f"checkpoint {path} does not name its dataset folder: pass data_dir")
@@ -105,6 +116,15 @@ class Recommender:
         ratings = rows["rating"].cast(pl.Float32).fill_null(float("nan")).to_list()
         return rows["item_idx"].to_list(), rows["timestamp"].to_list(), ratings
 
+    def time_range(self) -> tuple[int, int] | None:
+        """First and last event time of the dataset (meta.json), or None when unknown."""
+        span = self.meta.get("time_range")
+        return (int(span[0]), int(span[1])) if span else None
+
+    def query_time(self, at: datetime | date | str | int | None) -> int:
+        """Unix seconds of ``at`` (None: now), floored to days for day-granular data."""
+        return to_unix(now_unix() if at is None else at, self.granularity, name="at")
+
     # ------------------------------------------------------------------ recommend
     def recommend(
         self,
@@ -121,7 +141,7 @@ class Recommender:
                 appended to the user's history from the dataset. Unknown ids are skipped with
                 a warning naming them (an error if none is known and there is no other history).
             at: When the recommendation is asked for (default: now, UTC).
-            k: How many items.
+            k: How many items (>= 1).
             user_id: A user of the dataset (their full history is used), or None / an unknown
                 id with ``history`` (a user the model never saw).
             timestamps: Unix seconds of ``history``'s events; default: all at ``at`` (a
@@ -130,7 +150,9 @@ class Recommender:
         Returns:
             ``k`` recommendations, best first (fewer if the catalogue runs out).
         """
-        query = to_unix(now_unix() if at is None else at, self.granularity, name="at")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        query = self.query_time(at)
         items, times, ratings = [], [], []
         known_user = user_id is not None and user_id in self.users
         if known_user:
@@ -207,65 +229,125 @@ def _topk(user_vec, item_vecs, k, exclude) -> tuple[torch.Tensor, torch.Tensor]:
     return topk_items(user_vec, item_vecs, k, exclude)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+@dataclass
+class RecommendConfig:
+    """Settings of ``mmrec recommend``: time-aware top-K items from a checkpoint.
+
+    The query time (``at``) is a model input: with a time-aware model the same history gets
+    different items in December and in July.
+
+    Args:
+        ckpt_path: Lightning checkpoint (.ckpt) of a trained model; it alone rebuilds the model.
+        user: A user id of the dataset; their full history is used.
+        history: Comma-separated raw item ids (ASINs) in time order, for a user the model never
+            saw (appended after a known ``user``'s history); they are taken as happening at
+            ``at``.
+        at: Query time, YYYY-MM-DD or an ISO datetime (UTC). Default: now; the time used is
+            printed, with a warning when it lies outside the data's time range.
+        k: Number of items to recommend (>= 1).
+        json: Print JSON instead of a table.
+        data_dir: The prepared dataset folder (default: the one the checkpoint was trained on).
+        device: Torch device to run the model on.
+        trust_module: Packages outside mmrec that the checkpoint's components may be imported
+            from (importing runs code: only for checkpoints you trust).
+    """
+
+    ckpt_path: str
+    user: str | None = None
+    history: str | None = None
+    at: str | None = None
+    k: int = 10
+    json: bool = False
+    data_dir: str | None = None
+    device: str = "cpu"
+    trust_module: list[str] | None = None
+
+
+def build_parser():
+    """The ``mmrec recommend`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
         prog="mmrec recommend",
-        description="Time-aware top-K recommendations from a checkpoint. The query time (--at) "
-        "is a model input: the same history gets different items in December and in July.",
+        description="Time-aware top-K recommendations from a checkpoint. Later flags override "
+        "--config values.",
     )
-    p.add_argument("--ckpt_path", required=True, help="Lightning checkpoint (.ckpt)")
-    p.add_argument("--user", help="user id of the dataset (their full history is used)")
-    p.add_argument(
-        "--history",
-        help="comma-separated raw item ids (ASINs) in time order, for a user the model never "
-        "saw (appended for a known --user); events are taken as happening at --at",
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
     )
-    p.add_argument("--at", help="query time YYYY-MM-DD or ISO datetime, UTC (default: now)")
-    p.add_argument("--k", type=int, default=10, help="number of items (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--data_dir", help="dataset folder (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    return p
+    parser.add_class_arguments(RecommendConfig, as_group=False)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> RecommendConfig:
+    """Parses command-line arguments into a RecommendConfig."""
+    from mmrec.config import bool_flags
+
+    argv = bool_flags(sys.argv[1:] if argv is None else argv, ["json"])
+    args = build_parser().parse_args(argv)
+    return RecommendConfig(**{f.name: args[f.name] for f in fields(RecommendConfig)})
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mmrec recommend``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    if not args.user and not args.history:
-        print("error: give --user USER_ID and/or --history ID,ID,...", file=sys.stderr)
+    cfg = config_from_args(argv)
+    if not cfg.user and not cfg.history:
+        print("mmrec recommend: error: give --user USER_ID and/or --history ID,ID,...", file=sys.stderr)
         return 2
-    history = [h.strip() for h in (args.history or "").split(",") if h.strip()]
+    if cfg.k < 1:
+        print(f"mmrec recommend: error: --k must be >= 1, got {cfg.k}", file=sys.stderr)
+        return 2
+    history = [h.strip() for h in (cfg.history or "").split(",") if h.strip()]
     try:
-        rec = Recommender.from_checkpoint(args.ckpt_path, args.data_dir, args.device)
-        if args.user and args.user not in rec.users and not history:
+        rec = Recommender.from_checkpoint(cfg.ckpt_path, cfg.data_dir, cfg.device, cfg.trust_module)
+        if cfg.user and cfg.user not in rec.users and not history:
             raise ValueError(
-                f"unknown user {args.user!r} (not in {rec.data_dir / 'users.parquet'}): pass "
+                f"unknown user {cfg.user!r} (not in {rec.data_dir / 'users.parquet'}): pass "
                 "--history ID,ID,... for a user the model never saw"
             )
-        unknown = [h for h in history if h not in rec.index]
-        if unknown:
-            print(
-                f"warning: {len(unknown)} unknown item id(s) in --history skipped (not in the dataset): {', '.join(unknown)}",
-                file=sys.stderr,
-            )
+        query = rec.query_time(cfg.at)
+    except (FileNotFoundError, ValueError, KeyError, ImportError, TypeError) as err:
+        print(f"mmrec recommend: error: {err}", file=sys.stderr)
+        return 2
+    if cfg.at is None:
+        print(f"mmrec recommend: no --at given: recommending for now, {_iso(query)}", file=sys.stderr)
+    span = rec.time_range()
+    if span is not None and not span[0] <= query <= span[1] + DAY:
+        print(
+            f"mmrec recommend: warning: the query time {_iso(query)} is outside the data's time "
+            f"range ({_iso(span[0])} .. {_iso(span[1])}); the time encoders never saw such "
+            "times: pass --at within the range for a meaningful time-aware list",
+            file=sys.stderr,
+        )
+    unknown = [h for h in history if h not in rec.index]
+    if unknown:
+        print(
+            f"mmrec recommend: warning: {len(unknown)} unknown item id(s) in --history skipped "
+            f"(not in the dataset): {', '.join(unknown)}",
+            file=sys.stderr,
+        )
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported above
-            recs = rec.recommend(history, at=args.at, k=args.k, user_id=args.user)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    at = datetime.fromtimestamp(to_unix(now_unix() if args.at is None else args.at, rec.granularity), timezone.utc).isoformat()
-    if args.json:
+            recs = rec.recommend(history, at=query, k=cfg.k, user_id=cfg.user)
+    except (ValueError, KeyError) as err:
+        print(f"mmrec recommend: error: {err}", file=sys.stderr)
+        return 2
+    if cfg.json:
         out = {
-            "user": args.user,
-            "at": at,
-            "known_user": bool(args.user and args.user in rec.users),
+            "user": cfg.user,
+            "at": _iso(query),
+            "known_user": bool(cfg.user and cfg.user in rec.users),
             "unknown_items": unknown,
             "recommendations": [asdict(r) for r in recs],
         }
         print(json.dumps(out, indent=2))
         return 0
-    print(f"top {len(recs)} for {args.user or 'the given history'} at {at}")
+    print(f"top {len(recs)} for {cfg.user or 'the given history'} at {_iso(query)}")
     width = max([len("item id"), *(len(r.item_id) for r in recs)])
     print(f"{'#':>3}  {'item id':<{width}}  {'score':>9}  title")
     for i, r in enumerate(recs, 1):

@@ -89,8 +89,6 @@ def test_known_user_history_and_unknown_items(trained):
             rec.recommend(["NOT_AN_ASIN"], k=3)
 
 
-
-
 def test_cli_json_and_table(trained, capsys):
     ckpt, path, items = trained
     hist = ",".join(items.filter(pl.col("season").is_null())["item_id"].to_list()[:3])
@@ -105,7 +103,7 @@ def test_cli_json_and_table(trained, capsys):
     assert main([*argv, "--history", hist]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[1].split()[:3] == ["#", "item", "id"] and len(table) == 2 + 4
-    assert main([*argv]) == 1  # unknown user without --history
+    assert main([*argv]) == 2  # unknown user without --history
     assert "pass --history" in capsys.readouterr().err
 
 
@@ -118,3 +116,51 @@ def test_mmrec_recommend_dispatch(trained, capsys):
     assert mmrec_main([*argv, "--data_dir", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["known_user"] and len(out["recommendations"]) == 3
+
+
+def test_cli_is_a_jsonargparse_command(trained, tmp_path, capsys):
+    from mmrec.serving.recommend import build_parser
+
+    ckpt, path, _ = trained
+    help_text = build_parser().format_help()
+    for option, words in (("--ckpt_path", "rebuilds the model"), ("--at", "Default: now"),
+                          ("--k", "Number of items"), ("--trust_module", "importing runs code")):
+        assert option in help_text and words in " ".join(help_text.split()), option
+    argv = ["--ckpt_path", str(ckpt), "--user", "u1", "--k", "3", "--at", "2014-01-05"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--print_config"])
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    cfg_file = tmp_path / "rec.yaml"
+    cfg_file.write_text(printed)
+    assert "k: 3" in printed and "2014-01-05" in printed
+    user = pl.read_parquet(path / "users.parquet")["user_id"][0]
+    assert main(["--config", str(cfg_file), "--user", user, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["recommendations"]) == 3 and out["at"].startswith("2014-01-05")
+
+
+def test_cli_says_which_time_and_refuses_bad_input(trained, tmp_path, capsys):
+    ckpt, path, _ = trained
+    user = pl.read_parquet(path / "users.parquet")["user_id"][0]
+    base = ["--ckpt_path", str(ckpt), "--user", user]
+    assert main([*base, "--k", "0"]) == 2
+    assert "--k must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--k", "-3"]) == 2
+    assert main([*base, "--k", "2"]) == 0  # no --at: now, far after the synthetic data
+    err = capsys.readouterr().err
+    assert "no --at given: recommending for now" in err
+    assert "outside the data's time range" in err
+    assert main([*base, "--k", "2", "--at", "2014-01-05"]) == 0
+    assert "outside" not in capsys.readouterr().err
+    # an interrupted prepare (no meta.json) is refused, as the datamodule refuses it
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("items.parquet", "users.parquet", "interactions.parquet"):
+        (broken / name).write_bytes((path / name).read_bytes())
+    assert main([*base, "--data_dir", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "has no meta.json" in err and len(err.strip().splitlines()) == 1
+    assert main(["--ckpt_path", str(tmp_path / "nope.ckpt"), "--user", user]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"mmrec recommend: error: checkpoint {tmp_path / 'nope.ckpt'} not found"

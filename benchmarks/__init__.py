@@ -1,0 +1,1 @@
+"""Benchmark scripts (speed, scale, result tables); run them as `python -m benchmarks.<name>`."""
