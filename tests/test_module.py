@@ -260,3 +260,46 @@ def test_user_vectors_equal_the_last_hidden_state(dataset):
         full = model.encode(batch)[:, -1]
         torch.testing.assert_close(model.user_vectors(batch), full, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(model(batch), full, atol=1e-6, rtol=1e-5)
+
+
+def test_weight_decay_by_module_type_not_by_name():
+    from torch import nn
+
+    from mmrec.encoders.base import EventEncoder
+    from mmrec.encoders.rating import RatingEncoder
+    from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
+    from mmrec.module import split_decay
+
+    class Renamed(EventEncoder):  # attribute names that the old name rule got wrong
+        def build(self, ctx):
+            super().build(ctx)
+            self.weights_table = nn.Embedding(5, ctx.d_model)  # an embedding: never decayed
+            self.embedding_proj = nn.Linear(ctx.d_model, ctx.d_model)  # a linear layer: decayed
+
+        def forward(self, batch):
+            return self.embedding_proj(self.weights_table(batch["item_ids"].clamp(max=4)))
+
+    model = MMRecModule(
+        num_items=30, num_users=4, max_len=6, d_model=16, time_granularity="second",
+        event_encoders=[TimestampEncoder(), QueryTimeEncoder(), RatingEncoder(), Renamed()],
+        sequence=GPT2Sequence(n_layer=1, n_head=2), weight_decay=0.1,
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = split_decay(model)
+    decayed = {names[id(p)] for p in decay}
+    assert decayed == {
+        "event_encoders.0.sin_proj.weight", "event_encoders.2.mlp.0.weight",
+        "event_encoders.2.mlp.2.weight", "event_encoders.3.embedding_proj.weight",
+        "sequence.gpt2.h.0.attn.c_attn.weight", "sequence.gpt2.h.0.attn.c_proj.weight",
+        "sequence.gpt2.h.0.mlp.c_fc.weight", "sequence.gpt2.h.0.mlp.c_proj.weight",
+    }
+    kept = {names[id(p)] for p in no_decay}
+    for name in ("event_encoders.0.calendar.emb.weight", "event_encoders.0.calendar.hour.weight",
+                 "event_encoders.0.gap_emb.weight", "event_encoders.0.session_emb.weight",
+                 "event_encoders.3.weights_table.weight", "item_encoders.0.embedding.weight",
+                 "sequence.gpt2.wpe.weight", "sequence.gpt2.h.0.ln_1.weight",
+                 "event_encoders.0.gate", "event_encoders.2.missing"):
+        assert name in kept, name
+    assert len(decay) + len(no_decay) == sum(p.requires_grad for p in model.parameters())
+    optimizer = model.configure_optimizers()
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
