@@ -1,4 +1,4 @@
-"""AmazonDataModule: a prepared dataset folder -> batch dicts (causal training, leakage-free eval)."""
+"""AmazonDataModule: a dataset folder -> batch dicts (causal training, leakage-free eval)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -16,18 +16,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmrec.calendar import DAY, to_unix
-from mmrec.data.dataset import (
-    LengthBucketSampler,
-    SequenceDataset,
-    UnpaddedDistributedSampler,
-    _dist_world,
-    _Events,
-    _identity,
-    _Rows,
-)
-
-if TYPE_CHECKING:
-    from mmrec.data.prepare import PrepareConfig
+from mmrec.data.batch import event_columns, flat_events
+from mmrec.data.dataset import SequenceDataset, _Events, _identity, _Rows
+from mmrec.data.prepare import PrepareConfig
+from mmrec.data.samplers import LengthBucketSampler, UnpaddedDistributedSampler, _dist_world
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
@@ -51,14 +43,18 @@ class AmazonDataModule(LightningDataModule):
 
     Batches are gathered from flat tensors built once in ``setup()``; no per-event Python.
     DDP: training uses a seeded ``LengthBucketSampler`` (a ``DistributedSampler``; padding is
-    harmless there); val/test/predict use ``UnpaddedDistributedSampler`` so no user is scored twice. Both are
-    ``DistributedSampler`` instances, so Lightning never replaces them, whatever
-    ``trainer.use_distributed_sampler`` is set to.
+    harmless there); val/test/predict use ``UnpaddedDistributedSampler`` so no user is scored
+    twice. Both are ``DistributedSampler`` instances, so Lightning never replaces them, whatever
+    ``trainer.use_distributed_sampler`` is set to. The keys, shapes and padding of the batch
+    dicts: ``mmrec.data.batch.Batch``.
 
     Args:
         data_dir: The prepared dataset folder (``interactions.parquet``, ``meta.json``...).
-        prepare: How to build ``data_dir`` when it has no ``meta.json`` (``prepare_data()``
-            runs ``prepare_dataset`` with ``out=data_dir``); None: the folder must exist.
+        prepare: How ``data_dir`` is made (``mmrec prepare`` settings; ``out`` is
+            ``data_dir``): the folder is prepared when missing, checked against these settings
+            and inputs when present (a folder made with other ones is an error that names the
+            difference). In YAML, the path of a ``configs/data/*.yaml`` file works too. Unset
+            (no ``source``): the folder must exist.
         max_len: Sequence length ``L`` (history window), left-padded.
         batch_size: Training batch size.
         eval_batch_size: Validation / test / predict batch size.
@@ -85,14 +81,14 @@ class AmazonDataModule(LightningDataModule):
             (segments the model keeps apart: each user's hidden states and loss terms are those
             of the unpacked batch; same users per step, same shuffling). Faster where
             histories are short (Beauty 2014: most slots of a plain batch are padding). The
-            model turns it off when an event encoder does not support packed rows (e.g.
-            ``UserContextEncoder``, ``ReviewTextEncoder``).
+            model refuses to train on packed rows when a component does not support them
+            (set this False then).
     """
 
     def __init__(
         self,
         data_dir: str,
-        prepare: PrepareConfig | None = None,
+        prepare: PrepareConfig = PrepareConfig(),  # noqa: B008 (never mutated: copied when used)
         max_len: int = 50,
         batch_size: int = 256,
         eval_batch_size: int = 512,
@@ -108,18 +104,23 @@ class AmazonDataModule(LightningDataModule):
         super().__init__()
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
-        self.save_hyperparameters()
+        # plain values only, so that checkpoints load with weights_only=True
+        self.save_hyperparameters(ignore=["prepare"])
+        self.hparams["prepare"] = dataclasses.asdict(prepare) if prepare is not None else None
         self.data_dir = str(data_dir)
         self.prepare = prepare
         self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory, seed
         self.exclude_history = exclude_history
         if bucket_window < 1:
-            raise ValueError(f"bucket_window must be >= 1 (1: no length bucketing), got {bucket_window}")
+            raise ValueError(
+                f"bucket_window must be >= 1 (1: no length bucketing), got {bucket_window}"
+            )
         self.trim_padding, self.bucket_window = trim_padding, bucket_window
         self.pack_sequences = pack_sequences
         self.predict_time = to_unix(predict_time, name="predict_time")
         self._meta: dict[str, Any] | None = None
+        self._prepare_checked = False
         self._items: pl.DataFrame | None = None
         self._users: pl.DataFrame | None = None
         self.datasets: dict[str, SequenceDataset] = {}
@@ -131,10 +132,8 @@ class AmazonDataModule(LightningDataModule):
     def meta(self) -> dict[str, Any]:
         """``meta.json`` of the folder (running ``prepare`` first when configured and missing)."""
         if self._meta is None:
-            path = Path(self.data_dir) / "meta.json"
-            if not path.exists():
-                self.prepare_data()
-            self._meta = json.loads(path.read_text())
+            self.prepare_data()
+            self._meta = json.loads((Path(self.data_dir) / "meta.json").read_text())
         return self._meta
 
     @property
@@ -174,92 +173,58 @@ class AmazonDataModule(LightningDataModule):
         return self._item_train_counts
 
     def prepare_data(self) -> None:
-        """Builds the dataset folder with ``prepare`` when it has no ``meta.json``."""
+        """Checks the dataset folder against ``prepare`` (once): prepares it when missing or
+        incomplete, passes when it was made with these settings and inputs, and stops with a
+        message naming what differs otherwise (never trains on a folder made with other
+        settings). Without a ``prepare`` config the folder must exist with its ``meta.json``."""
         out = Path(self.data_dir)
-        if (out / "meta.json").exists():
+        if self._prepare_checked:
             return
-        if self.prepare is None:
+        if self.prepare is not None and self.prepare.source is not None:
+            from mmrec.data.prepare import prepare_dataset
+
+            prepare_dataset(dataclasses.replace(self.prepare, out=str(out)))
+            self._prepare_checked = True
+            return
+        if not (out / "meta.json").exists():
             raise FileNotFoundError(
                 f"dataset folder {out} has no meta.json (missing or incomplete). Build it first "
                 f"with `mmrec prepare --config configs/data/<dataset>.yaml --out {out}`, or give "
                 "the datamodule a `prepare:` config so that it prepares the folder itself."
             )
-        from mmrec.data.prepare import prepare_dataset
-
-        cfg = self.prepare
-        if dataclasses.is_dataclass(cfg) and "out" in {f.name for f in dataclasses.fields(cfg)}:
-            cfg = dataclasses.replace(cfg, out=str(out))
-        prepare_dataset(cfg)
-        if not (out / "meta.json").exists():
-            raise FileNotFoundError(f"prepare finished but wrote no {out / 'meta.json'}")
+        self._prepare_checked = True
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
         """Reads the interactions once and builds the rows of every split (idempotent)."""
         if self.datasets:
             return
-        num_items, num_users = self.num_items, self.num_users
         path = Path(self.data_dir) / "interactions.parquet"
-        names = set(pl.read_parquet_schema(path))
-        need = {"user_idx", "item_idx", "timestamp", "split"}
-        if not need <= names:
-            raise ValueError(f"{path} lacks columns {sorted(need - names)}; re-run `mmrec prepare`")
-        cols = sorted(need | ({"rating"} & names))
-        df = pl.read_parquet(path, columns=cols)
-        u = df["user_idx"].to_numpy().astype(np.int64)
-        ts = df["timestamp"].to_numpy().astype(np.int64)
-        du, dt = np.diff(u), np.diff(ts)
-        if np.any((du < 0) | ((du == 0) & (dt < 0))):
-            warnings.warn(
-                f"{path} is not sorted by (user_idx, timestamp); sorting it (stable)", stacklevel=2
-            )
-            df = df.sort(["user_idx", "timestamp"], maintain_order=True)
-            u = df["user_idx"].to_numpy().astype(np.int64)
-            ts = df["timestamp"].to_numpy().astype(np.int64)
-            du = np.diff(u)
-        items = df["item_idx"].to_numpy().astype(np.int64)
+        num_items, num_users = self.num_items, self.num_users
+        df = _read_interactions(path)
+        u, items, ts = (
+            df[c].to_numpy().astype(np.int64) for c in ("user_idx", "item_idx", "timestamp")
+        )  # [N] each
         if len(items) and (items.min() < 1 or items.max() > num_items or u.max() >= num_users):
             raise ValueError(
                 f"{path}: item_idx must be in 1..{num_items} and user_idx in 0..{num_users - 1} "
                 "(meta.json); the folder is inconsistent, re-run `mmrec prepare`"
             )
-        try:
-            code = df["split"].replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
-        except Exception as e:  # polars raises InvalidOperationError on unknown values
-            bad = sorted(set(df["split"].unique().to_list()) - set(SPLIT_CODES))
-            raise ValueError(
-                f"{path}: unknown split values {bad}; expected {list(SPLIT_CODES)}"
-            ) from e
-        if np.any((np.diff(code) < 0) & (du == 0)):
-            raise ValueError(
-                f"{path}: a user's events go back from a later split to an earlier one "
-                "(train, valid, test must follow each other in time); re-run `mmrec prepare`"
-            )
-        ratings = (
-            df["rating"].cast(pl.Float32).fill_null(float("nan")).to_numpy()
-            if "rating" in df.columns
-            else np.full(len(u), np.nan, np.float32)
-        )
-
-        key = u * (num_items + 1) + items
-        first = pl.Series(key).is_first_distinct().to_numpy()  # user's first event with an item
-        ex_cum = np.zeros(len(u) + 1, np.int64)
-        np.cumsum(first, out=ex_cum[1:])
-        self._events = _Events(
-            items=torch.from_numpy(np.append(items, 0)),
-            ts=torch.from_numpy(np.append(ts, 0)),
-            ratings=torch.from_numpy(np.append(ratings, np.nan).astype(np.float32)),
-            ex_items=torch.from_numpy(np.append(items[first], 0)),
-            ex_cum=torch.from_numpy(ex_cum),
-        )
-        count = np.bincount(u, minlength=num_users)
-        start = np.concatenate([[0], np.cumsum(count)[:-1]])
-        n = [np.bincount(u[code == c], minlength=num_users) for c in range(3)]
+        code = _split_codes(path, df["split"], u)
+        key = u * (num_items + 1) + items  # [N] (user, item) pair
+        self._events = _flat_events(df, items, key)
         self._item_train_counts = torch.from_numpy(
             np.bincount(items[code == 0], minlength=num_items + 1).astype(np.int64)
         )
-        tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()
+        self._build_datasets(u, items, ts, code, key)
 
+    def _build_datasets(
+        self, u: np.ndarray, items: np.ndarray, ts: np.ndarray, code: np.ndarray, key: np.ndarray
+    ) -> None:
+        """The training, validation, test and predict rows of the ``[N]`` flat events."""
+        count = np.bincount(u, minlength=self.num_users)  # [U] events per user
+        start = np.concatenate([[0], np.cumsum(count)[:-1]])  # [U] flat index of the first
+        n = [np.bincount(u[code == c], minlength=self.num_users) for c in range(3)]  # per split
         # training: inputs = the first n_train - 1 train events, the last one is only a target
         users = np.flatnonzero(n[0] >= 2)
         end = start[users] + n[0][users] - 1
@@ -267,27 +232,27 @@ class AmazonDataModule(LightningDataModule):
         self.datasets["train"] = SequenceDataset(
             self._events, rows, self.max_len, train=True, trim=self.trim_padding
         )
+        tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()  # dedup targets
         for name, c in (("valid", 1), ("test", 2)):
             hist = n[0] + (n[1] if c == 2 else 0)
             self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
             users = np.flatnonzero((n[c] > 0) & (hist > 0))
             end = start[users] + hist[users]
             sel = (code == c) & tgt_first
-            tgt_u, tgt_items = u[sel], items[sel]
-            tgt_off = np.concatenate([[0], np.cumsum(np.bincount(tgt_u, minlength=num_users))])
-            rows = self._rows(users, start[users], end, ts[end], (tgt_off, tgt_items))
-            self.datasets[name] = SequenceDataset(
-                self._events, rows, self.max_len, False, self.exclude_history, self.trim_padding
-            )
+            per_user = np.bincount(u[sel], minlength=self.num_users)  # [U] targets
+            tgt_off = np.concatenate([[0], np.cumsum(per_user)])
+            rows = self._rows(users, start[users], end, ts[end], (tgt_off, items[sel]))
+            self.datasets[name] = self._eval_set(rows)
         users = np.flatnonzero(count > 0)
         end = start[users] + count[users]
-        qlast = (
-            ts[end - 1] + DAY
-            if self.predict_time is None
-            else np.full(len(users), self.predict_time)
-        )
-        rows = self._rows(users, start[users], end, qlast, None)
-        self.datasets["predict"] = SequenceDataset(
+        if self.predict_time is None:
+            qlast = ts[end - 1] + DAY
+        else:
+            qlast = np.full(len(users), self.predict_time)
+        self.datasets["predict"] = self._eval_set(self._rows(users, start[users], end, qlast, None))
+
+    def _eval_set(self, rows: _Rows) -> SequenceDataset:
+        return SequenceDataset(
             self._events, rows, self.max_len, False, self.exclude_history, self.trim_padding
         )
 
@@ -330,7 +295,7 @@ class AmazonDataModule(LightningDataModule):
         uses ``seed+e``)."""
         self.setup()
         world, rank = _dist_world()
-        self.datasets["train"].pack = self.pack_sequences  # the model may have turned it off
+        self.datasets["train"].pack = self.pack_sequences  # the constructor argument
         sampler = LengthBucketSampler(
             self.datasets["train"], self.batch_size, self.bucket_window,
             num_replicas=world, rank=rank, seed=self.seed,
@@ -341,7 +306,8 @@ class AmazonDataModule(LightningDataModule):
         self.setup()
         ds = self.datasets[name]
         lengths = ds.lengths() if self.trim_padding else None  # shortest first: less padding
-        return self._loader(name, UnpaddedDistributedSampler(ds, lengths=lengths), self.eval_batch_size)
+        sampler = UnpaddedDistributedSampler(ds, lengths=lengths)
+        return self._loader(name, sampler, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         """Validation rows (shortest history first when trimming), one disjoint shard per rank."""
@@ -355,3 +321,50 @@ class AmazonDataModule(LightningDataModule):
         """Every user with events, history = all events, one disjoint shard per rank."""
         return self._eval_loader("predict")
 
+
+def _read_interactions(path: Path) -> pl.DataFrame:
+    """The columns of ``interactions.parquet`` that batches need, with ``_row`` (the file's row
+    index), sorted by (user_idx, timestamp) (stable; warns when the file was not)."""
+    names = set(pl.read_parquet_schema(path))
+    need = {"user_idx", "item_idx", "timestamp", "split"}
+    if not need <= names:
+        raise ValueError(f"{path} lacks columns {sorted(need - names)}; re-run `mmrec prepare`")
+    cols = sorted(need | (set(event_columns()) & names))  # absent optional fields: padding
+    df = pl.read_parquet(path, columns=cols).with_row_index("_row")
+    u = df["user_idx"].to_numpy().astype(np.int64)
+    ts = df["timestamp"].to_numpy().astype(np.int64)
+    du, dt = np.diff(u), np.diff(ts)
+    if np.any((du < 0) | ((du == 0) & (dt < 0))):
+        warnings.warn(
+            f"{path} is not sorted by (user_idx, timestamp); sorting it (stable)", stacklevel=3
+        )
+        df = df.sort(["user_idx", "timestamp"], maintain_order=True)
+    return df
+
+
+def _split_codes(path: Path, split: pl.Series, u: np.ndarray) -> np.ndarray:
+    """``[N]`` int8 split code of each event (``SPLIT_CODES``); checks the splits' order."""
+    try:
+        code = split.replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
+    except Exception as e:  # polars raises InvalidOperationError on unknown values
+        bad = sorted(set(split.unique().to_list()) - set(SPLIT_CODES))
+        raise ValueError(f"{path}: unknown split values {bad}; expected {list(SPLIT_CODES)}") from e
+    if np.any((np.diff(code) < 0) & (np.diff(u) == 0)):
+        raise ValueError(
+            f"{path}: a user's events go back from a later split to an earlier one "
+            "(train, valid, test must follow each other in time); re-run `mmrec prepare`"
+        )
+    return code
+
+
+def _flat_events(df: pl.DataFrame, items: np.ndarray, key: np.ndarray) -> _Events:
+    """The per-event fields of ``df`` as flat tensors, plus each user's distinct items in
+    first-seen order (``exclude_items``) as offsets into one flat list."""
+    first = pl.Series(key).is_first_distinct().to_numpy()  # user's first event with an item
+    ex_cum = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(first, out=ex_cum[1:])
+    return _Events(
+        fields=flat_events(df, df["_row"].to_numpy()),
+        ex_items=torch.from_numpy(np.append(items[first], 0)),
+        ex_cum=torch.from_numpy(ex_cum),
+    )

@@ -1,134 +1,36 @@
-"""Batch building for AmazonDataModule: flat event tensors, split rows, samplers, datasets.
-
-Everything here works on whole batches with tensor gathers; no Python runs per event.
-"""
+"""Batches of AmazonDataModule from flat event tensors: padded and packed, no per-event Python."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-
-def _dist_world() -> tuple[int, int]:
-    """``(num_replicas, rank)`` of the initialised process group, else ``(1, 0)``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Evaluation sampler: rank ``r`` of ``W`` gets rows ``r, r+W, r+2W, ...``; no padding.
-
-    Lightning's ``DistributedSampler`` repeats rows so that every rank has the same count, which
-    would count some users twice in ranking metrics. Here shards are disjoint and their union is
-    every row exactly once; sizes differ by at most one row (so ranks may run one batch more or
-    fewer: never call collectives per eval step). Being a ``DistributedSampler`` subclass,
-    Lightning leaves it in place whatever ``trainer.use_distributed_sampler`` is set to.
-
-    Args:
-        dataset: Anything with ``len()``.
-        num_replicas: World size; default: the process group's, or 1 without one.
-        rank: This process's rank; default: the process group's, or 0 without one.
-        lengths: Optional ``[len(dataset)]`` row lengths: the shard is then visited shortest
-            first (stable), so trimmed batches carry little padding; metrics do not depend on
-            the order. None: row order.
-    """
-
-    def __init__(
-        self, dataset: Any, num_replicas: int | None = None, rank: int | None = None,
-        lengths: Tensor | None = None,
-    ):
-        world, me = _dist_world()
-        num_replicas = world if num_replicas is None else num_replicas
-        rank = me if rank is None else rank
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.total_size = len(dataset)
-        self.num_samples = len(range(rank, self.total_size, num_replicas))
-        self.lengths = None if lengths is None else torch.as_tensor(lengths)
-        if self.lengths is not None and len(self.lengths) != self.total_size:
-            raise ValueError(f"lengths has {len(self.lengths)} rows, the dataset {self.total_size}")
-
-    def __iter__(self):
-        rows = torch.arange(self.rank, self.total_size, self.num_replicas)
-        if self.lengths is not None:
-            rows = rows[torch.sort(self.lengths[rows], stable=True).indices]
-        return iter(rows.tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class LengthBucketSampler(DistributedSampler):
-    """Training sampler: shuffled rows, batched so that each batch holds rows of similar length.
-
-    Every epoch this rank's shuffled shard (exactly ``DistributedSampler``'s: seed + epoch,
-    padded to equal size across ranks) is cut into windows of ``window * batch_size`` rows;
-    each window is sorted by row length (ties stay in shuffled order) and cut into batches, and
-    the batches' order is shuffled (a final partial batch stays last). Since a batch is trimmed
-    to its longest row, this removes most padding: on Beauty 2014 histories average 7 events
-    but almost every random batch of 256 holds one of 50. Every row is still seen once per
-    epoch. The DataLoader must use the same ``batch_size``; ``window=1`` gives plain shuffling.
-
-    Args:
-        dataset: A dataset with ``lengths()`` (``SequenceDataset``).
-        batch_size: The loader's batch size.
-        window: Batches per sorting window (larger: less padding, less random batches; see
-            ``AmazonDataModule``'s ``bucket_window`` for what that cost on a small set).
-        num_replicas: World size; default: the process group's, or 1 without one.
-        rank: This process's rank; default: the process group's, or 0 without one.
-        seed: Shuffle seed (epoch ``e`` uses ``seed + e``, via ``set_epoch``).
-    """
-
-    def __init__(
-        self, dataset: Any, batch_size: int, window: int = 50,
-        num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
-    ):
-        if batch_size < 1 or window < 1:
-            raise ValueError(f"batch_size and window must be >= 1, got {batch_size} and {window}")
-        world, me = _dist_world()
-        super().__init__(
-            dataset, num_replicas=world if num_replicas is None else num_replicas,
-            rank=me if rank is None else rank, shuffle=True, seed=seed,
-        )
-        self.batch_size, self.window = batch_size, window
-        self._lengths = torch.as_tensor(dataset.lengths())
-
-    def __iter__(self):
-        idx = torch.as_tensor(list(super().__iter__()), dtype=torch.long)
-        if self.window == 1 or len(idx) == 0:
-            return iter(idx.tolist())
-        size = self.batch_size * self.window
-        batches: list[Tensor] = []
-        for start in range(0, len(idx), size):
-            chunk = idx[start : start + size]
-            chunk = chunk[torch.sort(self._lengths[chunk], stable=True).indices]
-            batches.extend(chunk.split(self.batch_size))
-        last = batches.pop() if len(batches[-1]) < self.batch_size else None
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch + 7919)  # independent of the row shuffle
-        order = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        if last is not None:
-            order.append(last)
-        return iter(torch.cat(order).tolist())
+from mmrec.data.batch import Batch, gather_events, left_padded, take
 
 
 @dataclass
 class _Events:
     """Every interaction as flat tensors, sorted by user then time (the parquet order).
 
-    Index ``N`` is a sentinel padding event (item 0, time 0, rating NaN) that pad slots read.
+    Index ``N`` is a sentinel padding event (each field's pad value) that padding slots read.
     """
 
-    items: Tensor  # [N+1] int64
-    ts: Tensor  # [N+1] int64
-    ratings: Tensor  # [N+1] float32, NaN where missing
+    fields: dict[str, Tensor]  # per-event field (EVENT_FIELDS) -> [N+1], sentinel last
     ex_items: Tensor  # [X+1] int64: items of events that are the user's first with that item
     ex_cum: Tensor  # [N+1] int64: number of such events before each flat index
+
+    @property
+    def items(self) -> Tensor:
+        """``[N+1]`` int64 item of each event (0: the sentinel)."""
+        return self.fields["item_ids"]
+
+    @property
+    def ts(self) -> Tensor:
+        """``[N+1]`` int64 unix time of each event (0: the sentinel)."""
+        return self.fields["timestamps"]
 
 
 @dataclass
@@ -144,13 +46,9 @@ class _Rows:
     tgt_items: Tensor  # [T_all+1] int64, deduplicated targets per row in time order, 0 sentinel
 
 
-def _identity(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def _identity(batch: Batch) -> Batch:
+    """The collate function: a dataset item already is a whole batch."""
     return batch
-
-
-def _take(flat: Tensor, idx: Tensor) -> Tensor:
-    """``flat[idx]`` for any-shaped ``idx`` via ``index_select`` (much faster than fancy indexing)."""
-    return flat.index_select(0, idx.reshape(-1)).view(idx.shape)
 
 
 def _gather_ragged(flat: Tensor, start: Tensor, cnt: Tensor) -> Tensor:
@@ -161,7 +59,7 @@ def _gather_ragged(flat: Tensor, start: Tensor, cnt: Tensor) -> Tensor:
     width = max(int(cnt.max()) if cnt.numel() else 0, 1)
     ar = torch.arange(width)
     idx = torch.where(ar < cnt[:, None], start[:, None] + ar, flat.numel() - 1)  # [B, W]
-    return _take(flat, idx)
+    return take(flat, idx)
 
 
 class SequenceDataset(Dataset):
@@ -198,7 +96,6 @@ class SequenceDataset(Dataset):
         self.ev, self.rows, self.max_len = events, rows, max_len
         self.train, self.exclude_history, self.trim = train, exclude_history, trim
         self.pack = pack
-        self._ar = torch.arange(max_len)
         self._mean_len = float(self.lengths().float().mean()) if len(self) else 1.0
 
     def __len__(self) -> int:
@@ -208,39 +105,23 @@ class SequenceDataset(Dataset):
         """Positions each row fills, ``min(history, max_len)``: ``[R]`` (for length bucketing)."""
         return (self.rows.end - self.rows.begin).clamp(max=self.max_len)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
+    def __getitem__(self, i: int) -> Batch:
         return self.__getitems__([i])
 
-    def __getitems__(self, indices: list[int] | Tensor) -> dict[str, Tensor]:
+    def __getitems__(self, indices: list[int] | Tensor) -> Batch:
         r = torch.as_tensor(indices, dtype=torch.long)
         if self.pack and self.train and len(r):
             return self._packed(r)
-        ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1  # pad: the sentinel event
+        ev, rows = self.ev, self.rows
         begin, end = rows.begin[r], rows.end[r]  # [B]
         width = self.max_len
         if self.trim and len(r):
             width = max(1, min(self.max_len, int((end - begin).max())))
-        pos = end[:, None] - width + self._ar[:width]  # [B, L] flat index of each slot
-        mask = pos >= begin[:, None]
-        idx = torch.where(mask, pos, pad)
-        nxt = torch.where(mask, pos + 1, pad)  # the event after each slot (<= end)
-        batch = {
-            "item_ids": _take(ev.items, idx),
-            "mask": mask,
-            "timestamps": _take(ev.ts, idx),
-            "ratings": _take(ev.ratings, idx),
-            # the next event's time inside the history, the row's query time after its end
-            "query_time": torch.where(
-                pos + 1 < end[:, None], _take(ev.ts, nxt), rows.qlast[r, None]
-            ),
-            "user_idx": rows.user[r],
-        }
+        batch, nxt = left_padded(ev.fields, begin, end, rows.qlast[r], width)  # [B, L] each
+        batch["user_idx"] = rows.user[r]
         if self.train:
-            batch["targets"] = _take(ev.items, nxt)
-            # tokens in this batch / tokens in an average batch of as many rows: the module
-            # scales the batch-mean loss by it, so every training position weighs the same
-            # however batches are grouped (length-bucketed batches differ 10x in tokens)
-            batch["loss_weight"] = (mask.sum() / (len(r) * self._mean_len)).float()
+            batch["targets"] = take(ev.items, nxt)
+            batch["loss_weight"] = self._loss_weight(batch["mask"], len(r))
             return batch
         batch["target_items"] = _gather_ragged(rows.tgt_items, rows.tgt_start[r], rows.tgt_cnt[r])
         if self.exclude_history:
@@ -252,45 +133,51 @@ class SequenceDataset(Dataset):
         batch["target_time"] = rows.qlast[r]
         return batch
 
-    def _packed(self, r: Tensor) -> dict[str, Tensor]:
+    def _loss_weight(self, mask: Tensor, rows: int) -> Tensor:
+        """Real slots of this batch / slots of an average batch of ``rows`` rows: ``[]``.
+
+        The module scales the batch-mean loss by it, so every training position weighs the
+        same however batches are grouped (length-bucketed batches differ 10x in slots).
+        """
+        return (mask.sum() / (rows * self._mean_len)).float()
+
+    def _packed(self, r: Tensor) -> Batch:
         """Training batch of rows ``r`` packed into shared rows (first-fit decreasing)."""
         ev, rows, pad = self.ev, self.rows, self.ev.items.numel() - 1
         end = rows.end[r]
         n = (end - rows.begin[r]).clamp(max=self.max_len)  # [B] slots per user (>= 1)
         bin_of, offset = _first_fit_decreasing(n.tolist(), self.max_len)
         fill = int((torch.as_tensor(offset) + n).max())  # the fullest row
-        width = fill if self.trim else self.max_len
+        shape = (max(bin_of) + 1, fill if self.trim else self.max_len)  # [R, L]
         starts = torch.cumsum(n, 0) - n
         k = torch.arange(int(n.sum())) - torch.repeat_interleave(starts, n)  # slot within segment
         row = torch.repeat_interleave(torch.as_tensor(bin_of), n)
         col = torch.repeat_interleave(torch.as_tensor(offset), n) + k
         seg_end = torch.repeat_interleave(end, n)
         flat = seg_end - torch.repeat_interleave(n, n) + k  # flat index of each event
-        shape = (max(bin_of) + 1, width)
-        pos = torch.full(shape, pad, dtype=torch.long)
-        pos[row, col] = flat
-        segments = torch.zeros(shape, dtype=torch.long)
-        segments[row, col] = torch.repeat_interleave(torch.arange(1, len(r) + 1), n)
-        positions = torch.zeros(shape, dtype=torch.long)
-        positions[row, col] = k
-        qlast = torch.zeros(shape, dtype=torch.long)
-        qlast[row, col] = torch.repeat_interleave(rows.qlast[r], n)
-        last = torch.zeros(shape, dtype=torch.bool)  # each segment's last slot
-        last[row, col] = flat + 1 == seg_end
+
+        def scatter(values: Tensor, fill_value: int, dtype=torch.long) -> Tensor:  # -> [R, L]
+            out = torch.full(shape, fill_value, dtype=dtype)
+            out[row, col] = values
+            return out
+
+        pos = scatter(flat, pad)
+        segments = scatter(torch.repeat_interleave(torch.arange(1, len(r) + 1), n), 0)
+        qlast = scatter(torch.repeat_interleave(rows.qlast[r], n), 0)
+        last = scatter(flat + 1 == seg_end, False, torch.bool)  # each segment's last slot
         mask = segments > 0
         nxt = torch.where(mask, pos + 1, pad)
-        return {
-            "item_ids": _take(ev.items, pos),
+        batch: Batch = gather_events(ev.fields, pos)  # type: ignore[assignment]
+        batch |= {
             "mask": mask,
-            "timestamps": _take(ev.ts, pos),
-            "ratings": _take(ev.ratings, pos),
-            "query_time": torch.where(last, qlast, _take(ev.ts, nxt)),
+            "query_time": torch.where(last, qlast, take(ev.ts, nxt)),
             "user_idx": rows.user[r],
             "segments": segments,
-            "positions": positions,
-            "targets": _take(ev.items, nxt),
-            "loss_weight": (mask.sum() / (len(r) * self._mean_len)).float(),
+            "positions": scatter(k, 0),
+            "targets": take(ev.items, nxt),
+            "loss_weight": self._loss_weight(mask, len(r)),
         }
+        return batch
 
 
 def _first_fit_decreasing(sizes: list[int], capacity: int) -> tuple[list[int], list[int]]:

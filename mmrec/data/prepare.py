@@ -18,6 +18,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from mmrec.calendar import DAY, to_unix
+from mmrec.data.batch import event_columns
 from mmrec.data.clean import assign_ids, clean_interactions, encode_ids, split_column
 from mmrec.data.errors import BadLines, DataError
 from mmrec.data.items import (
@@ -32,6 +33,7 @@ from mmrec.data.readers import (
     AMAZON2014_REVIEW_KEYS,
     Amazon2023Reader,
     JsonReviewsReader,
+    RawInteractions,
     TableReader,
 )
 from mmrec.data.sources import fetch
@@ -45,6 +47,9 @@ SPLITS = ("train", "valid", "test")
 @dataclass
 class PrepareConfig:
     """Settings of ``mmrec prepare``: raw files -> dataset folder (parquet files + meta.json).
+
+    Every field has a default so that a training config may leave ``data.prepare`` unset
+    (then the dataset folder must exist); ``mmrec prepare`` itself needs ``source`` and ``out``.
 
     Args:
         source: Input format: ``amazon2014`` (reviews_*_5.json.gz + meta_*.json.gz),
@@ -81,8 +86,8 @@ class PrepareConfig:
         report: Write the trend report (report/trends.png, top items per month).
     """
 
-    source: Literal["amazon2014", "amazon2018", "amazon2023", "tabular"]
-    out: str
+    source: Literal["amazon2014", "amazon2018", "amazon2023", "tabular"] | None = None
+    out: str | None = None
     category: str | None = None
     reviews: list[str] | str | None = None
     meta: str | None = None
@@ -128,6 +133,10 @@ def _parse_time(name: str, value: str | None) -> int | None:
 
 
 def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
+    if cfg.source is None:
+        raise DataError(f"--source is required: one of {list(READERS)}")
+    if not cfg.out:
+        raise DataError("--out is required: the dataset folder to write")
     if cfg.source not in READERS:
         raise DataError(f"--source {cfg.source!r} is unknown; choose one of {list(READERS)}")
     if cfg.kcore < 0:
@@ -166,17 +175,47 @@ def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None
     return reviews, meta
 
 
+_NOT_SETTINGS = ("out", "reviews", "meta", "item_text", "download_dir", "overwrite", "report")
+
+
+def settings(cfg: PrepareConfig) -> dict:
+    """The settings that decide what a folder holds (stored in meta.json as ``settings``)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+
+
+def input_identity(files: list[Path]) -> list[dict]:
+    """Each input file's name, size and modification time (stored in meta.json)."""
+    return [
+        {"file": p.name, "path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+        for p in files
+    ]
+
+
 def _fingerprint(cfg: PrepareConfig, files: list[Path]) -> str:
-    params = {
-        k: v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("out", "reviews", "meta", "item_text", "download_dir", "overwrite", "report")
-    }
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    stats = [(f["file"], f["size"], f["mtime_ns"]) for f in input_identity(files)]
     blob = json.dumps(
-        {"params": params, "files": stats, "format": FORMAT_VERSION}, sort_keys=True, default=str
+        {"params": settings(cfg), "files": stats, "format": FORMAT_VERSION},
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict, cfg: PrepareConfig, files: list[Path]) -> list[str]:
+    """What differs between a folder's meta.json and the requested settings and inputs."""
+    if "settings" not in old:
+        return ["the folder was prepared by an older mmrec that did not record its settings"]
+    now, then = settings(cfg), old["settings"]
+    out = [
+        f"{key} {then.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(now) | set(then))
+        if json.dumps(now.get(key), default=str) != json.dumps(then.get(key), default=str)
+    ]
+    before = {(f["file"], f["size"], f["mtime_ns"]) for f in old.get("input_files", [])}
+    for f in input_identity(files):
+        if (f["file"], f["size"], f["mtime_ns"]) not in before:
+            out.append(f"input {f['path']} is not the file it was prepared from")
+    return out or ["the input files or the format version changed"]
 
 
 def build_items(
@@ -206,7 +245,7 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
 
 
 def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
-    """Reads, cleans, filters and splits the raw files of ``cfg`` into the dataset folder ``cfg.out``.
+    """Reads, cleans, filters and splits the raw files of ``cfg`` into the folder ``cfg.out``.
 
     A folder whose meta.json has the same fingerprint (inputs + settings) is returned as is; a
     folder without meta.json is incomplete and is prepared again.
@@ -222,36 +261,94 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     valid_ts, test_ts = _validate(cfg)
     out = Path(cfg.out)
     reviews, meta = _inputs(cfg, progress)
-    files = [*reviews, *(p for p in (meta, cfg.item_text and Path(cfg.item_text)) if p)]
-    for f in files:
-        if not Path(f).is_file():
-            raise DataError(f"{f}: file not found; check the path")
+    files = _input_files(cfg, reviews, meta)
     fingerprint = _fingerprint(cfg, [Path(f) for f in files])
-    meta_json = out / "meta.json"
-    if meta_json.exists():
-        try:
-            old = json.loads(meta_json.read_text()).get("fingerprint")
-        except (ValueError, AttributeError):
-            old = None
-        if old == fingerprint and not cfg.overwrite:
-            _log(f"{out} is up to date (fingerprint {fingerprint})")
-            return out
-        if not cfg.overwrite:
-            raise DataError(
-                f"{out} holds a dataset prepared from other inputs or settings (fingerprint {old}, now "
-                f"{fingerprint}); pass --overwrite true to replace it, or choose another --out"
-            )
-    elif out.exists() and any(out.iterdir()):
-        _log(f"{out} has no meta.json (an incomplete earlier run): preparing it again")
+    if _up_to_date(out, fingerprint, cfg, [Path(f) for f in files]):
+        return out
     out.mkdir(parents=True, exist_ok=True)
-    meta_json.unlink(missing_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
 
     bar = tqdm(total=5, desc="prepare", disable=not progress, leave=False)
     bar.set_postfix_str("reading")
     raw = READERS[cfg.source](cfg).read(reviews, cfg.max_bad_fraction)
     bar.update()
     bar.set_postfix_str("cleaning")
-    dropped = dict(raw.dropped)
+    input_rows, dropped = raw.input_rows, dict(raw.dropped)
+    frame, users, items = _clean(raw, cfg, dropped, valid_ts, test_ts)
+    bar.update()
+    bar.set_postfix_str("items")
+    items, item_info = build_items(items, cfg, meta)
+    bar.update()
+    _write_tables(out, frame, items, users, cfg.report, bar)
+    bar.close()
+
+    info = _meta_info(cfg, frame, users.height, items.height, input_rows, dropped)
+    info |= {**item_info, "inputs": [str(f) for f in files], "fingerprint": fingerprint}
+    info |= {"settings": settings(cfg), "input_files": input_identity([Path(f) for f in files])}
+    info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    assert info["num_interactions"] + sum(dropped.values()) == info["input_rows"], (info, dropped)
+    _write_meta(out, info)
+    shown = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "none"
+    _log(
+        f"{out}: {info['num_users']:,} users, {info['num_items']:,} items, "
+        f"{info['num_interactions']:,} interactions from {input_rows:,} rows (dropped: {shown}) "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
+    return out
+
+
+def _input_files(cfg: PrepareConfig, reviews: list[Path], meta: Path | None) -> list[Path]:
+    """Every input file (reviews, metadata, item text), each checked to exist."""
+    files = [*reviews, *(p for p in (meta, cfg.item_text and Path(cfg.item_text)) if p)]
+    for f in files:
+        if not Path(f).is_file():
+            raise DataError(f"{f}: file not found; check the path")
+    return files
+
+
+def _write_meta(out: Path, info: dict) -> None:
+    """meta.json, written last and atomically: a folder without it is incomplete."""
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, out / "meta.json")
+
+
+def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, files: list[Path]) -> bool:
+    """True when ``out`` holds a finished dataset of this ``fingerprint`` (and no overwrite);
+    an error naming what differs when it holds another one and ``overwrite`` is off."""
+    meta_json = out / "meta.json"
+    if meta_json.exists():
+        try:
+            old = json.loads(meta_json.read_text())
+        except ValueError:
+            old = {}
+        old = old if isinstance(old, dict) else {}
+        if old.get("fingerprint") == fingerprint and not cfg.overwrite:
+            _log(f"{out} is up to date (fingerprint {fingerprint})")
+            return True
+        if not cfg.overwrite:
+            raise DataError(
+                f"{out} was prepared from other settings or inputs: "
+                f"{'; '.join(_differences(old, cfg, files))}. mmrec never uses a folder made "
+                "with other settings: pass --overwrite true (in a training config: "
+                "--data.prepare.overwrite true) to prepare it again, or choose another folder "
+                "(--out, or --data.data_dir)"
+            )
+    elif out.exists() and any(out.iterdir()):
+        _log(f"{out} has no meta.json (an incomplete earlier run): preparing it again")
+    return False
+
+
+def _clean(
+    raw: RawInteractions, cfg: PrepareConfig, dropped: dict[str, int],
+    valid_ts: int | None, test_ts: int | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Interactions (the columns of DESIGN.md), users and items of the reader's output.
+
+    The interaction columns: ``user_idx``, the per-event columns of
+    ``mmrec.data.batch.EVENT_FIELDS`` (``item_idx``, ``timestamp``, ``rating``...),
+    ``review``, ``split``. Rows dropped while cleaning are counted in ``dropped``.
+    """
     frame, user_ids = encode_ids(raw.frame.with_row_index("row"), "user_id", "u")
     raw.frame = None  # free the string columns early (peak memory)
     frame, item_ids = encode_ids(frame, "item_id", "i")
@@ -259,31 +356,34 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         frame, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped
     )
     frame, users, items = assign_ids(frame, user_ids, item_ids)
-    frame = frame.select(
-        "user_idx",
-        "item_idx",
-        "timestamp",
-        "rating",
-        "review",
-        split_column(cfg.split, valid_ts, test_ts).alias("split"),
-    )
-    bar.update()
-    bar.set_postfix_str("items")
-    items, item_info = build_items(items, cfg, meta)
-    bar.update()
+    split = split_column(cfg.split, valid_ts, test_ts).alias("split")
+    frame = frame.select("user_idx", *event_columns(), "review", split)
+    return frame, users, items
+
+
+def _write_tables(
+    out: Path, frame: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, report: bool,
+    bar: tqdm,
+) -> None:
+    """The three parquet files (atomically each), then the trend report when asked for."""
     bar.set_postfix_str("writing")
     _write_parquet(frame, out / "interactions.parquet")
     _write_parquet(items, out / "items.parquet")
     _write_parquet(users, out / "users.parquet")
     bar.update()
-    if cfg.report:
+    if report:
         bar.set_postfix_str("report")
         from mmrec.data.report import write_trend_report
 
         write_trend_report(frame, items, out / "report")
     bar.update()
-    bar.close()
 
+
+def _meta_info(
+    cfg: PrepareConfig, frame: pl.DataFrame, num_users: int, num_items: int, input_rows: int,
+    dropped: dict[str, int],
+) -> dict:
+    """meta.json up to ``keep_repeats``: settings, counts, dropped rows, time range, splits."""
     stats = frame.select(
         pl.col("timestamp").min().alias("min"),
         pl.col("timestamp").max().alias("max"),
@@ -298,39 +398,25 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         split_info |= {
             "valid_start": cfg.valid_start,
             "test_start": cfg.test_start,
-            "valid_start_ts": valid_ts,
-            "test_start_ts": test_ts,
+            "valid_start_ts": _parse_time("valid_start", cfg.valid_start),
+            "test_start_ts": _parse_time("test_start", cfg.test_start),
         }
-    info = {
+    return {
         "source": cfg.source,
         "version": FORMAT_VERSION,
         "mmrec_version": _mmrec_version(),
         "category": cfg.category,
-        "num_users": users.height,
-        "num_items": items.height,
+        "num_users": num_users,
+        "num_items": num_items,
         "num_interactions": frame.height,
-        "input_rows": raw.input_rows,
+        "input_rows": input_rows,
         "dropped": dropped,
         "time_granularity": "day" if stats["day"] else "second",
         "time_range": [stats["min"], stats["max"]],
         "split": split_info,
         "kcore": cfg.kcore,
         "keep_repeats": cfg.keep_repeats,
-        **item_info,
-        "inputs": [str(f) for f in files],
-        "fingerprint": fingerprint,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    assert info["num_interactions"] + sum(dropped.values()) == info["input_rows"], (info, dropped)
-    tmp = meta_json.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, meta_json)
-    shown = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "none"
-    _log(
-        f"{out}: {info['num_users']:,} users, {info['num_items']:,} items, {info['num_interactions']:,} "
-        f"interactions from {raw.input_rows:,} rows (dropped: {shown}) in {time.perf_counter() - start:.1f}s"
-    )
-    return out
 
 
 def build_parser():

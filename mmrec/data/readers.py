@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
+from mmrec.data.batch import EventField, stored_fields
 from mmrec.data.errors import BadLines, DataError
 from mmrec.data.rawfiles import read_bytes, read_delimited, read_json_lines
 
@@ -21,9 +22,19 @@ __all__ = [
     "Amazon2023Reader",
 ]
 
-#: Columns every reader returns, in this order (``row`` is added by prepare).
+#: Columns every reader returns, in this order (``row`` is added by prepare), then the
+#: ``extra_fields()`` columns.
 REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = ("rating", "review")
+#: Per-event columns the readers parse themselves (``item_idx`` comes from ``item_id``).
+_PARSED = ("item_idx", "timestamp", "rating")
+
+
+def extra_fields() -> list[EventField]:
+    """Declared per-event fields (``mmrec.data.batch.EVENT_FIELDS``) beyond the parsed ones:
+    their columns are read under their own name (tabular files: mappable in ``columns``) as
+    numbers, null where absent or not a number."""
+    return [f for f in stored_fields() if f.column not in _PARSED]
 
 
 @dataclass
@@ -32,7 +43,8 @@ class RawInteractions:
 
     Attributes:
         frame: ``user_id`` str, ``item_id`` str, ``timestamp`` int64 unix seconds, ``rating``
-            float32 (null if absent), ``review`` str (null if absent); rows in file order.
+            float32 (null if absent), ``review`` str (null if absent), the ``extra_fields()``
+            columns; rows in file order.
         input_rows: Data lines/rows read, bad ones included.
         dropped: Rows skipped while reading, by reason (``malformed``, ``missing_field``...).
     """
@@ -98,12 +110,19 @@ def normalize(frame: pl.DataFrame, bad: BadLines) -> pl.DataFrame:
             if count:
                 bad.counts[reason] += count
         frame = frame.filter(~(pl.col("_missing") | pl.col("_bad_ts") | pl.col("_bad_rating")))
+    extra = [
+        pl.col(f.column).cast(f.polars_dtype, strict=False)
+        if f.column in frame.columns
+        else pl.lit(None, f.polars_dtype).alias(f.column)
+        for f in extra_fields()
+    ]
     return frame.select(
         "user_id",
         "item_id",
         pl.col("timestamp").cast(pl.Int64),
         pl.col("rating").cast(pl.Float32),
         "review",
+        *extra,
     )
 
 
@@ -181,18 +200,20 @@ class TableReader:
     """Reads csv/tsv/parquet interaction tables through a column mapping.
 
     Args:
-        columns: Our column (``user_id``, ``item_id``, ``timestamp``, ``rating``, ``review``) ->
-            the file's column. Unmapped optional columns are looked up under our own name.
+        columns: Our column (``user_id``, ``item_id``, ``timestamp``, ``rating``, ``review``,
+            ``extra_fields()`` columns) -> the file's column. Unmapped optional columns are
+            looked up under our own name.
     """
 
     def __init__(self, columns: dict[str, str] | None = None) -> None:
-        unknown = set(columns or {}) - set(REQUIRED) - set(OPTIONAL)
+        self.optional = (*OPTIONAL, *(f.column for f in extra_fields()))
+        unknown = set(columns or {}) - set(REQUIRED) - set(self.optional)
         if unknown:
             raise DataError(
                 f"--columns names unknown field(s) {sorted(unknown)}; the fields are "
-                f"{list(REQUIRED + OPTIONAL)} (our name -> the file's column)."
+                f"{list(REQUIRED + self.optional)} (our name -> the file's column)."
             )
-        self.columns = {c: c for c in (*REQUIRED, *OPTIONAL)} | dict(columns or {})
+        self.columns = {c: c for c in (*REQUIRED, *self.optional)} | dict(columns or {})
 
     def order(self, paths: list[Path]) -> list[Path]:
         """Files in the order their rows are concatenated (the given order)."""
@@ -201,7 +222,7 @@ class TableReader:
     def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
         frames, total, dropped = [], 0, {}
         for path in self.order(paths):
-            raw = read_delimited(path, self.columns)
+            raw = read_delimited(path, self.columns, optional=self.optional)
             bad = BadLines(str(path), total=raw.height)
             frame = normalize(raw, bad)
             bad.check(max_bad_fraction)

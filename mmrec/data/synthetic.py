@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mmrec.calendar import DAY, to_unix
+from mmrec.calendar import to_unix
+from mmrec.data.synthetic_events import (
+    LOCATIONS,
+    Catalogue,
+    draw,
+    draw_catalogue,
+    draw_items,
+    draw_timelines,
+)
 from mmrec.data.synthetic_items import (
     CATEGORIES,
     SEASONS,
@@ -20,31 +28,10 @@ from mmrec.data.synthetic_items import (
     review_texts,
 )
 
-__all__ = ["CATEGORIES", "SEASONS", "make_item_image", "make_synthetic_dataset", "synthetic_raw_interactions"]
-
-LOCATIONS = ("US-East", "US-West", "UK", "DE", "JP")
-
-
-def _unix(day: str) -> int:
-    return to_unix(day)
-
-
-def _season_of(ts: np.ndarray) -> np.ndarray:
-    """Index into ``SEASONS`` of each unix time, -1 outside every window: ``[N]`` int8."""
-    days = ts.astype("datetime64[s]").astype("datetime64[D]")
-    month = days.astype("datetime64[M]").astype(np.int64) % 12 + 1
-    dom = (days - days.astype("datetime64[M]")).astype(np.int64) + 1
-    md = month * 100 + dom
-    out = np.full(len(ts), -1, np.int8)
-    for s, ((m0, d0), (m1, d1)) in enumerate(SEASONS.values()):
-        out[(md >= m0 * 100 + d0) & (md <= m1 * 100 + d1)] = s
-    return out
-
-
-def _draw(cdf: np.ndarray, members: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Members drawn by inverse CDF for uniforms ``r``."""
-    return members[np.minimum(np.searchsorted(cdf, r * cdf[-1], side="right"), len(members) - 1)]
-
+__all__ = [
+    "CATEGORIES", "SEASONS", "make_item_image", "make_synthetic_dataset",
+    "synthetic_raw_interactions",
+]
 
 def make_synthetic_dataset(
     out: str | Path,
@@ -117,141 +104,141 @@ def make_synthetic_dataset(
         raise ValueError("time_granularity must be 'day'|'second' and split 'loo'|'temporal'")
     C = min(num_categories, len(CATEGORIES))
     n_seasonal = int(round(seasonal_fraction * num_items))
+    _check_items(num_items, C, n_seasonal, num_successors)
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    catalogue = draw_catalogue(rng, num_items, C, n_seasonal, num_successors)
+    tl = draw_timelines(
+        rng, num_users, C, mean_events, min_events, max_events, (start, end), mean_gap_days,
+        time_granularity,
+    )
+    items = draw_items(rng, catalogue, tl, p_seasonal, p_successor)
+    total = len(items)
+    quality = catalogue.quality[items]
+    rating = np.clip(np.rint(quality + rng.normal(0, 0.9, total)), 1, 5).astype(np.float32)
+    ev_u, ts, lengths = tl.ev_u, tl.ts, tl.lengths
+    if not keep_repeats:  # like `mmrec prepare`'s default: a user's earliest (user, item) only
+        keep = pl.Series(ev_u * (num_items + 1) + items).is_first_distinct().to_numpy()
+        ev_u, ts, items, rating = ev_u[keep], ts[keep], items[keep], rating[keep]
+        lengths = np.bincount(ev_u, minlength=num_users)
+    code, split_meta = _split(split, ts, ev_u, lengths, (start, end), valid_start, test_start)
+    reviews = review_texts(items, catalogue.cat, rating) if with_reviews else None
+    inter = _interactions(ev_u, items, ts, rating, reviews, code)
+    items_df = item_table(out, catalogue.cat, catalogue.season, rng, with_images, image_size)
+    inter.write_parquet(out / "interactions.parquet")
+    items_df.write_parquet(out / "items.parquet")
+    _users_table(tl.loc).write_parquet(out / "users.parquet")
+    meta = _meta(params, total, ts, split_meta, catalogue, C)
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "meta.json")
+    return out
+
+
+def _check_items(num_items: int, C: int, n_seasonal: int, num_successors: int) -> None:
     if num_items - n_seasonal < C * (num_successors + 1) or n_seasonal < (3 if n_seasonal else 0):
         raise ValueError(
             f"num_items={num_items} is too small: need {C * (num_successors + 1)} non-seasonal "
             "items (num_categories * (num_successors + 1)) and 0 or >= 3 seasonal items"
         )
-    rng = np.random.default_rng(seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    N, U = num_items, num_users
-    item = np.arange(1, N + 1)
 
-    # items: category, season (-1 none), popularity, quality, successor sets
-    cat = np.zeros(N + 1, np.int64)
-    cat[1:] = rng.permutation(np.arange(N) % C)
-    season = np.full(N + 1, -1, np.int64)
-    seasonal = rng.choice(item, n_seasonal, replace=False)
-    season[seasonal] = np.arange(n_seasonal) % len(SEASONS)
-    pop = np.zeros(N + 1)
-    pop[1:] = 1.0 / rng.permutation(np.arange(1, N + 1)) ** 0.8
-    quality = np.clip(rng.normal(3.9, 0.6, N + 1), 1.5, 5.0)
-    succ = np.zeros((N + 1, num_successors), np.int64)
-    cat_members, cat_cdf = [], []
-    for c in range(C):
-        ring = rng.permutation(item[(cat[1:] == c) & (season[1:] < 0)])
-        m = len(ring)
-        for k in range(num_successors):
-            succ[ring, k] = ring[(np.arange(m) + 1 + k) % m]
-        seas = item[(cat[1:] == c) & (season[1:] >= 0)]
-        succ[seas] = succ[rng.choice(ring, len(seas))]  # after a seasonal item: ordinary items
-        cat_members.append(ring)
-        cat_cdf.append(np.cumsum(pop[ring]))
-    season_members = [item[season[1:] == s] for s in range(len(SEASONS))]
-    season_cdf = [np.cumsum(pop[m]) for m in season_members]
-    succ_cdf = np.cumsum(np.arange(num_successors, 0, -1, dtype=np.float64))
 
-    # users: location -> category taste; event counts; timestamps
-    loc = rng.integers(0, len(LOCATIONS), U)
-    loc_taste = rng.dirichlet(np.full(C, 0.3), len(LOCATIONS))
-    taste = 0.7 * loc_taste[loc] + 0.3 * rng.dirichlet(np.ones(C), U)
-    taste_cdf = np.cumsum(taste, axis=1)
-    extra = rng.geometric(1.0 / max(mean_events - min_events + 1, 1.0), U) - 1
-    lengths = np.minimum(min_events + extra, max_events).astype(np.int64)
-    total = int(lengths.sum())
-    ustart = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    ev_u = np.repeat(np.arange(U), lengths)
-    gaps = rng.exponential(mean_gap_days * DAY, total)
-    gaps[ustart] = 0.0
-    cs = np.cumsum(gaps)
-    cs -= np.repeat(cs[ustart], lengths)
-    span = _unix(end) + DAY - 1 - _unix(start)
-    dur = cs[ustart + lengths - 1]
-    scale = np.minimum(1.0, span / np.maximum(dur, 1.0))
-    t0 = _unix(start) + rng.random(U) * (span - dur * scale)
-    ts = (t0[ev_u] + cs * scale[ev_u]).astype(np.int64)
-    if time_granularity == "day":
-        ts -= ts % DAY
-    ev_season = _season_of(ts)
+def _meta(
+    params: dict, generated: int, ts: np.ndarray, split_meta: dict, catalogue: Catalogue, C: int
+) -> dict:
+    """meta.json: counts, time range, splits, the arguments' fingerprint, planted structure.
 
-    # items per position, vectorised over the users still active at that position
-    order = np.argsort(-lengths, kind="stable")
-    active_n = U - np.searchsorted(np.sort(lengths), np.arange(lengths.max()), side="right")
-    items = np.zeros(total, np.int64)
-    for t, n_t in enumerate(active_n):
-        users = order[:n_t]
-        idx = ustart[users] + t
-        r = rng.random((n_t, 4))
-        chosen = np.zeros(n_t, np.int64)
-        ss = ev_season[idx]
-        for s in range(len(SEASONS) if n_seasonal else 0):
-            pick = (ss == s) & (r[:, 0] < p_seasonal)
-            chosen[pick] = _draw(season_cdf[s], season_members[s], r[pick, 1])
-        if t > 0:
-            follow = (chosen == 0) & (r[:, 2] < p_successor)
-            k = np.searchsorted(succ_cdf, r[follow, 1] * succ_cdf[-1], side="right")
-            chosen[follow] = succ[items[idx[follow] - 1], np.minimum(k, num_successors - 1)]
-        fresh = chosen == 0
-        c_of = (taste_cdf[users[fresh]] < r[fresh, 3:4]).sum(1).clip(max=C - 1)
-        fresh_idx = np.flatnonzero(fresh)
-        for c in range(C):
-            sel = fresh_idx[c_of == c]
-            chosen[sel] = _draw(cat_cdf[c], cat_members[c], r[sel, 1])
-        items[idx] = chosen
-    rating = np.clip(np.rint(quality[items] + rng.normal(0, 0.9, total)), 1, 5).astype(np.float32)
-    generated = total
-    if not keep_repeats:  # like `mmrec prepare`'s default: a user's earliest (user, item) only
-        keep = pl.Series(ev_u * (N + 1) + items).is_first_distinct().to_numpy()
-        ev_u, ts, items, rating = ev_u[keep], ts[keep], items[keep], rating[keep]
-        total = len(items)
-        lengths = np.bincount(ev_u, minlength=U)
+    Args:
+        params: ``make_synthetic_dataset``'s arguments (but ``out``).
+        generated: Events generated (before dropping repeats).
+        ts: ``[E]`` times of the events kept.
+        split_meta: meta.json's ``split``.
+        catalogue: The planted item structure.
+        C: Categories used.
+    """
+    kept, keep_repeats = len(ts), params["keep_repeats"]
+    return {
+        "source": "synthetic",
+        "version": 1,  # the dataset-folder format version of mmrec.data.prepare
+        "category": "Synthetic_Beauty",
+        "num_users": params["num_users"],
+        "num_items": params["num_items"],
+        "num_interactions": kept,
+        "input_rows": generated,
+        "dropped": {"repeat": generated - kept} if not keep_repeats else {},
+        "time_granularity": params["time_granularity"],
+        "time_range": [int(ts.min()), int(ts.max())],
+        "split": split_meta,
+        "kcore": 0,
+        "keep_repeats": keep_repeats,
+        "fingerprint": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16],
+        "params": params,
+        "seasons": _seasons_meta(catalogue.season_members),
+        "categories": [c[0] for c in CATEGORIES[:C]],
+        "locations": list(LOCATIONS),
+    }
+
+
+def _split(
+    protocol: str, ts: np.ndarray, ev_u: np.ndarray, lengths: np.ndarray,
+    span_days: tuple[str, str], valid_start: str | None, test_start: str | None,
+) -> tuple[np.ndarray, dict]:
+    """``[E]`` split code of each event (0 train, 1 valid, 2 test) and meta.json's ``split``."""
+    if protocol == "loo":
         ustart = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-
-    # split
-    pos = np.arange(total) - ustart[ev_u]
-    n_of = lengths[ev_u]
-    if split == "loo":
+        pos = np.arange(len(ts)) - ustart[ev_u]
+        n_of = lengths[ev_u]
         code = np.where(n_of < 3, 0, np.where(pos == n_of - 1, 2, np.where(pos == n_of - 2, 1, 0)))
         split_meta: dict = {"protocol": "loo"}
     else:
-        s0, s1 = _unix(start), _unix(end)
+        s0, s1 = to_unix(span_days[0]), to_unix(span_days[1])
         valid_start = valid_start or _iso(s0 + 0.85 * (s1 - s0))
         test_start = test_start or _iso(s0 + 0.925 * (s1 - s0))
-        code = (ts >= _unix(valid_start)).astype(np.int64) + (ts >= _unix(test_start))
+        code = (ts >= to_unix(valid_start)).astype(np.int64) + (ts >= to_unix(test_start))
         split_meta = {
             "protocol": "temporal", "valid_start": valid_start, "test_start": test_start,
-            "valid_start_ts": _unix(valid_start), "test_start_ts": _unix(test_start),
+            "valid_start_ts": to_unix(valid_start), "test_start_ts": to_unix(test_start),
         }  # fmt: skip
     split_meta["counts"] = dict(
         zip(("train", "valid", "test"), np.bincount(code, minlength=3).tolist(), strict=True)
     )
-    split_names = np.array(["train", "valid", "test"])
+    return code, split_meta
 
-    inter = pl.DataFrame(
+
+def _interactions(
+    ev_u: np.ndarray, items: np.ndarray, ts: np.ndarray, rating: np.ndarray,
+    reviews: pl.Series | None, code: np.ndarray,
+) -> pl.DataFrame:
+    """interactions.parquet's frame (the schema of ``mmrec prepare``)."""
+    if reviews is None:
+        reviews = pl.Series([None] * len(items), dtype=pl.String)
+    return pl.DataFrame(
         {
             "user_idx": ev_u.astype(np.int32),
             "item_idx": items.astype(np.int32),
             "timestamp": ts,
             "rating": rating,
-            "review": review_texts(items, cat, rating)
-            if with_reviews
-            else pl.Series([None] * total, dtype=pl.String),
-            "split": split_names[code],
+            "review": reviews,
+            "split": np.array(["train", "valid", "test"])[code],
         }
     )
-    items_df = item_table(out, cat, season, rng, with_images, image_size)
-    users_df = pl.DataFrame(
-        {"user_idx": np.arange(U, dtype=np.int32), "location": np.array(LOCATIONS)[loc]}
+
+
+def _users_table(loc: np.ndarray) -> pl.DataFrame:
+    """users.parquet's frame: ``user_idx``, ``user_id`` (``U0000042``), ``location``."""
+    return pl.DataFrame(
+        {"user_idx": np.arange(len(loc), dtype=np.int32), "location": np.array(LOCATIONS)[loc]}
     ).select(
         "user_idx",
         pl.format("U{}", pl.col("user_idx").cast(pl.String).str.zfill(7)).alias("user_id"),
         "location",
     )
-    inter.write_parquet(out / "interactions.parquet")
-    items_df.write_parquet(out / "items.parquet")
-    users_df.write_parquet(out / "users.parquet")
-    seasons = {
+
+
+def _seasons_meta(season_members: list[np.ndarray]) -> dict:
+    """meta.json's ``seasons``: each season's window and items."""
+    return {
         name: {
             "start": f"{a[0]:02d}-{a[1]:02d}",
             "end": f"{b[0]:02d}-{b[1]:02d}",
@@ -259,30 +246,6 @@ def make_synthetic_dataset(
         }
         for s, (name, (a, b)) in enumerate(SEASONS.items())
     }
-    meta = {
-        "source": "synthetic",
-        "version": 1,  # the dataset-folder format version of mmrec.data.prepare
-        "category": "Synthetic_Beauty",
-        "num_users": U,
-        "num_items": N,
-        "num_interactions": total,
-        "input_rows": generated,
-        "dropped": {"repeat": generated - total} if not keep_repeats else {},
-        "time_granularity": time_granularity,
-        "time_range": [int(ts.min()), int(ts.max())],
-        "split": split_meta,
-        "kcore": 0,
-        "keep_repeats": keep_repeats,
-        "fingerprint": hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16],
-        "params": params,
-        "seasons": seasons,
-        "categories": [c[0] for c in CATEGORIES[:C]],
-        "locations": list(LOCATIONS),
-    }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / "meta.json")
-    return out
 
 
 def _iso(unix: float) -> str:
@@ -306,12 +269,12 @@ def synthetic_raw_interactions(
     """
     rng = np.random.default_rng(seed)
     weights = 1.0 / np.arange(1, num_items + 1) ** 0.9
-    item = _draw(np.cumsum(weights), np.arange(num_items), rng.random(n_rows))
+    item = draw(np.cumsum(weights), np.arange(num_items), rng.random(n_rows))
     return pl.DataFrame(
         {
             "user": rng.integers(0, num_users, n_rows),
             "item": item,
-            "timestamp": rng.integers(_unix("2010-01-01"), _unix("2015-01-01"), n_rows),
+            "timestamp": rng.integers(to_unix("2010-01-01"), to_unix("2015-01-01"), n_rows),
             "rating": rng.integers(1, 6, n_rows).astype(np.float32),
         }
     ).select(

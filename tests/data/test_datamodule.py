@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +12,9 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
-from mmrec.data.dataset import LengthBucketSampler
+from mmrec.data.errors import DataError
+from mmrec.data.prepare import PrepareConfig
+from mmrec.data.samplers import LengthBucketSampler
 from mmrec.data.synthetic import make_synthetic_dataset
 
 NAN = float("nan")
@@ -363,24 +363,47 @@ def test_missing_folder_says_run_prepare(tmp_path):
         _ = dm.num_items
 
 
-def test_prepare_runs_when_meta_missing(tmp_path, monkeypatch):
-    @dataclass
-    class FakeConfig:
-        out: str = "unset"
+SHIPPED = Path(__file__).resolve().parents[2] / "mmrec" / "data" / "shipped"
 
-    calls = []
 
-    def prepare_dataset(cfg):
-        calls.append(cfg.out)
-        return make_synthetic_dataset(cfg.out, num_users=20, num_items=60, seed=0)
+def _gift_cards(**changes) -> PrepareConfig:
+    settings = dict(
+        source="amazon2018", out="ignored", reviews=str(SHIPPED / "Gift_Cards_5.json.gz"),
+        meta=str(SHIPPED / "meta_Gift_Cards.json.gz"), report=False,
+    )
+    return PrepareConfig(**(settings | changes))
 
-    fake = types.ModuleType("mmrec.data.prepare")
-    fake.prepare_dataset, fake.PrepareConfig = prepare_dataset, FakeConfig
-    monkeypatch.setitem(sys.modules, "mmrec.data.prepare", fake)
-    dm = AmazonDataModule(str(tmp_path / "made"), prepare=FakeConfig())
-    assert dm.num_items == 60 and dm.num_users == 20  # prepared on first use
-    dm.prepare_data()  # already there: does nothing
-    assert calls == [str(tmp_path / "made")]
+
+def test_folder_is_prepared_then_checked_against_its_settings(tmp_path, capsys):
+    folder = tmp_path / "made"
+    dm = AmazonDataModule(str(folder), prepare=_gift_cards())
+    assert dm.num_items == 147  # prepared on first use, into data_dir (not `out`)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["settings"]["kcore"] == 5 and meta["input_files"][0]["file"] == "Gift_Cards_5.json.gz"
+    stamp = (folder / "interactions.parquet").stat().st_mtime_ns
+    assert AmazonDataModule(str(folder), prepare=_gift_cards()).num_items == 147
+    assert (folder / "interactions.parquet").stat().st_mtime_ns == stamp  # up to date: untouched
+    assert "is up to date" in capsys.readouterr().out
+    # other settings never train on this folder: the message names what differs
+    with pytest.raises(DataError, match=r"kcore 5 -> 6.*--data.prepare.overwrite true"):
+        _ = AmazonDataModule(str(folder), prepare=_gift_cards(kcore=6)).num_items
+    with pytest.raises(DataError, match=r"split 'loo' -> 'temporal'.*valid_start None -> '2019-01-01'"):
+        AmazonDataModule(str(folder), prepare=_gift_cards(
+            split="temporal", valid_start="2019-01-01", test_start="2019-06-01")).setup()
+    dm = AmazonDataModule(str(folder), prepare=_gift_cards(kcore=6, overwrite=True))
+    assert dm.num_items < 147 and json.loads((folder / "meta.json").read_text())["kcore"] == 6
+    # no prepare settings: the folder is used as it is
+    assert AmazonDataModule(str(folder)).num_items == dm.num_items
+
+
+def test_changed_input_file_is_named(tmp_path):
+    reviews = tmp_path / "reviews.json.gz"
+    reviews.write_bytes((SHIPPED / "Gift_Cards_5.json.gz").read_bytes())
+    folder = tmp_path / "made"
+    assert AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
+    os.utime(reviews, ns=(1, 1))
+    with pytest.raises(DataError, match=rf"input {reviews} is not the file it was prepared from"):
+        _ = AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
 
 
 def test_item_train_counts(loo_dm):
@@ -424,8 +447,7 @@ def test_ddp_eval_shards_cover_every_user_once(tmp_path):
 
 
 def test_config_parses_prepare_and_predict_time(tmp_path):
-    prepare = pytest.importorskip("mmrec.data.prepare")
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
     parser = ArgumentParser()
@@ -435,5 +457,17 @@ def test_config_parses_prepare_and_predict_time(tmp_path):
          "--data.prepare.out", "ignored", "--data.predict_time", "2014-12-20"]
     )  # fmt: skip
     dm = parser.instantiate(cfg).data
-    assert isinstance(dm.prepare, prepare.PrepareConfig) and dm.predict_time == 1419033600
+    assert isinstance(dm.prepare, PrepareConfig) and dm.predict_time == 1419033600
+    assert dm.prepare.source == "tabular" and dm.prepare.kcore == 5
+    # a configs/data/*.yaml file may stand for the prepare settings (paths relative to the
+    # config that names it), and single settings still override it
+    (tmp_path / "cfg" / "data").mkdir(parents=True)
+    (tmp_path / "cfg" / "data" / "p.yaml").write_text("source: tabular\nkcore: 0\nsplit: loo\n")
+    (tmp_path / "cfg" / "train.yaml").write_text(f"data:\n  data_dir: {tmp_path / 'd'}\n  prepare: data/p.yaml\n")
+    parser.add_argument("--config", action=ActionConfigFile)
+    cfg = parser.parse_args(["--config", str(tmp_path / "cfg" / "train.yaml"), "--data.prepare.kcore", "7"])
+    assert (cfg.data.prepare.source, cfg.data.prepare.kcore, cfg.data.prepare.split) == ("tabular", 7, "loo")
+    cfg = parser.parse_args(["--data.data_dir", str(tmp_path / "d")])
+    dm = parser.instantiate(cfg).data
+    assert dm.prepare.source is None  # no prepare settings: the folder is used as it is
     assert dm.num_items == 6  # what LightningCLI links into model.num_items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import polars as pl
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.base import EventEncoder
 from mmrec.encoders.rating import RatingEncoder
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
+from mmrec.encoders.user_context import UserContextEncoder
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 
@@ -85,11 +87,21 @@ def test_packed_hidden_states_and_loss_equal_unpacked(dm, attn):
         sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.0, attn_implementation=attn),
     ).eval()
     plain, packed = _both(dm, list(range(32)))
+    _assert_same_per_user(model, plain, packed, 32)
+    # the gap feature starts afresh at each segment: a user's first event has no predecessor
+    enc = model.event_encoders[0]
+    shifted = dict(packed, segments=torch.where(packed["mask"], 1, 0))  # one user per row
+    with torch.no_grad():
+        assert not torch.allclose(enc(packed), enc(shifted))
+
+
+def _assert_same_per_user(model: MMRecModule, plain: dict, packed: dict, n: int) -> None:
+    """Each user's hidden states and the batch loss are equal packed and unpadded."""
     with torch.no_grad():
         vecs = model.item_vectors()
         hp, hk = model.encode(plain, vecs), model.encode(packed, vecs)
-        a = _per_user({"h": hp, "mask": plain["mask"]}, "h", 32, False)
-        b = _per_user({"h": hk, "segments": packed["segments"]}, "h", 32, True)
+        a = _per_user({"h": hp, "mask": plain["mask"]}, "h", n, False)
+        b = _per_user({"h": hk, "segments": packed["segments"]}, "h", n, True)
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
         losses = []
@@ -97,11 +109,33 @@ def test_packed_hidden_states_and_loss_equal_unpacked(dm, attn):
             keep = batch["targets"] > 0
             losses.append(model.loss(hidden[keep], batch["targets"][keep], vecs))
     torch.testing.assert_close(losses[0], losses[1])
-    # the gap feature starts afresh at each segment: a user's first event has no predecessor
-    enc = model.event_encoders[0]
-    shifted = dict(packed, segments=torch.where(packed["mask"], 1, 0))  # one user per row
-    with torch.no_grad():
-        assert not torch.allclose(enc(packed), enc(shifted))
+
+
+def test_user_context_packed_equals_unpadded(tmp_path):
+    """Segment s of a packed row gets user_idx[s - 1]'s context: same states and loss."""
+    path = make_synthetic_dataset(
+        tmp_path / "ds", num_users=60, num_items=40, max_events=40, seed=5
+    )
+    users = pl.read_parquet(path / "users.parquet").select("user_idx", "user_id")
+    location = [["DE", "US", None, "JP"][u % 4] for u in range(users.height)]  # None: unknown
+    users.with_columns(location=pl.Series(location)).write_parquet(path / "users.parquet")
+    dm = AmazonDataModule(str(path), max_len=12, batch_size=32)
+    dm.setup("fit")
+    L.seed_everything(0)
+    enc = UserContextEncoder(columns=["location"])
+    model = MMRecModule.for_data(
+        dm, d_model=16, event_encoders=[enc],
+        sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.0),
+    ).eval()
+    plain, packed = _both(dm, list(range(32)))
+    assert packed["mask"].shape[0] < 32  # several users share a row
+    with torch.no_grad():  # the context differs between users, so a mix-up would show
+        ctx_plain = _per_user({"c": enc(plain), "mask": plain["mask"]}, "c", 32, False)
+        ctx_packed = _per_user({"c": enc(packed), "segments": packed["segments"]}, "c", 32, True)
+    assert len({tuple(c[0].tolist()) for c in ctx_plain}) == 4  # DE, US, JP, unknown
+    for x, y in zip(ctx_plain, ctx_packed, strict=True):
+        torch.testing.assert_close(x, y)
+    _assert_same_per_user(model, plain, packed, 32)
 
 
 class _OneUserPerRow(EventEncoder):
