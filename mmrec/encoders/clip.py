@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from mmrec.content.inputs import ItemImage, ItemText, Modality
 from mmrec.encoders.base import BuildContext
 from mmrec.encoders.features import CachedFeatureEncoder
 
@@ -14,7 +17,7 @@ from mmrec.encoders.features import CachedFeatureEncoder
 class _CLIPEncoder(CachedFeatureEncoder):
     """Shared logic of the CLIP encoders; see ``CLIPTextEncoder`` for the arguments."""
 
-    modality = "text"
+    modality: ClassVar[type[Modality]] = ItemText
 
     def __init__(
         self,
@@ -32,7 +35,7 @@ class _CLIPEncoder(CachedFeatureEncoder):
         chunk_size: int = 256,
     ) -> None:
         super().__init__(
-            name or f"clip_{self.modality}",
+            name or f"clip_{self.modality.name}",
             path,
             hidden,
             layer_norm,
@@ -115,14 +118,12 @@ class CLIPTextEncoder(_CLIPEncoder):
         chunk_size: Items encoded per CLIP forward in ``finetune`` mode.
     """
 
-    modality = "text"
+    modality = ItemText
 
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
         import clip
 
-        from mmrec.content.inputs import load_inputs
-
-        texts = [""] + load_inputs(data_dir, "text")
+        texts = ["", *ItemText().load(data_dir)]
         present = torch.tensor([bool(t) for t in texts], dtype=torch.bool)
         present[0] = False
         return clip.tokenize(texts, truncate=True), present  # [N+1, 77]
@@ -141,24 +142,34 @@ class CLIPImageEncoder(_CLIPEncoder):
     ``forward``: heavy, see ``CLIPTextEncoder``.
     """
 
-    modality = "image"
+    modality = ItemImage
 
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
-        from mmrec.content.images import ImageFetcher, load_rgb
-        from mmrec.content.inputs import load_inputs
+        """``(pixels [N+1, 3, R, R] float16, present [N+1])``; items whose cached image cannot
+        be decoded are counted and named in a warning and get the missing vector."""
+        from mmrec.content.images import ImageFetcher, decode_errors, load_rgb
 
         fetcher = ImageFetcher(self.image_cache or data_dir / "features" / "image_cache")
-        results = fetcher.fetch_many(load_inputs(data_dir, "image"), desc="images for finetune")
+        urls = ItemImage().load(data_dir)
+        results = fetcher.fetch_many(urls, desc="images for finetune")
         res = self.clip.visual.input_resolution
         pixels = torch.zeros(len(results) + 1, 3, res, res, dtype=torch.float16)
         present = torch.zeros(len(results) + 1, dtype=torch.bool)
+        corrupt: list[int] = []
         for i, r in enumerate(results, start=1):
             if r.reason == "ok":
                 try:
                     pixels[i] = preprocess(load_rgb(r.path)).half()
                     present[i] = True
-                except Exception:  # corrupt: the item gets the missing vector
-                    pass
+                except decode_errors():
+                    corrupt.append(i)
+        if corrupt:
+            shown = ", ".join(map(str, corrupt[:10])) + (", ..." if len(corrupt) > 10 else "")
+            warnings.warn(
+                f"{type(self).__name__}: {len(corrupt)} of {len(results)} cached item images "
+                f"could not be decoded (item_idx {shown}); they get the missing vector",
+                stacklevel=2,
+            )
         return pixels, present
 
     def _encode(self, inputs: Tensor) -> Tensor:

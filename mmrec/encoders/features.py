@@ -2,77 +2,41 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from mmrec.content.features import (
+    check_fresh,
+    features_path,
+    load_features,
+    write_random_features,
+)
+from mmrec.content.inputs import ItemText, Modality, modality_named
 from mmrec.encoders.base import BuildContext, ItemEncoder
 
 
-def features_path(ctx: BuildContext, name: str, path: str | None) -> Path:
-    """``path`` if given, else ``{ctx.data_dir}/features/{name}.safetensors``."""
-    if path is not None:
-        return Path(path)
-    if ctx.data_dir is None:
-        raise ValueError(f"no data_dir to find features/{name}.safetensors: set `path`")
-    return Path(ctx.data_dir) / "features" / f"{name}.safetensors"
+def write_example_items(folder: Path, num_items: int) -> Path:
+    """A tiny ``items.parquet`` (items ``1..num_items``, a title each, no images) for examples."""
+    import polars as pl
 
-
-def load_features(file: Path, rows: int) -> tuple[Tensor, Tensor, dict]:
-    """``(features [rows, F] float32, present [rows] bool, fingerprint)`` from a features file.
-
-    Raises:
-        FileNotFoundError / ValueError with the `mmrec embed` command that fixes it.
-    """
-    from safetensors import safe_open
-
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"{file} not found: run `mmrec embed --dataset <DIR> --modalities ...` first"
-        )
-    with safe_open(str(file), framework="pt") as f:
-        meta = f.metadata() or {}
-        feats = f.get_tensor("features").float()
-        present = f.get_tensor("present").reshape(-1).bool()
-    if feats.shape[0] != rows:
-        raise ValueError(
-            f"{file} has {feats.shape[0]} rows but the dataset needs {rows} (padding + items): "
-            "the dataset changed since `mmrec embed`; rerun it with --force"
-        )
-    present = present.clone()
-    present[0] = False
-    return feats, present, json.loads(meta.get("fingerprint", "{}"))
-
-
-def check_items_fingerprint(fp: dict, data_dir: str | None, file: Path) -> None:
-    """Raise if the item table's current content differs from what ``file`` was computed on."""
-    modality = fp.get("modality")
-    if data_dir is None or modality not in ("text", "image"):
-        return
-    from mmrec.content.inputs import inputs_sha256, load_inputs
-
-    now = inputs_sha256(load_inputs(data_dir, modality))
-    if now != fp.get("items_sha256"):
-        raise ValueError(
-            f"{file} is stale: the {modality} of items.parquet changed since it was computed; "
-            "rerun `mmrec embed ... --force`"
-        )
-
-
-def write_features(file: Path, rows: int, dim: int = 8, seed: int = 0) -> Path:
-    """Random features ``[rows, dim]`` in the `mmrec embed` file format, every 3rd row absent."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(rows, dim, generator=g)
-    present = torch.arange(rows) % 3 != 0
-    feats[~present] = 0
-    file.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"fingerprint": json.dumps({"modality": "random", "rows": str(rows)})}
-    save_file({"features": feats, "present": present.unsqueeze(0)}, str(file), metadata=meta)
-    return file
+    folder.mkdir(parents=True, exist_ok=True)
+    n = range(1, num_items + 1)
+    pl.DataFrame(
+        {
+            "item_idx": pl.Series(n, dtype=pl.Int32),
+            "item_id": [f"i{i}" for i in n],
+            "title": [f"item {i}" for i in n],
+            "brand": [None] * num_items,
+            "categories": [None] * num_items,
+            "description": [None] * num_items,
+            "image_urls": pl.Series([[] for _ in n], dtype=pl.List(pl.String)),
+        },
+        schema_overrides={c: pl.String for c in ("brand", "categories", "description")},
+    ).write_parquet(folder / "items.parquet")
+    return folder / "items.parquet"
 
 
 class Projection(nn.Module):
@@ -131,9 +95,13 @@ class CachedFeatureEncoder(ItemEncoder):
         dropout: Dropout on the frozen features during training.
         normalize: L2-normalise features before projecting (CLIP/MiniLM vectors are compared
             by cosine).
-        check_fingerprint: Recompute the hash of the item table's text/images and refuse
-            stale features.
+        check_fingerprint: Hash the dataset's inputs of the file's modality (item texts,
+            image URLs) as `mmrec embed` does and refuse stale features; files of a modality
+            that is not built in (random test features) need False.
     """
+
+    #: The modality the file must hold; None: the one its fingerprint names.
+    modality: ClassVar[type[Modality] | None] = None
 
     def __init__(
         self,
@@ -156,25 +124,45 @@ class CachedFeatureEncoder(ItemEncoder):
 
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
-        file = features_path(ctx, self.name, self.path)
-        feats, present, fp = load_features(file, ctx.num_items + 1)
-        if self.check_fingerprint:
-            check_items_fingerprint(fp, ctx.data_dir, file)
+        file = features_path(ctx.data_dir, self.name, self.path)
+        feats, present, fp = load_features(file, ctx.num_items + 1, ctx.data_dir)
+        if self.check_fingerprint and ctx.data_dir is not None:  # no dataset: nothing to check
+            self._check(file, fp, ctx.data_dir)
         if self.normalize:
             feats = nn.functional.normalize(feats, dim=-1)
         self.register_buffer("features", feats, persistent=False)  # [N+1, F]
         self.register_buffer("present", present, persistent=False)  # [N+1]
         self._init_head(feats.shape[1], ctx.d_model)
 
+    def _check(self, file: Path, fp: dict[str, str], data_dir: str) -> None:
+        """Refuse ``file`` when its inputs in ``data_dir`` changed (see ``check_fresh``)."""
+        if self.modality is not None:
+            modality: Modality | None = self.modality()
+        else:
+            modality = modality_named(fp.get("modality"))
+        if modality is None:
+            raise ValueError(
+                f"{file} holds {fp.get('modality')!r} features, which cannot be checked against "
+                f"{data_dir}: pass check_fingerprint=False to use them unchecked"
+            )
+        check_fresh(file, fp, modality, data_dir)
+
     @classmethod
     def example(
         cls, tmp_path: Path, ctx: BuildContext
     ) -> tuple[CachedFeatureEncoder, BuildContext]:
-        """An encoder over random features written under ``tmp_path`` (contract tests)."""
+        """An encoder over random features written under ``tmp_path`` (contract and config
+        tests), fingerprinted with the folder's item table (a tiny one is written when the
+        folder has none), so the staleness check runs and passes."""
         enc = cls()
-        write_features(Path(tmp_path) / "features" / f"{enc.name}.safetensors", ctx.num_items + 1)
+        folder = Path(tmp_path)
+        if not (folder / "items.parquet").is_file():
+            write_example_items(folder, ctx.num_items)
+        modality = (cls.modality or ItemText)()
+        file = folder / "features" / f"{enc.name}.safetensors"
+        write_random_features(file, ctx.num_items + 1, modality=modality, dataset=folder)
         return enc, BuildContext(
-            ctx.num_items, ctx.num_users, ctx.d_model, str(tmp_path), ctx.time_granularity
+            ctx.num_items, ctx.num_users, ctx.d_model, str(folder), ctx.time_granularity
         )
 
     def _init_head(self, in_dim: int, d_model: int) -> None:

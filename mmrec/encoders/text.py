@@ -7,9 +7,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmrec.calendar import DAY
+from mmrec.content.features import (
+    check_fresh,
+    features_path,
+    load_features,
+    write_random_features,
+)
+from mmrec.content.inputs import ItemText, ReviewText
 from mmrec.encoders.base import BuildContext, EventEncoder
-from mmrec.encoders.features import CachedFeatureEncoder, Projection, features_path, load_features
+from mmrec.encoders.features import CachedFeatureEncoder, Projection
 
 
 class SentenceTextEncoder(CachedFeatureEncoder):
@@ -30,6 +36,8 @@ class SentenceTextEncoder(CachedFeatureEncoder):
         check_fingerprint: Refuse features computed on another item table.
     """
 
+    modality = ItemText
+
     def __init__(
         self,
         name: str = "minilm_text",
@@ -43,20 +51,15 @@ class SentenceTextEncoder(CachedFeatureEncoder):
         super().__init__(name, path, hidden, layer_norm, dropout, normalize, check_fingerprint)
 
 
-def _event_key(user: Tensor, item: Tensor, ts: Tensor) -> Tensor:
-    """An int64 hash of (user, item, timestamp); wraps on overflow, collisions are verified."""
-    return (user.long() * 1_000_003 + item.long()) * 2_654_435_761 + ts.long()
-
-
 class ReviewTextEncoder(EventEncoder):
     """Event-side: the review an event's user wrote, embedded once by ``mmrec embed``.
 
     Features ``{data_dir}/features/<name>.safetensors`` are indexed by interaction row:
     row ``r + 1`` holds the review of row ``r`` of ``interactions.parquet``; row 0 is padding
-    (``mmrec embed --modalities review``). Each history event is matched to its row through
-    ``batch["event_rows"] [B, L]`` (1 + row, 0 at padding) when the datamodule provides it,
-    else by looking up ``(user_idx, item_ids, timestamps)`` in ``interactions.parquet``
-    (exact match; an event without a match counts as having no review).
+    (``mmrec embed --modalities review``). Each history event is found through
+    ``batch["event_rows"]`` ``[B, L]`` (1 + its row in ``interactions.parquet``, 0 at padding),
+    which the datamodule provides in training (padded and packed), evaluation and predict
+    batches; the encoder works per slot, so packed batches are fine.
 
     No leak: the inputs of a sequence are history events only; a target (the next item, or
     the evaluation target) is never an input, so its review is never read; in training,
@@ -72,7 +75,11 @@ class ReviewTextEncoder(EventEncoder):
         layer_norm: LayerNorm after the projection.
         dropout: Dropout on the features.
         normalize: L2-normalise the vectors before projecting.
+        check_fingerprint: Hash the reviews of ``interactions.parquet`` as `mmrec embed` does
+            and refuse stale features.
     """
+
+    supports_packing = True  # one features row per slot: segments never mix
 
     def __init__(
         self,
@@ -82,6 +89,7 @@ class ReviewTextEncoder(EventEncoder):
         layer_norm: bool = True,
         dropout: float = 0.0,
         normalize: bool = True,
+        check_fingerprint: bool = True,
     ) -> None:
         super().__init__()
         self.name = name
@@ -90,49 +98,39 @@ class ReviewTextEncoder(EventEncoder):
         self.layer_norm = layer_norm
         self.dropout = dropout
         self.normalize = normalize
+        self.check_fingerprint = check_fingerprint
 
     def build(self, ctx: BuildContext) -> None:
         import polars as pl
 
         super().build(ctx)
-        file = features_path(ctx, self.name, self.path)
         if ctx.data_dir is None:
             raise ValueError(
                 "ReviewTextEncoder reads interactions.parquet: BuildContext needs data_dir"
             )
-        inter = pl.read_parquet(
-            Path(ctx.data_dir) / "interactions.parquet",
-            columns=["user_idx", "item_idx", "timestamp"],
-        )
-        feats, present, _ = load_features(file, inter.height + 1)
+        file = features_path(ctx.data_dir, self.name, self.path)
+        inter = Path(ctx.data_dir) / "interactions.parquet"
+        rows = pl.scan_parquet(inter).select(pl.len()).collect().item()
+        feats, present, fp = load_features(file, rows + 1, ctx.data_dir)
+        if self.check_fingerprint:
+            check_fresh(file, fp, ReviewText(), ctx.data_dir)
         if self.normalize:
             feats = nn.functional.normalize(feats, dim=-1)
         self.register_buffer("features", feats, persistent=False)  # [R+1, F]
         self.register_buffer("present", present, persistent=False)  # [R+1]
-        ev = torch.from_numpy(inter.to_numpy().astype("int64"))  # [R, 3]
-        keys = _event_key(ev[:, 0], ev[:, 1], ev[:, 2])
-        keys, order = keys.sort()
-        self.register_buffer("keys", keys, persistent=False)  # [R] sorted
-        self.register_buffer("key_rows", order + 1, persistent=False)  # [R] feature row
-        self.register_buffer("events", torch.cat([torch.zeros(1, 3).long(), ev]), persistent=False)
         self.proj = Projection(
             feats.shape[1], ctx.d_model, self.hidden, self.layer_norm, self.dropout
         )
         self.no_review = nn.Parameter(torch.randn(ctx.d_model) * 0.02)  # [D]
 
     def event_rows(self, batch: dict[str, Tensor]) -> Tensor:
-        """``[B, L]`` feature row of each event (0 at padding and for unknown events)."""
-        mask = batch["mask"]
-        if "event_rows" in batch:
-            return batch["event_rows"].masked_fill(~mask, 0)
-        items, ts = batch["item_ids"], batch["timestamps"]
-        user = batch["user_idx"].unsqueeze(1).expand_as(items)  # [B, L]
-        key = _event_key(user, items, ts)
-        pos = torch.searchsorted(self.keys, key).clamp_max(len(self.keys) - 1)
-        rows = self.key_rows[pos]  # [B, L]
-        ev = self.events[rows]  # [B, L, 3]: verify, so hash collisions never mix reviews up
-        same = (ev[..., 0] == user) & (ev[..., 1] == items) & (ev[..., 2] == ts)
-        return torch.where(same & mask, rows, 0)
+        """``[B, L]`` features row of each event: ``batch["event_rows"]``, 0 at padding."""
+        if "event_rows" not in batch:
+            raise KeyError(
+                "ReviewTextEncoder needs batch['event_rows'] ([B, L] int64, 1 + the event's row "
+                "in interactions.parquet, 0 at padding): the datamodule must provide it"
+            )
+        return batch["event_rows"].masked_fill(~batch["mask"], 0)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:  # -> [B, L, D]
         rows = self.event_rows(batch)  # [B, L]
@@ -140,24 +138,34 @@ class ReviewTextEncoder(EventEncoder):
         x = torch.where(self.present[rows].unsqueeze(-1), x, self.no_review.to(x.dtype))
         return x * batch["mask"].unsqueeze(-1).to(x.dtype)
 
+    #: Interaction rows of the ``example`` table (``batch["event_rows"]`` may hold 0..this).
+    EXAMPLE_ROWS = 64
+
     @classmethod
     def example(cls, tmp_path: Path, ctx: BuildContext) -> tuple[ReviewTextEncoder, BuildContext]:
-        """An encoder over 5 random reviews of a tiny interactions table (contract tests)."""
+        """An encoder over random review features of the folder's interactions, fingerprinted
+        with their reviews so the staleness check runs and passes; a folder without
+        ``interactions.parquet`` gets one of ``EXAMPLE_ROWS`` rows (contract tests: their
+        batches need ``event_rows`` in ``0..EXAMPLE_ROWS``)."""
         import polars as pl
-
-        from mmrec.encoders.features import write_features
 
         enc = cls()
         folder = Path(tmp_path)
         folder.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame(
-            {
-                "user_idx": [0, 0, 4, 5, 5],
-                "item_idx": [1, 2, 3, 4, 5],
-                "timestamp": [DAY * d for d in range(5)],
-            }
-        ).write_parquet(folder / "interactions.parquet")
-        write_features(folder / "features" / f"{enc.name}.safetensors", 6)
+        inter = folder / "interactions.parquet"
+        if not inter.is_file():
+            n = cls.EXAMPLE_ROWS
+            pl.DataFrame(
+                {
+                    "user_idx": [r % max(1, ctx.num_users) for r in range(n)],
+                    "item_idx": [1 + r % max(1, ctx.num_items) for r in range(n)],
+                    "timestamp": list(range(n)),
+                    "review": [f"review {r}" if r % 4 else None for r in range(n)],
+                }
+            ).write_parquet(inter)
+        rows = pl.scan_parquet(inter).select(pl.len()).collect().item()
+        file = folder / "features" / f"{enc.name}.safetensors"
+        write_random_features(file, rows + 1, modality=ReviewText(), dataset=folder)
         return enc, BuildContext(
             ctx.num_items, ctx.num_users, ctx.d_model, str(folder), ctx.time_granularity
         )

@@ -1,4 +1,4 @@
-"""Test helpers for content features: tiny CLIP/BERT checkpoints, a dataset folder, an image server."""
+"""Test helpers for content: tiny CLIP/BERT checkpoints, a dataset folder, an image server."""
 
 from __future__ import annotations
 
@@ -172,3 +172,34 @@ def write_dataset(
     meta = {"source": "test", "num_items": n, "num_users": 2, "num_interactions": 6}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
+
+
+class CharModel:
+    """A text-only ``ContentModel`` without weights: ``[n, 4]`` vectors of character counts
+    (length, vowels, spaces, digits), for tests of `mmrec embed`'s plumbing."""
+
+    name = "chars:v1"
+    weights_sha256 = "0" * 64
+    default_stem = "chars"
+    embeds_images = False
+
+    def __init__(self) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.calls: list[list[str]] = []
+
+    @staticmethod
+    def vector(text: str) -> list[float]:
+        return [
+            float(len(text)),
+            float(sum(c in "aeiou" for c in text)),
+            float(text.count(" ")),
+            float(sum(c.isdigit() for c in text)),
+        ]
+
+    def encode_texts(self, texts: list[str]):
+        import torch
+
+        self.calls.append(list(texts))
+        return torch.tensor([self.vector(t) for t in texts])

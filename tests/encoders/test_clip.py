@@ -1,4 +1,4 @@
-"""CLIP item encoders: cached features projected to d_model, missing vector, cold start, finetune."""
+"""CLIP item encoders: cached features, missing vector, cold start, finetune, staleness."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from mmrec.content.embed import main
 from mmrec.encoders.base import BuildContext
 from mmrec.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
+from mmrec.encoders.features import CachedFeatureEncoder
 from tests.content.helpers import ImageServer, tiny_clip_checkpoint, write_dataset
 
 D = 12
@@ -94,9 +95,14 @@ def test_stale_features_refused(dataset, tmp_path):
         (ds / "features" / f).write_bytes((dataset / "features" / f).read_bytes())
     items = pl.read_parquet(dataset / "items.parquet")
     items.with_columns(pl.col("title") + " v2").write_parquet(ds / "items.parquet")
-    with pytest.raises(ValueError, match="stale.*--force"):
+    with pytest.raises(ValueError, match="stale.*--modalities text --force true"):
         CLIPTextEncoder().build(_ctx(ds))
+    with pytest.raises(ValueError, match="stale"):  # generic: the file names its modality
+        CachedFeatureEncoder(name="clip_text").build(_ctx(ds))
     CLIPImageEncoder().build(_ctx(ds))  # images unchanged: still valid
+    CachedFeatureEncoder(name="clip_image").build(_ctx(ds))
+    with pytest.raises(ValueError, match="holds 'image' features, not 'text'"):
+        CLIPTextEncoder(name="clip_image").build(_ctx(ds))
     CLIPTextEncoder(check_fingerprint=False).build(_ctx(ds))
     with pytest.raises(ValueError, match="rows but the dataset needs"):
         CLIPTextEncoder(check_fingerprint=False).build(_ctx(ds, n=9))
@@ -123,7 +129,11 @@ def test_finetune_text_runs_clip_and_trains_it(dataset, ckpt):
 
 def test_finetune_image_reads_image_cache(dataset, ckpt):
     enc = CLIPImageEncoder(finetune=True, model=str(ckpt))
-    enc.build(_ctx(dataset))  # server is closed: only the warm cache of `mmrec embed` serves
+    # server is closed: only the warm cache of `mmrec embed` serves; item 3's cached file is
+    # corrupt: counted and named, never skipped silently
+    with pytest.warns(UserWarning, match=r"1 of 8 cached item images could not be decoded "
+                      r"\(item_idx 3\)"):
+        enc.build(_ctx(dataset))
     assert enc.present.tolist() == [False, True, True, False, False, False, False, False, True]
     frozen = CLIPImageEncoder()
     frozen.build(_ctx(dataset))
@@ -131,3 +141,28 @@ def test_finetune_image_reads_image_cache(dataset, ckpt):
         enc.content(torch.tensor([1, 2, 8])), frozen.features[[1, 2, 8]]
     )
     assert (cos > 0.99).all()
+
+
+def test_image_urls_changed_refused(dataset, tmp_path):
+    import shutil
+
+    ds = tmp_path / "copy"
+    shutil.copytree(dataset, ds)
+    items = pl.read_parquet(ds / "items.parquet")
+    urls = items["image_urls"].to_list()
+    urls[0] = ["http://127.0.0.1:1/other.jpg"]
+    items.with_columns(pl.Series("image_urls", urls)).write_parquet(ds / "items.parquet")
+    with pytest.raises(ValueError, match="stale.*--modalities image"):
+        CLIPImageEncoder().build(_ctx(ds))
+    CLIPTextEncoder().build(_ctx(ds))  # texts unchanged
+
+
+def test_unknown_modality_is_not_checked_silently(tmp_path):
+    from mmrec.content.features import write_random_features
+
+    write_random_features(tmp_path / "features" / "clip_text.safetensors", 9)
+    with pytest.raises(ValueError, match="'random' features.*check_fingerprint=False"):
+        CachedFeatureEncoder().build(_ctx(tmp_path))
+    enc = CachedFeatureEncoder(check_fingerprint=False)
+    enc.build(_ctx(tmp_path))
+    assert enc.all_items().shape == (9, D)

@@ -75,6 +75,9 @@ def make_batch(pad_fill: int = 0, extra_pad: int = 0, seed: int = 0) -> dict[str
         "ratings": torch.where(mask, ratings, float("nan")),
         "query_time": torch.where(mask, query, 0),
         "user_idx": torch.tensor([0, 4, 5]),
+        # 1 + the event's row in interactions.parquet (0 at padding); encoders' example tables
+        # have at least 64 rows
+        "event_rows": torch.where(mask, torch.randint(1, 64, (B, length), generator=g), 0),
     }
     if pad_fill:
         gp = torch.Generator().manual_seed(pad_fill)
@@ -90,6 +93,9 @@ def make_batch(pad_fill: int = 0, extra_pad: int = 0, seed: int = 0) -> dict[str
         )
         batch["query_time"] = torch.where(
             pad, torch.randint(1, 2 * 10**9, (B, length), generator=gp), batch["query_time"]
+        )
+        batch["event_rows"] = torch.where(
+            pad, torch.randint(1, 64, (B, length), generator=gp), batch["event_rows"]
         )
     return batch
 

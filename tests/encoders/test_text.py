@@ -70,18 +70,61 @@ def test_review_encoder_history_rows(dataset):
     torch.testing.assert_close(enc(b2)[b["mask"]], out[b["mask"]])
 
 
-def test_review_lookup_without_event_rows(dataset):
-    """Without ``event_rows`` the (user, item, timestamp) of each event finds its row."""
+def test_review_features_are_the_rows_event_rows_name(dataset):
+    """Each real slot gets the projected (normalised) features row ``event_rows`` points at."""
+    from safetensors.torch import load_file
+
+    enc = ReviewTextEncoder()
+    enc.build(_ctx(dataset))
+    raw = load_file(str(dataset / "features" / "minilm_review.safetensors"))["features"]
+    b = _batch()
+    out = enc(b)
+    want = enc.proj(torch.nn.functional.normalize(raw[[1, 3, 6]], dim=-1))  # rows 0, 2, 5
+    torch.testing.assert_close(out[[0, 0, 1], [1, 3, 3]], want)
+
+
+def test_review_encoder_needs_event_rows(dataset):
     enc = ReviewTextEncoder()
     enc.build(_ctx(dataset))
     b = _batch()
-    rows = b.pop("event_rows")
-    assert torch.equal(enc.event_rows(b), rows)
-    torch.testing.assert_close(enc(b), enc(dict(b, event_rows=rows)))
-    b["timestamps"] = b["timestamps"] + 1000  # events that are not in the table: no review
-    assert enc.event_rows(b).eq(0).all()
-    out = enc(b)
-    assert torch.equal(out[0, 3], enc.no_review.detach())
+    b.pop("event_rows")
+    with pytest.raises(KeyError, match="the datamodule must provide it"):
+        enc(b)
+
+
+def test_review_encoder_packed_equals_per_row(dataset):
+    """Two users packed into one row (segments) give the same per-slot vectors as one row each."""
+    enc = ReviewTextEncoder()
+    enc.build(_ctx(dataset))
+    assert ReviewTextEncoder.supports_packing
+    per_row = _batch()
+    packed = {
+        "event_rows": torch.tensor([[1, 2, 3, 5, 6]]),
+        "mask": torch.ones(1, 5, dtype=torch.bool),
+        "item_ids": torch.tensor([[1, 2, 3, 5, 6]]),
+        "timestamps": torch.tensor([[1, 2, 3, 2, 3]]),
+        "segments": torch.tensor([[1, 1, 1, 2, 2]]),
+        "positions": torch.tensor([[0, 1, 2, 0, 1]]),
+        "user_idx": torch.tensor([0, 1]),
+    }
+    a, p = enc(per_row), enc(packed)
+    torch.testing.assert_close(p[0], a[per_row["mask"]])
+
+
+def test_stale_review_features_refused(dataset, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    inter = pl.read_parquet(ds / "interactions.parquet")
+    reviews = inter["review"].to_list()
+    reviews[0] = "bad lipstick"  # same rows, another review
+    inter.with_columns(pl.Series("review", reviews)).write_parquet(ds / "interactions.parquet")
+    with pytest.raises(ValueError, match=r"stale.*--modalities review --force true"):
+        ReviewTextEncoder().build(_ctx(ds))
+    ReviewTextEncoder(check_fingerprint=False).build(_ctx(ds))
+    # the item texts did not change: the item-side features are still fresh
+    SentenceTextEncoder().build(_ctx(ds))
 
 
 def test_review_encoder_row_count_checked(dataset, tmp_path):
@@ -97,11 +140,12 @@ def test_review_encoder_row_count_checked(dataset, tmp_path):
 def test_content_vectors_start_at_the_id_embedding_scale(tmp_path):
     """The projected content starts at std ~0.02 per dimension, like ItemIdEncoder's init, so
     frozen text features do not swamp the ID embeddings; the gain is learned."""
-    from mmrec.encoders.features import CachedFeatureEncoder, write_features
+    from mmrec.content.features import write_random_features
+    from mmrec.encoders.features import CachedFeatureEncoder
     from mmrec.encoders.item_id import ItemIdEncoder
 
     ctx = BuildContext(num_items=300, num_users=2, d_model=64, data_dir=str(tmp_path))
-    write_features(tmp_path / "features" / "clip_text.safetensors", 301, dim=384)
+    write_random_features(tmp_path / "features" / "clip_text.safetensors", 301, dim=384)
     content, ids = CachedFeatureEncoder(check_fingerprint=False), ItemIdEncoder()
     content.build(ctx), ids.build(ctx)
     rows = torch.arange(1, 301)[content.present[1:]]
