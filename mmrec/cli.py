@@ -46,6 +46,7 @@ def _cli_class():
     from mmrec.module import MMRecModule
     from mmrec.runs import (
         EpochSummary,
+        RandomState,
         Run,
         best_checkpoint_summary,
         mark_latest,
@@ -158,6 +159,7 @@ def _cli_class():
         "default_root_dir": "runs",
         "log_every_n_steps": 50,
         "logger": True,
+        "callbacks": [RandomState()],  # exact resume from --ckpt_path last
     }
     return MMRecCLI, MMRecModule, AmazonDataModule, trainer_defaults
 

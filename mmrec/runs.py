@@ -144,3 +144,54 @@ def best_checkpoint_summary(callback: Any) -> str | None:
 
     epoch = torch.load(path, map_location="cpu", weights_only=True).get("epoch")
     return f"best {callback.monitor} {float(score):.4f} at epoch {epoch}: {path}"
+
+
+class RandomState(Callback):
+    """Saves the random number generators in checkpoints and restores them on resume.
+
+    Lightning checkpoints hold the weights, optimiser and loop state but not the global
+    generators of torch (dropout, the DataLoader's base seed), CUDA, numpy and Python. This
+    callback stores them when a checkpoint is written and puts them back when training
+    starts from one (after Lightning's sanity check, which runs with isolated generators), so
+    a fit resumed from an epoch-boundary checkpoint continues exactly as the uninterrupted
+    fit would have: same batches (the samplers are seeded by epoch), same dropout masks.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loaded is None:
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        state, self._loaded = self._loaded, None
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -78,7 +78,7 @@ def test_training_config_parses_and_builds(path, dataset, tmp_path, monkeypatch)
     cli_cls, model_cls, data_cls, defaults = _cli_class()
     overrides = [f"--config={f}" for f in files] + [
         f"--data.data_dir={dataset}",
-        "--data.prepare=null",
+        "--data.prepare.source=null",
         "--trainer.logger=false",
     ]
     cli = cli_cls(

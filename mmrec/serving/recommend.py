@@ -13,6 +13,7 @@ import polars as pl
 import torch
 
 from mmrec.calendar import DAY, now_unix, to_unix
+from mmrec.data.batch import history_batch
 
 
 @dataclass(frozen=True)
@@ -103,18 +104,23 @@ class Recommender:
             self._users = dict(zip(u["user_id"].to_list(), u["user_idx"].to_list(), strict=True))
         return self._users
 
-    def user_history(self, user_id: str) -> tuple[list[int], list[int], list[float]]:
-        """A known user's full history (every split) in time order: items, timestamps, ratings."""
+    def user_history(self, user_id: str) -> tuple[list[int], list[int], list[float], list[int]]:
+        """A known user's full history (every split) in time order: items, timestamps,
+        ratings and event rows (1 + the row index in interactions.parquet)."""
         if user_id not in self.users:
             raise KeyError(f"unknown user {user_id!r}: not in {self.data_dir / 'users.parquet'}")
         rows = (
             pl.scan_parquet(self.data_dir / "interactions.parquet")
+            .with_row_index("row", offset=1)
             .filter(pl.col("user_idx") == self.users[user_id])
-            .select("item_idx", "timestamp", "rating")
+            .select("item_idx", "timestamp", "rating", "row")
             .collect()
         )
         ratings = rows["rating"].cast(pl.Float32).fill_null(float("nan")).to_list()
-        return rows["item_idx"].to_list(), rows["timestamp"].to_list(), ratings
+        return (
+            rows["item_idx"].to_list(), rows["timestamp"].to_list(), ratings,
+            rows["row"].cast(pl.Int64).to_list(),
+        )
 
     def time_range(self) -> tuple[int, int] | None:
         """First and last event time of the dataset (meta.json), or None when unknown."""
@@ -153,10 +159,10 @@ class Recommender:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         query = self.query_time(at)
-        items, times, ratings = [], [], []
+        items, times, ratings, event_rows = [], [], [], []
         known_user = user_id is not None and user_id in self.users
         if known_user:
-            items, times, ratings = self.user_history(user_id)
+            items, times, ratings, event_rows = self.user_history(user_id)
         history = list(history or [])
         if timestamps is not None and len(timestamps) != len(history):
             raise ValueError(f"{len(timestamps)} timestamps for {len(history)} history items")
@@ -173,12 +179,16 @@ class Recommender:
                 items.append(self.index[h])
                 times.append(int(timestamps[j]) if timestamps is not None else query)
                 ratings.append(float("nan"))
+                event_rows.append(0)  # not an event of the dataset
         if not items:
             who = f"user {user_id!r} is not in the dataset and " if user_id else ""
             raise ValueError(
                 f"{who}no known history items: pass --history with item ids of the dataset"
             )
-        batch = self._batch(items, times, ratings, query, self.users.get(user_id, -1))
+        batch = history_batch(
+            items, times, ratings, query, self.max_len, self.users.get(user_id, -1),
+            event_rows=event_rows, device=self.device,
+        )
         with torch.no_grad():
             user_vec = self.model(batch)  # [1, D]
             scores, top = _topk(user_vec.float(), self.item_vectors(), k, batch["exclude_items"])
@@ -194,33 +204,6 @@ class Recommender:
             with torch.no_grad():
                 self._item_vecs = self.model.item_vectors().float()
         return self._item_vecs
-
-    def _batch(self, items, times, ratings, query: int, user_idx: int) -> dict[str, torch.Tensor]:
-        """A one-row batch (contract of DESIGN.md) of the last ``max_len`` events."""
-        n, L = min(len(items), self.max_len), self.max_len
-        it = torch.tensor(items[-n:], dtype=torch.long)
-        ts = torch.tensor(times[-n:], dtype=torch.long)
-        qt = torch.cat([ts[1:], torch.tensor([query])])  # next event's time; last: the query
-        row = {
-            "item_ids": it, "timestamps": ts, "query_time": qt,
-            "ratings": torch.tensor(ratings[-n:], dtype=torch.float32),
-            "mask": torch.ones(n, dtype=torch.bool),
-        }  # fmt: skip
-        batch = {}
-        for key, v in row.items():
-            fill = float("nan") if v.is_floating_point() else 0
-            padded = torch.full((1, L), fill, dtype=v.dtype)
-            padded[0, L - n :] = v
-            batch[key] = padded.to(self.device)
-        exclude = torch.tensor(sorted(set(items)), dtype=torch.long)[None]
-        batch |= {
-            "user_idx": torch.tensor([user_idx], device=self.device),
-            "exclude_items": exclude.to(self.device),
-            "history_len": torch.tensor([len(items)], device=self.device),
-            "target_time": torch.tensor([query], device=self.device),
-        }
-        return batch
-
 
 def _topk(user_vec, item_vecs, k, exclude) -> tuple[torch.Tensor, torch.Tensor]:
     from mmrec.evaluation import topk_items
