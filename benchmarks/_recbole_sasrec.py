@@ -4,7 +4,8 @@ Not part of mmrec (RecBole is never a runtime dependency). Prints one JSON line 
 seconds per training epoch, seconds per full evaluation, validation NDCG@10 per epoch, the wall
 time at which it first reached the target, and test metrics of the best-validation model.
 
-    <recbole-venv>/bin/python benchmarks/_recbole_sasrec.py --tsv ../shared/data/amazon2014-beauty/interactions.tsv \
+    <recbole-venv>/bin/python benchmarks/_recbole_sasrec.py \
+        --tsv ../shared/data/amazon2014-beauty/interactions.tsv \
         --work /tmp/recbole_beauty --epochs 10 --device cpu
 """
 
@@ -17,7 +18,9 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # RecBole reloads pickled checkpoints
+os.environ.setdefault(
+    "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1"
+)  # RecBole reloads pickled checkpoints
 
 
 def write_atomic(tsv: Path, folder: Path) -> None:
@@ -64,19 +67,38 @@ def main() -> None:
         config_dict={
             "data_path": str(work),
             "checkpoint_dir": str(work / "saved"),
-            "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+            "USER_ID_FIELD": "user_id",
+            "ITEM_ID_FIELD": "item_id",
+            "TIME_FIELD": "timestamp",
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
             "MAX_ITEM_LIST_LENGTH": 50,
             "train_neg_sample_args": None,
             "loss_type": "CE",
-            "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-            "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2,
-            "epochs": args.epochs, "stopping_step": 10, "train_batch_size": args.batch_size,
+            "hidden_size": 64,
+            "inner_size": 256,
+            "n_layers": 2,
+            "n_heads": 2,
+            "hidden_dropout_prob": 0.2,
+            "attn_dropout_prob": 0.2,
+            "epochs": args.epochs,
+            "stopping_step": 10,
+            "train_batch_size": args.batch_size,
             "learning_rate": 0.001,
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-            "metrics": ["Hit", "NDCG", "MRR"], "topk": [10, 20], "valid_metric": "NDCG@10",
-            "device": args.device, "use_gpu": args.device != "cpu", "seed": args.seed,
-            "reproducibility": True, "show_progress": False, "log_wandb": False,
+            "eval_args": {
+                "split": {"LS": "valid_and_test"},
+                "order": "TO",
+                "mode": "full",
+                "group_by": "user",
+            },
+            "metrics": ["Hit", "NDCG", "MRR"],
+            "topk": [10, 20],
+            "valid_metric": "NDCG@10",
+            "device": args.device,
+            "use_gpu": args.device != "cpu",
+            "seed": args.seed,
+            "reproducibility": True,
+            "show_progress": False,
+            "log_wandb": False,
         },
     )
     init_seed(config["seed"], config["reproducibility"])
@@ -129,14 +151,21 @@ def main() -> None:
         pass
     fit_s = time.perf_counter() - start[0]
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-    print(json.dumps({
-        "framework": "RecBole 1.2.1 SASRec",
-        "train_rows": len(train_data.dataset),
-        "epoch_s": epoch_s, "eval_s": eval_s, "val_ndcg10": curve,
-        "reached": reached[0], "fit_s": fit_s,
-        "test": {k: float(v) for k, v in test.items()},
-        "threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "framework": "RecBole 1.2.1 SASRec",
+                "train_rows": len(train_data.dataset),
+                "epoch_s": epoch_s,
+                "eval_s": eval_s,
+                "val_ndcg10": curve,
+                "reached": reached[0],
+                "fit_s": fit_s,
+                "test": {k: float(v) for k, v in test.items()},
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,10 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
     p.add_argument("--window_days", type=int, default=14)
-    p.add_argument("--bucket_window", type=int, default=1,
-                   help="AmazonDataModule.bucket_window (1: plain shuffled batches)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs in parallel processes, the CPU threads split between them")
+    p.add_argument(
+        "--bucket_window",
+        type=int,
+        default=1,
+        help="AmazonDataModule.bucket_window (1: plain shuffled batches)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel processes, the CPU threads split between them",
+    )
     p.add_argument("--note", default="", help="free text added under the table")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_time.md"))
     return p.parse_args(argv)
@@ -63,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     dm = AmazonDataModule(
-        args.data_dir, max_len=args.max_len, batch_size=args.batch_size, seed=seed,
+        args.data_dir,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        seed=seed,
         bucket_window=args.bucket_window,
     )
     L.seed_everything(seed)
@@ -75,7 +86,9 @@ def run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         lr=args.lr,
     )
     early = EarlyStopping("val/ndcg@10", mode="max", patience=args.patience)
-    seconds, _, epochs = fit_best(model, dm, args, early, limit_train_batches=args.limit_train_batches)
+    seconds, _, epochs = fit_best(
+        model, dm, args, early, limit_train_batches=args.limit_train_batches
+    )
     dm.setup("test")
     out = evaluate(model, dm, args.window_days)
     out |= {"epochs": float(epochs), "train_s": seconds}
@@ -100,13 +113,16 @@ def write_table(
         "",
         f"Command: `{cmd}`",
         "",
-        f"Data: `{rel(args.data_dir)}` (leave-one-out, full-catalogue ranking, history items excluded); "
+        f"Data: `{rel(args.data_dir)}` (leave-one-out, full-catalogue ranking, "
+        "history items excluded); "
         f"{int(first['users'])} test users, {int(first['holiday_users'])} in the holiday-window "
         f"slice (target within {args.window_days} days before or on {', '.join(GIFT_EVENTS)}). "
         f"Model: GPT-2 d={args.d_model}, 2 layers, 2 heads, max_len {args.max_len}, full softmax "
-        f"CE, lr {args.lr}, batch {args.batch_size} (bucket_window {args.bucket_window}), best val NDCG@10 checkpoint (patience "
+        f"CE, lr {args.lr}, batch {args.batch_size} (bucket_window {args.bucket_window}), "
+        "best val NDCG@10 checkpoint (patience "
         f"{args.patience}, max_epochs {args.max_epochs}, limit_train_batches "
-        f"{args.limit_train_batches}). Seeds {args.seeds}; mean ± std (ddof 1). Device: {device}; {args.jobs} run(s) in parallel.",
+        f"{args.limit_train_batches}). Seeds {args.seeds}; mean ± std (ddof 1). "
+        f"Device: {device}; {args.jobs} run(s) in parallel.",
         "",
         "| variant | "
         + " | ".join(c.replace("/", " ").upper() for c in cols)
@@ -127,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (Path(args.data_dir) / "meta.json").exists():
         print(
-            f"no dataset at {args.data_dir}: run `mmrec prepare --config configs/data/beauty2014.yaml`",
+            f"no dataset at {args.data_dir}: "
+            "run `mmrec prepare --config configs/data/beauty2014.yaml`",
             file=sys.stderr,
         )
         return 1

@@ -79,7 +79,9 @@ COLS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "map@10")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--dataset", nargs="+", choices=list(DATASETS),
+        "--dataset",
+        nargs="+",
+        choices=list(DATASETS),
         default=["gift_cards2018", "all_beauty2023"],
     )
     p.add_argument("--data_root", default=str(REPO / "data"), help="folder of the dataset folders")
@@ -98,13 +100,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
-                   help="which models to train (rating variants need ratings in the data)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=DEFAULT_VARIANTS,
+        help="which models to train (rating variants need ratings in the data)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--bucket_window", type=int, default=1,
-                   help="AmazonDataModule.bucket_window (1: plain shuffled batches)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs in parallel processes, the threads split between them")
+    p.add_argument(
+        "--bucket_window",
+        type=int,
+        default=1,
+        help="AmazonDataModule.bucket_window (1: plain shuffled batches)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel processes, the threads split between them",
+    )
     p.add_argument("--note", default="", help="free text added at the end")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ablation_content.md"))
     return p.parse_args(argv)
@@ -115,7 +130,10 @@ def train_and_test(
 ) -> dict[str, float]:
     """Train one variant with early stopping on val NDCG@10; test with the best-val weights."""
     dm = AmazonDataModule(
-        str(data_dir), max_len=args.max_len, batch_size=args.batch_size, seed=seed,
+        str(data_dir),
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        seed=seed,
         bucket_window=args.bucket_window,
     )
     L.seed_everything(seed, verbose=False)
@@ -131,15 +149,20 @@ def train_and_test(
         test_slices=False,
     )
     early = WarmEarlyStopping(args.warmup_epochs, "val/ndcg@10", "max", args.patience)
-    seconds, best_val, epochs = fit_best(model, dm, args, early, tag=f"{data_dir.name} | {variant} | seed {seed}: ")
+    seconds, best_val, epochs = fit_best(
+        model, dm, args, early, tag=f"{data_dir.name} | {variant} | seed {seed}: "
+    )
     if best_val is None:
         raise RuntimeError(f"{variant} seed {seed}: no checkpoint was saved")
     dm.setup("test")
     res = evaluate(model, dm, window_days=14)  # the time ablation's full-ranking test loop
     out = {c: res[f"all/{c}"] for c in COLS} | {"users": res["users"]}
     out |= {"val_ndcg@10": best_val, "epochs": float(epochs), "train_s": seconds}
-    print(f"{data_dir.name} | {variant} | seed {seed}: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
+    print(
+        f"{data_dir.name} | {variant} | seed {seed}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in out.items()),
+        flush=True,
+    )
     return out
 
 
@@ -169,7 +192,8 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         f"Popularity: items ranked by their train + valid counts (deterministic). "
         f"MAP@10 and MRR: one target per user, so AP@10 = 1/rank within the top 10.",
         "",
-        f"Data: `mmrec prepare --config configs/data/<name>.yaml --out {rel(args.data_root)}/<name>`"
+        "Data: `mmrec prepare --config configs/data/<name>.yaml "
+        f"--out {rel(args.data_root)}/<name>`"
         f", then `mmrec embed --dataset {rel(args.data_root)}/<name> --model minilm --modalities "
         "text` "
         "(the script runs both when the folder or the features are missing).",
@@ -184,8 +208,8 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
             f"{meta['num_interactions']} interactions, {meta['test_users']} test users. "
             f"Items with text: {meta['text']}.",
             "",
-            "| variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | MAP@10 | best val NDCG@10 | epochs "
-            "| train s |",
+            "| variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | MAP@10 "
+            "| best val NDCG@10 | epochs | train s |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         pop = rows["Popularity"]
@@ -215,8 +239,10 @@ def write_report(results: dict, args: argparse.Namespace, cmd: str, wall: float)
         "",
         "    mmrec prepare --config configs/data/beauty2014.yaml --out data/beauty2014",
         "    mmrec embed --dataset data/beauty2014 --model minilm --modalities text",
-        "    python -m benchmarks.ablation_content --dataset beauty2014 --data_root data --max_epochs 200 \\",
-        "        --warmup_epochs 0 --patience 10 --batch_size 256 --out benchmarks/results/ablation_content_beauty2014.md",
+        "    python -m benchmarks.ablation_content --dataset beauty2014 --data_root data "
+        "--max_epochs 200 \\",
+        "        --warmup_epochs 0 --patience 10 --batch_size 256 "
+        "--out benchmarks/results/ablation_content_beauty2014.md",
     ]
     if args.note:
         lines += ["", args.note]

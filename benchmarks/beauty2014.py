@@ -64,45 +64,92 @@ PUBLISHED = [  # (model, NDCG@10, HR@10): full ranking, leave-one-out, this exac
     ("SASRec (sampled softmax)", 0.0531, 0.0921),
 ]
 SETTINGS = (  # every argument that changes a run's result (its cache key)
-    "max_len", "batch_size", "bucket_window", "d_model", "n_layer", "n_head", "dropout", "lr",
-    "warmup_epochs", "patience", "max_epochs", "precision",
+    "max_len",
+    "batch_size",
+    "bucket_window",
+    "d_model",
+    "n_layer",
+    "n_head",
+    "dropout",
+    "lr",
+    "warmup_epochs",
+    "patience",
+    "max_epochs",
+    "precision",
 )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--dataset", default="beauty2014",
-                   help="folder name under --data_root (prepared from configs/data/<name>.yaml)")
+    p.add_argument(
+        "--dataset",
+        default="beauty2014",
+        help="folder name under --data_root (prepared from configs/data/<name>.yaml)",
+    )
     p.add_argument("--data_root", default=str(REPO / "data"))
-    p.add_argument("--variants", nargs="+", choices=list(ROWS),
-                   default=["ID only", "ID + time", "ID + text", "ID + rating",
-                            "full (ID + text + time)", "full (ID + text + time + rating)"],
-                   help="rows of the table (rating rows are skipped when the data has no ratings)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(ROWS),
+        default=[
+            "ID only",
+            "ID + time",
+            "ID + text",
+            "ID + rating",
+            "full (ID + text + time)",
+            "full (ID + text + time + rating)",
+        ],
+        help="rows of the table (rating rows are skipped when the data has no ratings)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max_epochs", type=int, default=200)
-    p.add_argument("--warmup_epochs", type=int, default=0,
-                   help="early-stopping patience counts from this epoch")
+    p.add_argument(
+        "--warmup_epochs",
+        type=int,
+        default=0,
+        help="early-stopping patience counts from this epoch",
+    )
     p.add_argument("--patience", type=int, default=5, help="early stopping on val NDCG@10")
     p.add_argument("--d_model", type=int, default=64)
     p.add_argument("--n_layer", type=int, default=2)
     p.add_argument("--n_head", type=int, default=2)
-    p.add_argument("--dropout", type=float, default=0.5,
-                   help="GPT-2 dropout (0.5 beat 0.2 on validation, see the report)")
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.5,
+        help="GPT-2 dropout (0.5 beat 0.2 on validation, see the report)",
+    )
     p.add_argument("--max_len", type=int, default=50)
     p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (tuned on validation)")
-    p.add_argument("--bucket_window", type=int, default=1,
-                   help="AmazonDataModule.bucket_window (1: plain shuffled batches)")
+    p.add_argument(
+        "--lr", type=float, default=3e-3, help="AdamW learning rate (tuned on validation)"
+    )
+    p.add_argument(
+        "--bucket_window",
+        type=int,
+        default=1,
+        help="AmazonDataModule.bucket_window (1: plain shuffled batches)",
+    )
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32 on CPU")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs in parallel processes, the threads split between them")
-    p.add_argument("--runs_dir", default=str(REPO / "runs" / "bench"),
-                   help="finished runs as JSON (resume, assemble, tuning record)")
-    p.add_argument("--only_stored", action="store_true",
-                   help="train nothing: build the report from the runs in --runs_dir (missing "
-                        "seeds are listed)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs in parallel processes, the threads split between them",
+    )
+    p.add_argument(
+        "--runs_dir",
+        default=str(REPO / "runs" / "bench"),
+        help="finished runs as JSON (resume, assemble, tuning record)",
+    )
+    p.add_argument(
+        "--only_stored",
+        action="store_true",
+        help="train nothing: build the report from the runs in --runs_dir (missing "
+        "seeds are listed)",
+    )
     p.add_argument("--note", default="", help="free text added at the end of the report")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "beauty2014.md"))
     return p.parse_args(argv)
@@ -150,7 +197,7 @@ def stored_runs(runs_dir: str, dataset: str) -> list[dict]:
 def stored_results(
     dataset: str, rows: list[str], args: argparse.Namespace
 ) -> tuple[dict[str, list[dict]], list[str]]:
-    """The stored runs of ``rows`` x ``args.seeds`` with the current settings, and what is missing."""
+    """Stored runs of ``rows`` x ``args.seeds`` with the current settings, and what is missing."""
     results: dict[str, list[dict]] = {}
     missing = []
     for row in rows:
@@ -178,8 +225,13 @@ def has_ratings(data_dir: Path) -> bool:
 
 
 def write_report(
-    results: dict[str, list[dict]], pop: dict, skipped: list[str], args: argparse.Namespace,
-    meta: dict, cmd: str, wall: float,
+    results: dict[str, list[dict]],
+    pop: dict,
+    skipped: list[str],
+    args: argparse.Namespace,
+    meta: dict,
+    cmd: str,
+    wall: float,
 ) -> str:
     rows = list(results)
     lines = [
@@ -209,7 +261,8 @@ def write_report(
         "| variant | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | MAP@10 | best val NDCG@10 | "
         "epochs | train s | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
-        "| Popularity (train + valid counts) | " + " | ".join(f"{pop[c]:.4f}" for c in COLS)
+        "| Popularity (train + valid counts) | "
+        + " | ".join(f"{pop[c]:.4f}" for c in COLS)
         + " | | | | |",
     ]
     for row in rows:
@@ -234,7 +287,8 @@ def write_report(
             lines.append(f"| mmrec {row} | {n} | {h} |")
         lines.append("")
     tuning = [
-        r for r in stored_runs(args.runs_dir, args.dataset)
+        r
+        for r in stored_runs(args.runs_dir, args.dataset)
         if {k: r["key"][k] for k in SETTINGS} != {k: getattr(args, k) for k in SETTINGS}
     ]
     if tuning:
@@ -250,8 +304,10 @@ def write_report(
                 f"{k} {r['key'][k]}" for k in SETTINGS if r["key"][k] != getattr(args, k)
             )
             res = r["result"]
-            lines.append(f"| {r['key']['variant']} | {r['key']['seed']} | {diff} | "
-                         f"{res['val_ndcg@10']:.4f} | {int(res['epochs'])} |")
+            lines.append(
+                f"| {r['key']['variant']} | {r['key']['seed']} | {diff} | "
+                f"{res['val_ndcg@10']:.4f} | {int(res['epochs'])} |"
+            )
         lines.append("")
     if args.note:
         lines += [args.note, ""]

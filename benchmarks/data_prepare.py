@@ -1,9 +1,11 @@
-"""Seconds and peak memory of `mmrec prepare` on Beauty 2014 and on a generated 10M-interaction file.
+"""Seconds and peak memory of `mmrec prepare` on Beauty 2014 and a generated 10M-interaction file.
 
 Run from the project root:
 
-    .venv/bin/python benchmarks/data_prepare.py            # both cases, writes benchmarks/results/data_prepare.md
-    .venv/bin/python benchmarks/data_prepare.py --rows 1000000 --no-write   # a quicker look
+    # both cases, writes benchmarks/results/data_prepare.md
+    .venv/bin/python benchmarks/data_prepare.py
+    # a quicker look
+    .venv/bin/python benchmarks/data_prepare.py --rows 1000000 --no-write
 
 Each case runs in a fresh Python process, so the peak resident memory (``ru_maxrss``) is that
 case's alone; polars allocates outside Python's heap, so RSS (not tracemalloc) is the measure.
@@ -163,8 +165,8 @@ def main() -> int:
         result["load"] = max(load, os.getloadavg()[0])
         results.append(result)
     header = (
-        "| case | input rows | interactions | users | items | prepare s | prepare CPU s | process s "
-        "| peak RSS GiB | target |"
+        "| case | input rows | interactions | users | items | prepare s | prepare CPU s "
+        "| process s | peak RSS GiB | target |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -172,8 +174,9 @@ def main() -> int:
         target = f"< {secs:g} s" + (f", < {gib:g} GiB" if gib else "")
         ok = r["seconds"] < secs and (gib is None or r["peak_rss_gib"] < gib)
         lines.append(
-            f"| {r['case']} | {r['input_rows']:,} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} "
-            f"| {r['seconds']} | {r['cpu_seconds']} | {r['process_seconds']} | {r['peak_rss_gib']} | {target} {'ok' if ok else 'MISSED'} |"
+            f"| {r['case']} | {r['input_rows']:,} | {r['interactions']:,} | {r['users']:,} "
+            f"| {r['items']:,} | {r['seconds']} | {r['cpu_seconds']} | {r['process_seconds']} "
+            f"| {r['peak_rss_gib']} | {target} {'ok' if ok else 'MISSED'} |"
         )
     table = "\n".join(lines)
     print(table)
@@ -182,14 +185,18 @@ def main() -> int:
 
         command = "python benchmarks/data_prepare.py " + " ".join(sys.argv[1:])
         text = (
-            f"# `mmrec prepare` speed and memory\n\nCommand: `{command.strip()}` (from the project root)\n\n"
+            "# `mmrec prepare` speed and memory\n\n"
+            f"Command: `{command.strip()}` (from the project root)\n\n"
             f"Machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
             f"Python {platform.python_version()}, polars {pl.__version__}.\n"
-            "`prepare s`: the prepare_dataset call (read, clean, k-core, ids, split, items, parquet, "
-            "trend report, meta.json); `process s`: the whole child process including imports; "
-            "peak RSS: ru_maxrss of that process. Load average (1 min) while it ran: "
+            "`prepare s`: the prepare_dataset call (read, clean, k-core, ids, split, items, "
+            "parquet, trend report, meta.json); `process s`: the whole child process including "
+            "imports; peak RSS: ru_maxrss of that process. Load average (1 min) while it ran: "
             + ", ".join(f"{r['case']} {r['load']:.1f}" for r in results)
-            + " (other jobs shared the 2 cores, so wall seconds are inflated; CPU seconds are not).\n\n"
+            + (
+                " (other jobs shared the 2 cores, so wall seconds are inflated; "
+                "CPU seconds are not).\n\n"
+            )
             + table
             + "\n"
         )

@@ -48,21 +48,35 @@ class EpochTimer(L.Callback):
 
 
 def build(data_dir: str, batch_size: int):
-    """Model and datamodule exactly as `mmrec fit --config configs/beauty2014/sasrec.yaml` builds them."""
+    """Model and datamodule exactly as `mmrec fit --config configs/beauty2014/sasrec.yaml` builds
+    them."""
     from mmrec.cli import _cli_class
 
     cli_cls, model_cls, data_cls, defaults = _cli_class()
-    args = [f"--config={CONFIG}", f"--data.data_dir={data_dir}", f"--data.batch_size={batch_size}",
-            "--trainer.logger=false"]
-    cli = cli_cls(model_cls, data_cls, args=args, run=False, trainer_defaults=defaults,
-                  seed_everything_default=0, auto_configure_optimizers=False)
+    args = [
+        f"--config={CONFIG}",
+        f"--data.data_dir={data_dir}",
+        f"--data.batch_size={batch_size}",
+        "--trainer.logger=false",
+    ]
+    cli = cli_cls(
+        model_cls,
+        data_cls,
+        args=args,
+        run=False,
+        trainer_defaults=defaults,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+    )
     return cli.model, cli.datamodule, cli.trainer.precision
 
 
 def plain_epochs(model, loader, device: torch.device, epochs: int, bf16: bool) -> list[float]:
     """The same training step without Lightning: autocast, backward, clip 1.0, AdamW."""
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=model.hparams.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=model.hparams.lr, fused=device.type == "cuda"
+    )
     times = []
     for _ in range(epochs):
         if device.type == "cuda":
@@ -86,11 +100,20 @@ def plain_epochs(model, loader, device: torch.device, epochs: int, bf16: bool) -
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(REPO / "data" / "beauty2014"),
-                        help="prepared Beauty 2014 folder (mmrec prepare --config configs/data/beauty2014.yaml)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop; the first is warm-up")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data_dir",
+        default=str(REPO / "data" / "beauty2014"),
+        help="prepared Beauty 2014 folder (mmrec prepare --config configs/data/beauty2014.yaml)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs per loop; the first is warm-up"
+    )
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_speed.md"))
@@ -110,26 +133,43 @@ def main() -> int:
 
     timer = EpochTimer()
     trainer = L.Trainer(
-        accelerator=args.device, devices=1, precision="bf16-mixed" if bf16 else "32-true", max_epochs=args.epochs,
-        gradient_clip_val=1.0, limit_val_batches=0, num_sanity_val_steps=0, enable_checkpointing=False,
-        logger=False, callbacks=[timer], enable_model_summary=False,
+        accelerator=args.device,
+        devices=1,
+        precision="bf16-mixed" if bf16 else "32-true",
+        max_epochs=args.epochs,
+        gradient_clip_val=1.0,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        logger=False,
+        callbacks=[timer],
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     plain = plain_epochs(initial, loader, torch.device(args.device), args.epochs, bf16)
 
     mm = sum(timer.times[1:]) / max(len(timer.times) - 1, 1)
     pt = sum(plain[1:]) / max(len(plain) - 1, 1)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    row = (f"| {args.device} ({name}) | {'bf16-mixed' if bf16 else '32'} | {steps} | {mm:.2f} | {pt:.2f} | "
-           f"{mm / pt:.2f}x |")
-    print(f"mmrec {mm:.3f} s/epoch, plain loop {pt:.3f} s/epoch, ratio {mm / pt:.2f} "
-          f"(epochs mmrec {[round(t, 2) for t in timer.times]}, plain {[round(t, 2) for t in plain]})")
+    name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    )
+    row = (
+        f"| {args.device} ({name}) | {'bf16-mixed' if bf16 else '32'} | {steps} | "
+        f"{mm:.2f} | {pt:.2f} | {mm / pt:.2f}x |"
+    )
+    print(
+        f"mmrec {mm:.3f} s/epoch, plain loop {pt:.3f} s/epoch, ratio {mm / pt:.2f} "
+        f"(epochs mmrec {[round(t, 2) for t in timer.times]}, plain {[round(t, 2) for t in plain]})"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
         out.write_text(
             "# Training speed: mmrec vs a plain PyTorch loop (Beauty 2014, sasrec config)\n\n"
-            "Seconds per training epoch (mean over epochs after the first), same model, batches, precision,\n"
+            "Seconds per training epoch (mean over epochs after the first), same model, batches, "
+            "precision,\n"
             "clipping and optimizer; validation off. Target: ratio <= 1.3.\n\n"
             "| device | precision | steps/epoch | mmrec s/epoch | plain s/epoch | ratio |\n"
             "|---|---|---|---|---|---|\n"

@@ -50,18 +50,40 @@ TSV = REPO.parent / "shared" / "data" / "amazon2014-beauty" / "interactions.tsv"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data_dir", default=str(REPO / "data" / "beauty2014"), help="prepared Beauty 2014 folder")
-    p.add_argument("--tsv", default=str(TSV), help="the benchmark's interactions.tsv (RecBole's input)")
-    p.add_argument("--recbole_python", default=None, help="python of RecBole's venv; omit to run mmrec only")
+    p.add_argument(
+        "--data_dir", default=str(REPO / "data" / "beauty2014"), help="prepared Beauty 2014 folder"
+    )
+    p.add_argument(
+        "--tsv", default=str(TSV), help="the benchmark's interactions.tsv (RecBole's input)"
+    )
+    p.add_argument(
+        "--recbole_python", default=None, help="python of RecBole's venv; omit to run mmrec only"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--target", type=float, default=0.05, help="validation NDCG@10 to time")
-    p.add_argument("--max_epochs", type=int, default=60, help="mmrec epoch cap (early stopping: 10)")
-    p.add_argument("--recbole_epochs", type=int, default=60, help="RecBole epoch cap (early stopping: 10)")
-    p.add_argument("--mmrec_overrides", nargs="*", default=[""], metavar="ARGS",
-                   help="one mmrec row per entry: CLI overrides without dashes, e.g. '' 'data.bucket_window=50'")
-    p.add_argument("--stop_at_target", nargs="*", choices=["mmrec", "recbole"], default=None,
-                   help="stop these runs once the target is reached (no value: both); their test NDCG\n"
-                        "is then that of an early model. The others train until early stopping")
+    p.add_argument(
+        "--max_epochs", type=int, default=60, help="mmrec epoch cap (early stopping: 10)"
+    )
+    p.add_argument(
+        "--recbole_epochs", type=int, default=60, help="RecBole epoch cap (early stopping: 10)"
+    )
+    p.add_argument(
+        "--mmrec_overrides",
+        nargs="*",
+        default=[""],
+        metavar="ARGS",
+        help=(
+            "one mmrec row per entry: CLI overrides without dashes, e.g. '' 'data.bucket_window=50'"
+        ),
+    )
+    p.add_argument(
+        "--stop_at_target",
+        nargs="*",
+        choices=["mmrec", "recbole"],
+        default=None,
+        help="stop these runs once the target is reached (no value: both); their test NDCG\n"
+        "is then that of an early model. The others train until early stopping",
+    )
     p.add_argument("--note", default="", help="free text added under the table")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "vs_recbole.md"))
     return p.parse_args(argv)
@@ -112,7 +134,9 @@ class Clock(L.Callback):
 
 def _stops(args: argparse.Namespace, framework: str) -> bool:
     """Whether ``framework``'s run stops at the target (``--stop_at_target`` alone: both)."""
-    return args.stop_at_target is not None and (not args.stop_at_target or framework in args.stop_at_target)
+    return args.stop_at_target is not None and (
+        not args.stop_at_target or framework in args.stop_at_target
+    )
 
 
 def run_mmrec(args: argparse.Namespace, overrides: str = "") -> dict:
@@ -121,31 +145,54 @@ def run_mmrec(args: argparse.Namespace, overrides: str = "") -> dict:
 
     cli_cls, model_cls, data_cls, defaults = _cli_class()
     cli = cli_cls(
-        model_cls, data_cls, run=False, trainer_defaults=defaults, seed_everything_default=0,
+        model_cls,
+        data_cls,
+        run=False,
+        trainer_defaults=defaults,
+        seed_everything_default=0,
         auto_configure_optimizers=False,
-        args=[f"--config={CONFIG}", f"--data.data_dir={args.data_dir}", "--trainer.logger=false",
-              "--data.exclude_history=false", "--model.exclude_history=false", "--model.test_slices=false",
-              *(f"--{kv}" for kv in shlex.split(overrides))],
+        args=[
+            f"--config={CONFIG}",
+            f"--data.data_dir={args.data_dir}",
+            "--trainer.logger=false",
+            "--data.exclude_history=false",
+            "--model.exclude_history=false",
+            "--model.test_slices=false",
+            *(f"--{kv}" for kv in shlex.split(overrides)),
+        ],
     )
     model, dm = cli.model, cli.datamodule
     clock = Clock(args.target, _stops(args, "mmrec"))
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True)
+        ckpt = ModelCheckpoint(
+            dirpath=tmp, monitor="val/ndcg@10", mode="max", save_weights_only=True
+        )
         trainer = L.Trainer(
-            max_epochs=args.max_epochs, accelerator=args.device, devices=1,
-            precision="bf16-mixed" if args.device == "cuda" else "32-true", gradient_clip_val=1.0,
+            max_epochs=args.max_epochs,
+            accelerator=args.device,
+            devices=1,
+            precision="bf16-mixed" if args.device == "cuda" else "32-true",
+            gradient_clip_val=1.0,
             callbacks=[clock, ckpt, EarlyStopping("val/ndcg@10", mode="max", patience=10)],
-            logger=False, enable_model_summary=False, enable_progress_bar=False,
-            num_sanity_val_steps=0, default_root_dir=tmp,
+            logger=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
         )
         trainer.fit(model, datamodule=dm)
         fit_s = time.perf_counter() - clock.start
         test = trainer.test(model, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)[0]
     return {
-        "framework": "mmrec (configs/beauty2014/sasrec.yaml" + (f" {overrides}" if overrides else "") + ")",
+        "framework": "mmrec (configs/beauty2014/sasrec.yaml"
+        + (f" {overrides}" if overrides else "")
+        + ")",
         "train_rows": len(dm.datasets["train"]),
-        "epoch_s": clock.epoch_s, "eval_s": clock.eval_s, "val_ndcg10": clock.curve,
-        "reached": clock.reached, "fit_s": fit_s,
+        "epoch_s": clock.epoch_s,
+        "eval_s": clock.eval_s,
+        "val_ndcg10": clock.curve,
+        "reached": clock.reached,
+        "fit_s": fit_s,
         "test": {"ndcg@10": test["test/ndcg@10"], "hit@10": test["test/hr@10"]},
         "threads": torch.get_num_threads(),
     }
@@ -154,9 +201,20 @@ def run_mmrec(args: argparse.Namespace, overrides: str = "") -> dict:
 def run_recbole(args: argparse.Namespace) -> dict:
     script = REPO / "benchmarks" / "_recbole_sasrec.py"
     with tempfile.TemporaryDirectory() as work:
-        cmd = [args.recbole_python, str(script), "--tsv", args.tsv, "--work", work,
-               "--epochs", str(args.recbole_epochs), "--device", args.device,
-               "--target", str(args.target)]
+        cmd = [
+            args.recbole_python,
+            str(script),
+            "--tsv",
+            args.tsv,
+            "--work",
+            work,
+            "--epochs",
+            str(args.recbole_epochs),
+            "--device",
+            args.device,
+            "--target",
+            str(args.target),
+        ]
         if _stops(args, "recbole"):
             cmd.append("--stop_at_target")
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -167,11 +225,22 @@ def run_recbole(args: argparse.Namespace) -> dict:
 
 
 def row(r: dict) -> list[str]:
-    reached = f"{r['reached'][1]:.0f} s (epoch {r['reached'][0]})" if r["reached"] else \
-        f"not reached in {len(r['val_ndcg10'])} epochs (> {r['fit_s']:.0f} s)"
-    return [r["framework"], f"{statistics.mean(r['epoch_s']):.1f}", f"{statistics.median(r['eval_s']):.2f}",
-            reached, f"{max(r['val_ndcg10']):.4f}", f"{r['test']['ndcg@10']:.4f}", f"{r['test']['hit@10']:.4f}",
-            str(len(r["epoch_s"])), f"{r['fit_s']:.0f}"]
+    reached = (
+        f"{r['reached'][1]:.0f} s (epoch {r['reached'][0]})"
+        if r["reached"]
+        else f"not reached in {len(r['val_ndcg10'])} epochs (> {r['fit_s']:.0f} s)"
+    )
+    return [
+        r["framework"],
+        f"{statistics.mean(r['epoch_s']):.1f}",
+        f"{statistics.median(r['eval_s']):.2f}",
+        reached,
+        f"{max(r['val_ndcg10']):.4f}",
+        f"{r['test']['ndcg@10']:.4f}",
+        f"{r['test']['hit@10']:.4f}",
+        str(len(r["epoch_s"])),
+        f"{r['fit_s']:.0f}",
+    ]
 
 
 def ratio(a: dict, b: dict) -> list[str]:
@@ -197,8 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.recbole_python:
         results.append(run_recbole(args))
         print(json.dumps(results[-1]), flush=True)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     cmd = "python benchmarks/vs_recbole.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"\n## {args.device}: {device}\n",
@@ -210,17 +282,26 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if args.recbole_python:
         for r in results[:-1]:
-            lines += ["", "{} faster than RecBole by: per epoch {}, per full evaluation {}, to the target {}.".format(
-                r["framework"], *ratio(r, results[-1]))]
+            lines += [
+                "",
+                (
+                    "{} faster than RecBole by: per epoch {}, per full evaluation {}, "
+                    "to the target {}."
+                ).format(r["framework"], *ratio(r, results[-1])),
+            ]
     lines += ["", "Validation NDCG@10 per epoch:"]
-    lines += [f"- {r['framework']}: " + ", ".join(f"{v:.4f}" for v in r["val_ndcg10"]) for r in results]
+    lines += [
+        f"- {r['framework']}: " + ", ".join(f"{v:.4f}" for v in r["val_ndcg10"]) for r in results
+    ]
     if args.note:
         lines += ["", args.note]
     out = Path(args.out)
     if not out.exists():
-        out.write_text("# mmrec vs RecBole 1.2.1 (SASRec, Beauty 2014, full ranking, history not excluded)\n\n"
-                       "See the docstring of benchmarks/vs_recbole.py for what is measured. Each run appends a "
-                       "section, so the last section per device is the current result.\n")
+        out.write_text(
+            "# mmrec vs RecBole 1.2.1 (SASRec, Beauty 2014, full ranking, history not excluded)\n\n"
+            "See the docstring of benchmarks/vs_recbole.py for what is measured. "
+            "Each run appends a section, so the last section per device is the current result.\n"
+        )
     with open(out, "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

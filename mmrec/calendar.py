@@ -57,6 +57,7 @@ def now_unix() -> int:
     """The current time in unix seconds."""
     return int(dt.datetime.now(dt.timezone.utc).timestamp())
 
+
 # Amazon Prime Day (US), every day of the event. No rule exists: it is announced each year.
 PRIME_DAY: dict[int, tuple[str, ...]] = {
     2015: ("2015-07-15",),
@@ -221,7 +222,7 @@ def day_index(date: dt.date | str | np.datetime64) -> int:
 
 
 def bucket_days(days: np.ndarray) -> np.ndarray:
-    """Bucket non-negative day distances with :data:`DAY_BUCKET_EDGES` -> ``0..NUM_DAY_BUCKETS-1``."""
+    """Bucket non-negative day distances by :data:`DAY_BUCKET_EDGES` -> ``0..NUM_DAY_BUCKETS-1``."""
     return np.searchsorted(np.asarray(DAY_BUCKET_EDGES), days, side="right") - 1
 
 

@@ -1,22 +1,33 @@
-"""The ``mmrec`` command: LightningCLI fit/validate/test/predict plus prepare, embed and recommend."""
+"""The ``mmrec`` command: LightningCLI fit/validate/test/predict plus prepare, embed, recommend."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
+
+from mmrec.config import ConfigError
 
 TOOLS = {
     "prepare": ("mmrec.data.prepare", "build a dataset folder from raw Amazon files"),
-    "embed": ("mmrec.content.embed", "compute item features (CLIP / text) into <dataset>/features/"),
-    "recommend": ("mmrec.serving.recommend", "time-aware top-K for a user or a history from a checkpoint"),
+    "embed": (
+        "mmrec.content.embed",
+        "compute item features (CLIP / text) into <dataset>/features/",
+    ),
+    "recommend": (
+        "mmrec.serving.recommend",
+        "time-aware top-K for a user or a history from a checkpoint",
+    ),
 }
 LIGHTNING = {
     "fit": "train (and validate) a model: mmrec fit --config configs/quickstart.yaml",
-    "validate": "evaluate on the validation split: ... --ckpt_path CKPT",
-    "test": "evaluate on the test split: mmrec test --config CFG --ckpt_path CKPT",
-    "predict": "write each user's top-K to parquet: mmrec predict --config CFG --ckpt_path CKPT",
+    "validate": "evaluate on the validation split: ... --ckpt_path best|last|CKPT",
+    "test": "evaluate on the test split: mmrec test --config CFG --ckpt_path best",
+    "predict": "write each user's top-K to parquet: mmrec predict --config CFG --ckpt_path best",
 }
 
 HELP = """usage: mmrec <command> [options]
@@ -28,11 +39,23 @@ commands:
 
 `mmrec <command> --help` shows a command's options. Training commands take a YAML config
 (`--config`) and dotted overrides (`--trainer.max_epochs 5`, `--model.d_model 128`).
+Each fit writes runs/<name>/<run id>/ (checkpoints/, fit/, and later test/, predict/);
+`--ckpt_path best` (or `last`) in test/predict means that checkpoint of the newest fit of the
+config's name, and `mmrec fit ... --ckpt_path last` resumes exactly where it stopped.
 Logging: W&B runs offline by default (plus a CSV logger); `WANDB_MODE=online mmrec fit ...`
 syncs to W&B, `WANDB_MODE=disabled` turns it off. Multi-GPU: `--trainer.devices 4
 --trainer.strategy ddp`; multi-node: add `--trainer.num_nodes N` and launch one process per
-node with torchrun (or SLURM `srun`), MASTER_ADDR/MASTER_PORT/NODE_RANK set.
+node with torchrun (or SLURM `srun`), MASTER_ADDR/MASTER_PORT/NODE_RANK set (and MMREC_RUN_ID
+when the launcher has no job id of its own).
 """
+
+#: Model options that only change evaluation: given with --ckpt_path, they apply to the
+#: checkpoint's model; every other model option comes from the checkpoint.
+EVAL_OPTIONS = ("ks", "test_slices", "predict_k", "exclude_history")
+#: Model options the CLI links from the data; checked against the checkpoint, not copied.
+LINKED = ("num_items", "num_users", "data_dir", "time_granularity", "max_len")
+#: Model constructor arguments that are components (class_path specs in a checkpoint).
+SLOTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
 
 
 def _cli_class():
@@ -56,9 +79,11 @@ def _cli_class():
     from mmrec.serving.writer import TopKWriter
 
     class MMRecCLI(LightningCLI):
-        """LightningCLI with data->model links, run folders, and mmrec's callbacks and defaults."""
+        """LightningCLI with data->model links, run folders, checkpoint checks, and mmrec's
+        callbacks and defaults."""
 
         run: Run
+        ckpt_hparams: dict[str, Any]
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
@@ -70,7 +95,7 @@ def _cli_class():
                 "predict/), and <name>/latest links to the newest fit, so `--ckpt_path best` "
                 "or `last` in test/predict means that fit's checkpoint.",
             )
-            for name in ("num_items", "num_users", "data_dir", "time_granularity", "max_len"):
+            for name in LINKED:
                 parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
             parser.add_lightning_class_args(EarlyStopping, "early_stopping")
             parser.set_defaults(
@@ -102,11 +127,26 @@ def _cli_class():
             return (self.config[command] if command else self.config), command or "run"
 
         def _parse_ckpt_path(self) -> None:
-            cfg, _ = self._command_config()
+            """With --ckpt_path: the model is the checkpoint's; evaluation options given now
+            apply to it, other model options given on the command line must agree with it."""
+            self.ckpt_hparams = {}
+            cfg, command = self._command_config()
+            if not cfg.get("ckpt_path"):
+                return
             root = Path(cfg.trainer.default_root_dir or "runs")
-            if cfg.get("ckpt_path"):
-                cfg.ckpt_path = resolve_ckpt(cfg.ckpt_path, root, cfg.name)
-            super()._parse_ckpt_path()
+            cfg.ckpt_path = resolve_ckpt(cfg.ckpt_path, root, cfg.name)
+            if not Path(cfg.ckpt_path).is_file():
+                raise ConfigError(f"--ckpt_path {cfg.ckpt_path}: no such checkpoint file")
+            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+            hparams = dict(ckpt.get("hyper_parameters") or {})
+            self.ckpt_hparams = hparams
+            if not hparams or command == "run":
+                return
+            _check_components(hparams, cfg.model.get("trusted_modules") or [])
+            _check_command_line(cfg.model, hparams, sys.argv[1:])
+            skip = (*EVAL_OPTIONS, *LINKED)
+            keep = {k: v for k, v in hparams.items() if k not in skip and not k.startswith("_")}
+            self.config = self.parser.parse_object({command: {"model": keep}}, self.config)
 
         def before_instantiate_classes(self) -> None:
             cfg, command = self._command_config()
@@ -117,18 +157,25 @@ def _cli_class():
             if cfg.last_checkpoint.dirpath is None:
                 cfg.last_checkpoint.dirpath = cfg.checkpoint.dirpath
 
+        def after_instantiate_classes(self) -> None:
+            if self.ckpt_hparams:
+                _check_data(self.ckpt_hparams, self.datamodule, self.config_init)
+
         def instantiate_trainer(self, **kwargs):
             config_logger = self._get(self.config_init, "trainer", default={}).get("logger")
             if config_logger is True:  # the default: CSV + W&B in the run folder
+                self.run.folder.mkdir(parents=True, exist_ok=True)
+                wandb = WandbLogger(
+                    save_dir=self.run.folder,
+                    project="mmrec",
+                    name=f"{self.run.name}/{self.run.folder.name}",
+                    group=self.run.name,
+                    job_type=self.run.command,
+                )
+                wandb._wandb_init.pop("anonymous", None)  # deprecated in wandb: warns if passed
                 kwargs["logger"] = [
                     CSVLogger(save_dir=self.run.folder, name=self.run.command, version=""),
-                    WandbLogger(
-                        save_dir=self.run.folder,
-                        project="mmrec",
-                        name=f"{self.run.name}/{self.run.folder.name}",
-                        group=self.run.name,
-                        job_type=self.run.command,
-                    ),
+                    wandb,
                 ]
             kwargs["default_root_dir"] = str(self.run.logs)
             return super().instantiate_trainer(**kwargs)
@@ -139,15 +186,16 @@ def _cli_class():
             mark_latest(self.run)
             line = best_checkpoint_summary(self.trainer.checkpoint_callback)
             print(f"mmrec fit: {line or 'no validation checkpoint was saved'}")
-            print(f"mmrec fit: run folder {self.run.folder} (also {self.run.folder.parent / 'latest'})")
+            latest = self.run.folder.parent / "latest"
+            print(f"mmrec fit: run folder {self.run.folder} (also {latest})")
 
         def after_test(self) -> None:
             if not self.trainer.is_global_zero:
                 return
             out = Path(self.trainer.log_dir or self.run.logs)
-            written = [p for p in (out / "test_slices.csv", out / "test_ndcg_by_month.png") if p.exists()]
-            for path in written:
-                print(f"mmrec test: wrote {path}")
+            for name in ("test_slices.csv", "test_ndcg_by_month.png", "metrics.csv"):
+                if (out / name).exists():
+                    print(f"mmrec test: wrote {out / name}")
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -162,6 +210,96 @@ def _cli_class():
         "callbacks": [RandomState()],  # exact resume from --ckpt_path last
     }
     return MMRecCLI, MMRecModule, AmazonDataModule, trainer_defaults
+
+
+def _check_components(hparams: dict, trusted: list[str]) -> None:
+    """Refuse a checkpoint's component specs before jsonargparse imports anything they name."""
+    from mmrec.config import check_spec
+    from mmrec.encoders.base import EventEncoder, ItemEncoder
+    from mmrec.fusion import Fusion
+    from mmrec.losses import Loss
+    from mmrec.sequence import SequenceHead
+
+    bases = {"fusion": Fusion, "sequence": SequenceHead, "loss": Loss}
+    try:
+        for i, spec in enumerate(hparams.get("item_encoders") or []):
+            check_spec(spec, ItemEncoder, f"item_encoders[{i}]", trusted)
+        for i, spec in enumerate(hparams.get("event_encoders") or []):
+            check_spec(spec, EventEncoder, f"event_encoders[{i}]", trusted)
+        for slot, base in bases.items():
+            if hparams.get(slot) is not None:
+                check_spec(hparams[slot], base, slot, trusted)
+    except (ImportError, TypeError) as err:
+        raise ConfigError(f"checkpoint refused: {err}") from None
+
+
+def _given_model_options(argv: list[str]) -> set[str]:
+    """Model constructor arguments named on the command line (``--model.d_model 64``)."""
+    names = set()
+    for arg in argv:
+        if arg.startswith("--model."):
+            names.add(arg[len("--model.") :].split("=", 1)[0].split(".", 1)[0])
+    return names
+
+
+def _plain(value: Any) -> Any:
+    """A parsed option as plain data (Namespaces to dicts, tuples to lists) for comparison."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_command_line(model_cfg: Any, hparams: dict, argv: list[str]) -> None:
+    """An architecture option given on the command line must agree with the checkpoint."""
+    for name in sorted(_given_model_options(argv) - set(EVAL_OPTIONS)):
+        if name in LINKED:
+            raise ConfigError(
+                f"--model.{name} cannot be set with --ckpt_path: it comes from the data "
+                f"(set --data.{name})"
+            )
+        if name not in hparams:
+            continue
+        given, saved = _plain(model_cfg.get(name)), _plain(hparams[name])
+        if name in SLOTS or given != saved:
+            raise ConfigError(
+                f"--model.{name} {given!r} differs from the checkpoint's {saved!r}; with "
+                f"--ckpt_path the model is the checkpoint's: drop --model.{name} (only the "
+                f"evaluation options {', '.join(EVAL_OPTIONS)} may change)"
+            )
+
+
+def _check_data(hparams: dict, dm: Any, config: Any) -> None:
+    """The project's own "wrong checkpoint?" check, before torch reports a size mismatch."""
+    for name, now in (("num_items", dm.num_items), ("num_users", dm.num_users)):
+        saved = hparams.get(name)
+        if saved is not None and int(saved) != int(now):
+            raise ConfigError(
+                f"wrong checkpoint? it was trained on {saved} {name[4:]}, the data in "
+                f"{dm.data_dir} has {now}: pass the checkpoint of this dataset, or the "
+                "dataset of this checkpoint (--data.data_dir)"
+            )
+    saved_len = hparams.get("max_len")
+    if saved_len is not None and int(saved_len) != int(dm.max_len):
+        raise ConfigError(
+            f"the checkpoint was trained with max_len {saved_len}, --data.max_len is "
+            f"{dm.max_len}: set --data.max_len {saved_len}"
+        )
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+def _quiet() -> None:
+    """Silence messages a user cannot act on (process-wide, so only here in the CLI)."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
 
 
 def _print_help() -> None:
@@ -197,11 +335,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmrec: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
     os.environ.setdefault("WANDB_MODE", "offline")
-    cli_cls, model_cls, data_cls, trainer_defaults = _cli_class()
+    _quiet()
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from mmrec.parsing import short_errors, user_error_types
     from mmrec.runs import RUN_ID_ENV
 
+    cli_cls, model_cls, data_cls, trainer_defaults = _cli_class()
     saved, run_id = sys.argv, os.environ.get(RUN_ID_ENV)
-    sys.argv = [saved[0] if saved else "mmrec", *argv]  # DDP workers re-run this command line
+    # LightningCLI parses sys.argv; DDP workers re-run this command line (its script path first)
+    sys.argv = [saved[0] if saved else "mmrec", *argv]
     try:
         cli_cls(
             model_cls,
@@ -210,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_class=short_errors(LightningArgumentParser),
+            parser_kwargs={"prog": "mmrec"},
         )
+    except user_error_types() as err:
+        print(f"mmrec {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
     finally:
         sys.argv = saved
         if run_id is None:  # the run id exported for this command's DDP workers ends with it

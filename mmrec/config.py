@@ -13,6 +13,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+    """A setting, a checkpoint or an input that does not fit; the message says what to change.
+
+    The ``mmrec`` command prints it as one line (no traceback) and exits with status 2.
+    """
+
+
 class Configurable:
     """Mixin that records the arguments a component was constructed with.
 
@@ -128,6 +135,14 @@ def resolve_class(class_path: str, base: type, slot: str, trusted: Sequence[str]
             f"may be named here (refused before calling anything)"
         )
     return cls
+
+
+def check_spec(spec: Any, base: type, slot: str, trusted: Sequence[str] = ()) -> None:
+    """Raise as :func:`instantiate` would for ``spec``, but build nothing."""
+    if not isinstance(spec, base):
+        if not is_spec(spec):
+            instantiate(spec, base, slot, trusted)  # raises the type error
+        _plan(spec, base, slot, trusted)
 
 
 def instantiate(spec: Any, base: type[T], slot: str, trusted: Sequence[str] = ()) -> T:

@@ -9,7 +9,8 @@ from mmrec.config import Configurable
 
 
 class Fusion(Configurable, nn.Module):
-    """Base: ``build(d_model, num_inputs)`` creates parameters; ``forward(list of [..., D]) -> [..., D]``."""
+    """Base: ``build(d_model, num_inputs)`` creates parameters;
+    ``forward(list of [..., D]) -> [..., D]``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -25,7 +26,9 @@ class Fusion(Configurable, nn.Module):
 
     def _check(self, xs: list[Tensor]) -> None:
         if len(xs) != self.num_inputs:
-            raise ValueError(f"{type(self).__name__} was built for {self.num_inputs} inputs, got {len(xs)}")
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.num_inputs} inputs, got {len(xs)}"
+            )
 
     def forward(self, xs: list[Tensor]) -> Tensor:  # list of [..., D] -> [..., D]
         raise NotImplementedError
@@ -63,7 +66,7 @@ class ConcatLinearFusion(Fusion):
 
 
 class GatedFusion(Fusion):
-    """Per-item softmax gate over the encoders: ``sum_i g_i(x) * x_i``, gates from the concatenation.
+    """Per-item softmax gate over encoders: ``sum_i g_i(x) * x_i``, gates from the concatenation.
 
     Args:
         temperature: Softmax temperature of the gate.
@@ -82,5 +85,7 @@ class GatedFusion(Fusion):
     def forward(self, xs: list[Tensor]) -> Tensor:
         self._check(xs)
         stacked = torch.stack(xs, dim=-2)  # [..., k, D]
-        weights = torch.softmax(self.gate(torch.cat(xs, dim=-1)) / self.temperature, dim=-1)  # [..., k]
+        weights = torch.softmax(
+            self.gate(torch.cat(xs, dim=-1)) / self.temperature, dim=-1
+        )  # [..., k]
         return (weights.unsqueeze(-1) * stacked).sum(-2) * self.num_inputs

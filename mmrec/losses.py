@@ -40,9 +40,8 @@ class FullSoftmaxCE(Loss):
 
     def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
         cands = item_vecs[1:]  # [N, D]
-        if (
-            hidden.dtype == cands.dtype == torch.float32
-            and not torch.is_autocast_enabled(hidden.device.type)
+        if hidden.dtype == cands.dtype == torch.float32 and not torch.is_autocast_enabled(
+            hidden.device.type
         ):
             return _SoftmaxCE.apply(hidden, cands, targets - 1, self.label_smoothing)
         logits = hidden @ cands.T  # [M, N] (mixed precision: the plain path)
@@ -116,7 +115,9 @@ class SampledSoftmax(Loss):
     def set_item_counts(self, counts: Tensor) -> None:
         counts = counts.to(self.probs).clamp_min(0)
         if counts.shape != self.probs.shape:
-            raise ValueError(f"item counts have shape {tuple(counts.shape)}, expected {tuple(self.probs.shape)}")
+            raise ValueError(
+                f"item counts have shape {tuple(counts.shape)}, expected {tuple(self.probs.shape)}"
+            )
         weights = (counts + 1.0) ** self.alpha  # +1: unseen items stay sampleable
         weights[0] = 0
         self.probs.copy_(weights / weights.sum())
@@ -125,8 +126,8 @@ class SampledSoftmax(Loss):
     def forward(self, hidden: Tensor, targets: Tensor, item_vecs: Tensor) -> Tensor:
         if self.alpha != 0 and not self._has_counts and self.training:
             raise RuntimeError(
-                "SampledSoftmax(alpha != 0) needs item counts: use a datamodule with item_train_counts "
-                "or set alpha: 0 (uniform sampling)"
+                "SampledSoftmax(alpha != 0) needs item counts: "
+                "use a datamodule with item_train_counts or set alpha: 0 (uniform sampling)"
             )
         negatives = torch.multinomial(self.probs, self.num_negatives, replacement=True)  # [K]
         log_expected = (self.probs[negatives] * self.num_negatives).log()  # log(K q(j)), [K]

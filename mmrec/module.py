@@ -1,4 +1,5 @@
-"""MMRecModule: pluggable encoders -> fusion -> GPT-2 head -> full-catalogue scoring (LightningModule)."""
+"""MMRecModule (LightningModule): pluggable encoders -> fusion -> GPT-2 head -> scores over the
+whole catalogue."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from transformers.pytorch_utils import Conv1D
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
-from mmrec.config import component_spec, instantiate
+from mmrec.config import ConfigError, component_spec, instantiate
 from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.fusion import Fusion, SumFusion
@@ -130,7 +131,9 @@ class MMRecModule(L.LightningModule):
 
         self.val_metrics = RankingMetrics(ks=self.ks, prefix="val/")
         self.test_metrics = RankingMetrics(ks=self.ks, prefix="test/")
-        self.test_slice_metrics = SlicedRankingMetrics(ks=self.ks, prefix="test/") if test_slices else None
+        self.test_slice_metrics = (
+            SlicedRankingMetrics(ks=self.ks, prefix="test/") if test_slices else None
+        )
         self.slice_results: dict[str, float] = {}
         self._eval_item_vecs: Tensor | None = None
         self._pretrained_loaded = False
@@ -141,8 +144,12 @@ class MMRecModule(L.LightningModule):
         ``time_granularity`` and ``max_len`` come from it (as the CLI links them); ``kwargs``
         are the other constructor arguments."""
         return cls(
-            num_items=dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir,
-            time_granularity=dm.time_granularity, max_len=dm.max_len, **kwargs,
+            num_items=dm.num_items,
+            num_users=dm.num_users,
+            data_dir=dm.data_dir,
+            time_granularity=dm.time_granularity,
+            max_len=dm.max_len,
+            **kwargs,
         )
 
     # ----------------------------------------------------------------------------- forward
@@ -158,7 +165,10 @@ class MMRecModule(L.LightningModule):
         for enc in self.event_encoders:
             out = enc(batch)
             if out.shape != tokens.shape:
-                raise ValueError(f"{type(enc).__name__} returned {tuple(out.shape)}, expected {tuple(tokens.shape)}")
+                raise ValueError(
+                    f"{type(enc).__name__} returned {tuple(out.shape)}, "
+                    f"expected {tuple(tokens.shape)}"
+                )
             tokens = tokens + out
         return tokens
 
@@ -187,7 +197,9 @@ class MMRecModule(L.LightningModule):
         if dm is None:
             return
         if getattr(dm, "num_items", self.num_items) != self.num_items:
-            raise ValueError(f"model has {self.num_items} items, data has {dm.num_items}: wrong checkpoint?")
+            raise ConfigError(
+                f"model has {self.num_items} items, data has {dm.num_items}: wrong checkpoint?"
+            )
         if getattr(dm, "pack_sequences", False) and stage == "fit":
             unfit = [
                 type(c).__name__
@@ -195,7 +207,7 @@ class MMRecModule(L.LightningModule):
                 if not c.supports_packing
             ]
             if unfit:
-                raise ValueError(
+                raise ConfigError(
                     f"{', '.join(unfit)} cannot take packed training batches (several users per "
                     "row): set data.pack_sequences false (--data.pack_sequences false)"
                 )
@@ -206,7 +218,11 @@ class MMRecModule(L.LightningModule):
                 self.test_slice_metrics.set_item_train_counts(torch.as_tensor(counts))
 
     def configure_model(self) -> None:
-        if not self._pretrained_loaded and self._trainer is not None and self.trainer.state.fn == "fit":
+        if (
+            not self._pretrained_loaded
+            and self._trainer is not None
+            and self.trainer.state.fn == "fit"
+        ):
             self.sequence.load_pretrained()
             self._pretrained_loaded = True
 
@@ -216,7 +232,14 @@ class MMRecModule(L.LightningModule):
         targets = batch["targets"]
         keep = targets > 0  # [B, L]
         loss = self.loss(hidden[keep], targets[keep], item_vecs)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=targets.shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=targets.shape[0],
+        )
         weight = batch.get("loss_weight")  # per-position weighting across batches (datamodule)
         return loss if weight is None else loss * weight
 
@@ -225,7 +248,9 @@ class MMRecModule(L.LightningModule):
             self._eval_item_vecs = self.item_vectors()
         return self._eval_item_vecs
 
-    def _eval_step(self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None) -> None:
+    def _eval_step(
+        self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None
+    ) -> None:
         from mmrec.evaluation import rank_targets
 
         item_vecs = self._eval_vecs()
@@ -233,8 +258,11 @@ class MMRecModule(L.LightningModule):
         targets = batch["target_items"]  # [B, T]
         with torch.autocast(user_vecs.device.type, enabled=False):  # rank in fp32, not bf16
             ranks = rank_targets(
-                user_vecs.float(), item_vecs.float(), targets,
-                batch.get("exclude_items"), exclude_history=self.exclude_history,
+                user_vecs.float(),
+                item_vecs.float(),
+                targets,
+                batch.get("exclude_items"),
+                exclude_history=self.exclude_history,
             )
         metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
         if slices is not None and "target_time" in batch and "history_len" in batch:
@@ -243,7 +271,9 @@ class MMRecModule(L.LightningModule):
     def _eval_epoch_end(self, metrics: nn.Module) -> None:
         self._eval_item_vecs = None
         values = metrics.compute()
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False)
+        self.log_dict(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False
+        )
         metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
@@ -278,11 +308,17 @@ class MMRecModule(L.LightningModule):
         if not results:
             return
         k = min(self.ks)
-        shown = {key: torch.tensor(v) for key, v in results.items() if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))}
+        shown = {
+            key: torch.tensor(v)
+            for key, v in results.items()
+            if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))
+        }
         self.log_dict(shown, sync_dist=False)
         if self._trainer is None:
             return
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective under DDP: every rank asks
+        out = Path(
+            self.trainer.log_dir or self.trainer.default_root_dir
+        )  # collective under DDP: every rank asks
         if not self.trainer.is_global_zero:
             return
         write_slices_csv(results, out / "test_slices.csv")
@@ -295,14 +331,17 @@ class MMRecModule(L.LightningModule):
         self._eval_item_vecs = None
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top-``predict_k`` items per user: ``user_idx [B]``, ``items [B, K]``, ``scores [B, K]``."""
+        """Top-``predict_k`` items per user: ``user_idx [B]``, ``items [B, K]``,
+        ``scores [B, K]``."""
         from mmrec.evaluation import topk_items
 
         item_vecs = self._eval_vecs()
         user_vecs = self.user_vectors(batch, item_vecs)
         exclude = batch.get("exclude_items") if self.exclude_history else None
         with torch.autocast(user_vecs.device.type, enabled=False):
-            scores, items = topk_items(user_vecs.float(), item_vecs.float(), self.hparams.predict_k, exclude)
+            scores, items = topk_items(
+                user_vecs.float(), item_vecs.float(), self.hparams.predict_k, exclude
+            )
         return {"user_idx": batch["user_idx"], "items": items, "scores": scores}
 
     def configure_optimizers(self) -> Any:
@@ -316,8 +355,13 @@ class MMRecModule(L.LightningModule):
         warmup = max(int(self.hparams.warmup_steps), 0)
         if not warmup:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -42,7 +42,10 @@ class SequenceHead(Configurable, nn.Module):
         """Load pretrained weights into the built head (called once before training; no-op)."""
 
     def forward(
-        self, tokens: Tensor, mask: Tensor, segments: Tensor | None = None,
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        segments: Tensor | None = None,
         positions: Tensor | None = None,
     ) -> Tensor:  # [B, L, D], [B, L] -> [B, L, D]
         raise NotImplementedError
@@ -94,35 +97,59 @@ class GPT2Sequence(SequenceHead):
         self.pretrained_path = pretrained_path
         self.attn_implementation = attn_implementation
         if activation is not None and activation not in ACT2FN:
-            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(sorted(ACT2FN))}")
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of: {', '.join(sorted(ACT2FN))}"
+            )
         self.activation = activation
 
     def build(self, d_model: int, max_len: int) -> None:
-        """Create the transformer for tokens of width ``d_model`` and histories up to ``max_len``."""
+        """Create the transformer for ``d_model``-wide tokens and histories up to ``max_len``."""
         super().build(d_model, max_len)
-        drop = {"resid_pdrop": self.dropout, "embd_pdrop": self.dropout, "attn_pdrop": self.attn_dropout}
+        drop = {
+            "resid_pdrop": self.dropout,
+            "embd_pdrop": self.dropout,
+            "attn_pdrop": self.attn_dropout,
+        }
         if self.pretrained_path is not None:
             config = GPT2Config.from_pretrained(self.pretrained_path)
             if config.n_positions < max_len:
                 raise ValueError(
-                    f"pretrained GPT-2 at {self.pretrained_path} has {config.n_positions} positions < max_len {max_len}"
+                    f"pretrained GPT-2 at {self.pretrained_path} has {config.n_positions} "
+                    f"positions < max_len {max_len}"
                 )
-            config.update({"vocab_size": 1, "n_positions": max_len, "bos_token_id": None, "eos_token_id": None, **drop})
+            config.update(
+                {
+                    "vocab_size": 1,
+                    "n_positions": max_len,
+                    "bos_token_id": None,
+                    "eos_token_id": None,
+                    **drop,
+                }
+            )
             if config.activation_function == "gelu_new":  # the same function, one fused kernel
                 config.activation_function = "gelu_pytorch_tanh"
         else:
             if d_model % self.n_head:
                 raise ValueError(f"d_model {d_model} is not divisible by n_head {self.n_head}")
             config = GPT2Config(
-                vocab_size=1, n_positions=max_len, n_embd=d_model, n_layer=self.n_layer,
-                n_head=self.n_head, n_inner=4 * d_model, bos_token_id=None, eos_token_id=None,
-                activation_function="gelu_pytorch_tanh", **drop,
+                vocab_size=1,
+                n_positions=max_len,
+                n_embd=d_model,
+                n_layer=self.n_layer,
+                n_head=self.n_head,
+                n_inner=4 * d_model,
+                bos_token_id=None,
+                eos_token_id=None,
+                activation_function="gelu_pytorch_tanh",
+                **drop,
             )
         if self.activation is not None:
             config.activation_function = self.activation
         config._attn_implementation = self.attn_implementation
         self.gpt2 = GPT2Model(config)
-        self.gpt2.wte.weight.requires_grad_(False)  # unused: tokens enter as inputs_embeds (DDP needs this)
+        self.gpt2.wte.weight.requires_grad_(
+            False
+        )  # unused: tokens enter as inputs_embeds (DDP needs this)
         width = config.n_embd
         self.proj_in = nn.Linear(d_model, width) if width != d_model else nn.Identity()
         self.proj_out = nn.Linear(width, d_model) if width != d_model else nn.Identity()
@@ -139,10 +166,15 @@ class GPT2Sequence(SequenceHead):
         missing, unexpected = self.gpt2.load_state_dict(state, strict=False)
         missing = [k for k in missing if k != "wte.weight"]
         if missing or unexpected:
-            raise RuntimeError(f"pretrained GPT-2 mismatch: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(
+                f"pretrained GPT-2 mismatch: missing {missing}, unexpected {unexpected}"
+            )
 
     def forward(
-        self, tokens: Tensor, mask: Tensor, segments: Tensor | None = None,
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        segments: Tensor | None = None,
         positions: Tensor | None = None,
     ) -> Tensor:  # [B, L, D], [B, L] -> [B, L, D]
         """Hidden states after each token.
@@ -152,7 +184,9 @@ class GPT2Sequence(SequenceHead):
         without them each row is one left-padded sequence.
         """
         if tokens.shape[1] > self.max_len:
-            raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
+            raise ValueError(
+                f"history length {tokens.shape[1]} > the model's max_len {self.max_len}"
+            )
         if segments is None:
             mask = mask.long()
             position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]
@@ -161,7 +195,9 @@ class GPT2Sequence(SequenceHead):
             position_ids = positions
             attention = self._block_mask(segments, tokens.dtype)
         hidden = self.gpt2(
-            inputs_embeds=self.proj_in(tokens), attention_mask=attention, position_ids=position_ids,
+            inputs_embeds=self.proj_in(tokens),
+            attention_mask=attention,
+            position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
         return self.proj_out(hidden)
@@ -181,8 +217,12 @@ class GPT2Sequence(SequenceHead):
     def _last_is_exact(self) -> bool:
         """Whether :meth:`last`'s own final block computes what GPT-2's would."""
         c = self.gpt2.config
-        return (c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
-                and not c.add_cross_attention and not self.training)
+        return (
+            c.scale_attn_weights
+            and not c.scale_attn_by_inverse_layer_idx
+            and not c.add_cross_attention
+            and not self.training
+        )
 
     #: On CPU, :meth:`last` runs at most this many tokens (rows x length) at a time: smaller
     #: activations reuse allocator memory instead of page-faulting fresh 40+ MB buffers on
@@ -201,10 +241,17 @@ class GPT2Sequence(SequenceHead):
         if not self._last_is_exact():
             return self.forward(tokens, mask)[:, -1]
         if tokens.shape[1] > self.max_len:
-            raise ValueError(f"history length {tokens.shape[1]} > the model's max_len {self.max_len}")
+            raise ValueError(
+                f"history length {tokens.shape[1]} > the model's max_len {self.max_len}"
+            )
         rows = max(1, self.cpu_chunk_tokens // max(1, tokens.shape[1]))
         if tokens.device.type == "cpu" and tokens.shape[0] > rows:
-            return torch.cat([self._last(tokens[i : i + rows], mask[i : i + rows]) for i in range(0, len(tokens), rows)])
+            return torch.cat(
+                [
+                    self._last(tokens[i : i + rows], mask[i : i + rows])
+                    for i in range(0, len(tokens), rows)
+                ]
+            )
         return self._last(tokens, mask)
 
     def _last(self, tokens: Tensor, mask: Tensor) -> Tensor:

@@ -7,14 +7,34 @@ import json
 from benchmarks import beauty2014
 from mmrec.data.synthetic import make_synthetic_dataset
 
-ARGS = ["--variants", "ID only", "ID + rating", "--seeds", "0", "1", "--max_epochs", "1",
-        "--batch_size", "64", "--threads", "1"]
+ARGS = [
+    "--variants",
+    "ID only",
+    "ID + rating",
+    "--seeds",
+    "0",
+    "1",
+    "--max_epochs",
+    "1",
+    "--batch_size",
+    "64",
+    "--threads",
+    "1",
+]
 
 
 def test_table_cache_and_tuning_record(tmp_path, monkeypatch):
     make_synthetic_dataset(tmp_path / "data" / "synth", num_users=60, num_items=40, seed=0)
-    common = ["--dataset", "synth", "--data_root", str(tmp_path / "data"),
-              "--runs_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out.md")]
+    common = [
+        "--dataset",
+        "synth",
+        "--data_root",
+        str(tmp_path / "data"),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out.md"),
+    ]
     assert beauty2014.main(ARGS + common) == 0
     report = (tmp_path / "out.md").read_text()
     stored = sorted((tmp_path / "runs").glob("*.json"))
@@ -36,11 +56,25 @@ def test_table_cache_and_tuning_record(tmp_path, monkeypatch):
 
     monkeypatch.setattr(beauty2014, "train_and_test", no_training)
     assert beauty2014.main(ARGS + common) == 0
-    assert (tmp_path / "out.md").read_text().split("Hardware")[1].split("|")[1:] == \
-        report.split("Hardware")[1].split("|")[1:]
+    assert (tmp_path / "out.md").read_text().split("Hardware")[1].split("|")[1:] == report.split(
+        "Hardware"
+    )[1].split("|")[1:]
     # --only_stored reports what exists and names the seeds that do not
-    more = ["--variants", "ID only", "--seeds", "0", "1", "2", "--max_epochs", "1",
-            "--batch_size", "64", "--threads", "1", "--only_stored"]
+    more = [
+        "--variants",
+        "ID only",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--max_epochs",
+        "1",
+        "--batch_size",
+        "64",
+        "--threads",
+        "1",
+        "--only_stored",
+    ]
     assert beauty2014.main(more + common) == 0
     partial = (tmp_path / "out.md").read_text()
     assert "Skipped: ID only: seed(s) [2] not run yet" in partial
@@ -48,8 +82,26 @@ def test_table_cache_and_tuning_record(tmp_path, monkeypatch):
 
     # other settings train anew and the earlier runs are listed as tuning runs, with the diff
     monkeypatch.undo()
-    assert beauty2014.main(["--variants", "ID only", "--seeds", "0", "--max_epochs", "1",
-                            "--batch_size", "64", "--threads", "1", "--lr", "0.01"] + common) == 0
+    assert (
+        beauty2014.main(
+            [
+                "--variants",
+                "ID only",
+                "--seeds",
+                "0",
+                "--max_epochs",
+                "1",
+                "--batch_size",
+                "64",
+                "--threads",
+                "1",
+                "--lr",
+                "0.01",
+            ]
+            + common
+        )
+        == 0
+    )
     report = (tmp_path / "out.md").read_text()
     assert "## Other settings tried" in report
     tuning = [line for line in report.splitlines() if "| lr 0.003 |" in line]

@@ -16,27 +16,37 @@ from mmrec.sequence import GPT2Sequence
 
 def _checkpoint(tmp_path, **components) -> str:
     """A checkpoint of a tiny real model whose hyper-parameters are then edited."""
-    model = MMRecModule(num_items=12, num_users=5, max_len=6, d_model=8,
-                        sequence=GPT2Sequence(n_layer=1, n_head=2))
+    model = MMRecModule(
+        num_items=12, num_users=5, max_len=6, d_model=8, sequence=GPT2Sequence(n_layer=1, n_head=2)
+    )
     hparams = dict(model.hparams)
     hparams.update(components)
     path = tmp_path / "crafted.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
-                "pytorch-lightning_version": "2.6.6"}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": "2.6.6",
+        },
+        path,
+    )
     return str(path)
 
 
 def test_spec_round_trip_rebuilds_the_component():
     enc = ItemIdEncoder(dropout=0.3, init_std=0.05)
     spec = component_spec(enc)
-    assert spec == {"class_path": "mmrec.encoders.item_id.ItemIdEncoder",
-                    "init_args": {"dropout": 0.3, "init_std": 0.05}}
+    assert spec == {
+        "class_path": "mmrec.encoders.item_id.ItemIdEncoder",
+        "init_args": {"dropout": 0.3, "init_std": 0.05},
+    }
     again = instantiate(spec, ItemEncoder, "item_encoders[0]")
     assert type(again) is ItemIdEncoder and component_spec(again) == spec
 
 
-@pytest.mark.parametrize("class_path", ["os.system", "builtins.eval", "subprocess.Popen",
-                                        "mmrec.data.prepare.main"])
+@pytest.mark.parametrize(
+    "class_path", ["os.system", "builtins.eval", "subprocess.Popen", "mmrec.data.prepare.main"]
+)
 def test_crafted_checkpoint_runs_nothing(tmp_path, class_path):
     marker = tmp_path / "ran"
     evil = {"class_path": class_path, "init_args": {"command": f"touch {marker}"}}
@@ -50,23 +60,31 @@ def test_crafted_checkpoint_runs_nothing(tmp_path, class_path):
 
 def test_every_slot_checks_its_own_base(tmp_path):
     item = {"class_path": "mmrec.encoders.item_id.ItemIdEncoder", "init_args": {}}
-    with pytest.raises(TypeError, match=r"^sequence: 'mmrec.encoders.item_id.ItemIdEncoder' is not a SequenceHead"):
+    with pytest.raises(
+        TypeError, match=r"^sequence: 'mmrec.encoders.item_id.ItemIdEncoder' is not a SequenceHead"
+    ):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, sequence=item), weights_only=True)
     with pytest.raises(TypeError, match=r"^loss: .* is not a Loss"):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, loss=item), weights_only=True)
     with pytest.raises(TypeError, match=r"^fusion: .* is not a Fusion"):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, fusion=item), weights_only=True)
     with pytest.raises(TypeError, match=r"^event_encoders\[0\]: .* is not an EventEncoder"):
-        MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, event_encoders=[item]),
-                                         weights_only=True)
+        MMRecModule.load_from_checkpoint(
+            _checkpoint(tmp_path, event_encoders=[item]), weights_only=True
+        )
 
 
 def test_nested_spec_must_be_a_component(tmp_path):
     marker = tmp_path / "ran"
-    spec = {"class_path": "mmrec.encoders.item_id.ItemIdEncoder",
-            "init_args": {"dropout": {"class_path": "os.system",
-                                      "init_args": {"command": f"touch {marker}"}}}}
-    with pytest.raises(TypeError, match=r"item_encoders\[0\]\.dropout: 'os.system' is not a Configurable"):
+    spec = {
+        "class_path": "mmrec.encoders.item_id.ItemIdEncoder",
+        "init_args": {
+            "dropout": {"class_path": "os.system", "init_args": {"command": f"touch {marker}"}}
+        },
+    }
+    with pytest.raises(
+        TypeError, match=r"item_encoders\[0\]\.dropout: 'os.system' is not a Configurable"
+    ):
         instantiate(spec, ItemEncoder, "item_encoders[0]")
     assert not marker.exists()
 
@@ -85,17 +103,30 @@ def test_module_outside_mmrec_imported_only_when_trusted(tmp_path, monkeypatch):
     path = _checkpoint(tmp_path, item_encoders=[spec])
     with pytest.raises(ImportError) as info:
         MMRecModule.load_from_checkpoint(path, weights_only=True)
-    assert "item_encoders[0]: 'lab_encoders.LabEncoder' lives in module 'lab_encoders'" in str(info.value)
+    assert "item_encoders[0]: 'lab_encoders.LabEncoder' lives in module 'lab_encoders'" in str(
+        info.value
+    )
     assert "trusted_modules=['lab_encoders']" in str(info.value)
     assert not marker.exists()  # importing it would have run its code
-    model = MMRecModule.load_from_checkpoint(path, weights_only=True, trusted_modules=["lab_encoders"])
+    model = MMRecModule.load_from_checkpoint(
+        path, weights_only=True, trusted_modules=["lab_encoders"]
+    )
     assert type(model.item_encoders[0]).__name__ == "LabEncoder" and marker.exists()
     assert "trusted_modules" not in model.hparams  # the permission is not stored
     # once the user's own code has imported the module, its components load without the option
-    assert type(MMRecModule.load_from_checkpoint(path, weights_only=True).item_encoders[0]).__name__ == "LabEncoder"
+    assert (
+        type(MMRecModule.load_from_checkpoint(path, weights_only=True).item_encoders[0]).__name__
+        == "LabEncoder"
+    )
 
 
 def test_bool_flags():
     assert bool_flags(["--json", "--k", "3", "--force"], ["json", "force"]) == [
-        "--json", "true", "--k", "3", "--force", "true"]
+        "--json",
+        "true",
+        "--k",
+        "3",
+        "--force",
+        "true",
+    ]
     assert bool_flags(["--json", "false"], ["json"]) == ["--json", "false"]

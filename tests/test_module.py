@@ -1,4 +1,5 @@
-"""MMRecModule: building, padding invariance, checkpoint rebuild, pretrained GPT-2, ID vs popularity."""
+"""MMRecModule: building, padding invariance, checkpoint rebuild, pretrained GPT-2, ID vs
+popularity."""
 
 from __future__ import annotations
 
@@ -155,7 +156,9 @@ def test_pretrained_gpt2_with_projections(dataset, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(
             model.sequence.gpt2(inputs_embeds=x).last_hidden_state,
-            reference(inputs_embeds=x).last_hidden_state, atol=1e-5, rtol=1e-5,
+            reference(inputs_embeds=x).last_hidden_state,
+            atol=1e-5,
+            rtol=1e-5,
         )
 
 
@@ -214,7 +217,8 @@ def test_ranking_runs_in_fp32_under_bf16_autocast(dataset, monkeypatch):
 
 
 def test_test_slices_logged_and_written(dataset, tmp_path):
-    """Test-time slices: overall users split exactly over months/holiday/history; CSV and PNG written."""
+    """Test-time slices: overall users split exactly over months/holiday/history; CSV and PNG
+    written."""
     dm = _dm(dataset)
     model = _model(dm)
     trainer = _trainer(tmp_path, max_steps=1, limit_val_batches=0)
@@ -226,13 +230,17 @@ def test_test_slices_logged_and_written(dataset, tmp_path):
         total = sum(v for k, v in res.items() if f"slice/{kind}" in k and k.endswith("/users"))
         assert total == n_users, kind
     # the users-weighted mean of per-month NDCG@10 is the overall NDCG@10
-    months = {k.split("/")[2]: v for k, v in res.items() if "slice/month=" in k and k.endswith("/ndcg@10")}
+    months = {
+        k.split("/")[2]: v for k, v in res.items() if "slice/month=" in k and k.endswith("/ndcg@10")
+    }
     weighted = sum(v * res[f"test/slice/{m}/users"] for m, v in months.items()) / n_users
     assert weighted == pytest.approx(logged["test/ndcg@10"], abs=1e-6)
     assert any(k.startswith("test/slice/popularity=") for k in res)
     assert any(k.startswith("test/slice/month=") and k.endswith("/ndcg@10") for k in logged)
     csv_text = (tmp_path / "test_slices.csv").read_text()
-    assert csv_text.startswith("slice,value") and ("holiday,in" in csv_text or "holiday,out" in csv_text)
+    assert csv_text.startswith("slice,value") and (
+        "holiday,in" in csv_text or "holiday,out" in csv_text
+    )
     assert (tmp_path / "test_ndcg_by_month.png").stat().st_size > 1000
 
 
@@ -253,8 +261,11 @@ def test_user_vectors_equal_the_last_hidden_state(dataset):
     from mmrec.encoders.time import TimestampEncoder
 
     dm = _dm(dataset)
-    model = _model(dm, event_encoders=[TimestampEncoder()],
-                   sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.3)).eval()
+    model = _model(
+        dm,
+        event_encoders=[TimestampEncoder()],
+        sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.3),
+    ).eval()
     batch = _first(dm.test_dataloader())
     with torch.no_grad():
         full = model.encode(batch)[:, -1]
@@ -280,25 +291,41 @@ def test_weight_decay_by_module_type_not_by_name():
             return self.embedding_proj(self.weights_table(batch["item_ids"].clamp(max=4)))
 
     model = MMRecModule(
-        num_items=30, num_users=4, max_len=6, d_model=16, time_granularity="second",
+        num_items=30,
+        num_users=4,
+        max_len=6,
+        d_model=16,
+        time_granularity="second",
         event_encoders=[TimestampEncoder(), QueryTimeEncoder(), RatingEncoder(), Renamed()],
-        sequence=GPT2Sequence(n_layer=1, n_head=2), weight_decay=0.1,
+        sequence=GPT2Sequence(n_layer=1, n_head=2),
+        weight_decay=0.1,
     )
     names = {id(p): n for n, p in model.named_parameters()}
     decay, no_decay = split_decay(model)
     decayed = {names[id(p)] for p in decay}
     assert decayed == {
-        "event_encoders.0.sin_proj.weight", "event_encoders.2.mlp.0.weight",
-        "event_encoders.2.mlp.2.weight", "event_encoders.3.embedding_proj.weight",
-        "sequence.gpt2.h.0.attn.c_attn.weight", "sequence.gpt2.h.0.attn.c_proj.weight",
-        "sequence.gpt2.h.0.mlp.c_fc.weight", "sequence.gpt2.h.0.mlp.c_proj.weight",
+        "event_encoders.0.sin_proj.weight",
+        "event_encoders.2.mlp.0.weight",
+        "event_encoders.2.mlp.2.weight",
+        "event_encoders.3.embedding_proj.weight",
+        "sequence.gpt2.h.0.attn.c_attn.weight",
+        "sequence.gpt2.h.0.attn.c_proj.weight",
+        "sequence.gpt2.h.0.mlp.c_fc.weight",
+        "sequence.gpt2.h.0.mlp.c_proj.weight",
     }
     kept = {names[id(p)] for p in no_decay}
-    for name in ("event_encoders.0.calendar.emb.weight", "event_encoders.0.calendar.hour.weight",
-                 "event_encoders.0.gap_emb.weight", "event_encoders.0.session_emb.weight",
-                 "event_encoders.3.weights_table.weight", "item_encoders.0.embedding.weight",
-                 "sequence.gpt2.wpe.weight", "sequence.gpt2.h.0.ln_1.weight",
-                 "event_encoders.0.gate", "event_encoders.2.missing"):
+    for name in (
+        "event_encoders.0.calendar.emb.weight",
+        "event_encoders.0.calendar.hour.weight",
+        "event_encoders.0.gap_emb.weight",
+        "event_encoders.0.session_emb.weight",
+        "event_encoders.3.weights_table.weight",
+        "item_encoders.0.embedding.weight",
+        "sequence.gpt2.wpe.weight",
+        "sequence.gpt2.h.0.ln_1.weight",
+        "event_encoders.0.gate",
+        "event_encoders.2.missing",
+    ):
         assert name in kept, name
     assert len(decay) + len(no_decay) == sum(p.requires_grad for p in model.parameters())
     optimizer = model.configure_optimizers()

@@ -8,7 +8,9 @@ import torch
 from mmrec.sequence import GPT2Sequence
 
 
-def _left_padded(lengths: list[int], width: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_padded(
+    lengths: list[int], width: int, d: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor(lengths)
     mask = torch.arange(width)[None] >= width - lens[:, None]
@@ -68,8 +70,16 @@ def test_last_falls_back_for_a_checkpoint_with_other_attention_scaling(tmp_path)
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(0)
-    GPT2Model(GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=8, vocab_size=5,
-                         scale_attn_by_inverse_layer_idx=True)).save_pretrained(tmp_path / "g")
+    GPT2Model(
+        GPT2Config(
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=8,
+            vocab_size=5,
+            scale_attn_by_inverse_layer_idx=True,
+        )
+    ).save_pretrained(tmp_path / "g")
     seq = GPT2Sequence(pretrained_path=str(tmp_path / "g"), dropout=0.0)
     seq.build(16, 8)
     seq.load_pretrained()
@@ -79,7 +89,9 @@ def test_last_falls_back_for_a_checkpoint_with_other_attention_scaling(tmp_path)
     tokens, mask = _left_padded([8, 3], 8, 16)
     assert not seq._last_is_exact()
     with torch.no_grad():
-        torch.testing.assert_close(seq.last(tokens, mask), seq(tokens, mask)[:, -1], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            seq.last(tokens, mask), seq(tokens, mask)[:, -1], atol=1e-6, rtol=1e-6
+        )
 
 
 def test_activation_option():
@@ -90,5 +102,7 @@ def test_activation_option():
     default = GPT2Sequence()
     default.build(16, 8)
     assert default.gpt2.config.activation_function == "gelu_pytorch_tanh"
-    with pytest.raises(ValueError, match="unknown activation 'gelux'; choose one of: .*gelu_pytorch_tanh"):
+    with pytest.raises(
+        ValueError, match="unknown activation 'gelux'; choose one of: .*gelu_pytorch_tanh"
+    ):
         GPT2Sequence(activation="gelux")

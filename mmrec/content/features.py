@@ -71,9 +71,7 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
-def write_features(
-    path: Path, features: Tensor, present: Tensor, fp: Mapping[str, str]
-) -> Path:
+def write_features(path: Path, features: Tensor, present: Tensor, fp: Mapping[str, str]) -> Path:
     """Write a features file: ``features [rows, D]``, ``present [rows]`` and fingerprint ``fp``."""
     meta = {"fingerprint": json.dumps(dict(fp)), "dim": str(features.shape[1])}
     save_tensors(path, {"features": features, "present": present.reshape(1, -1)}, meta)

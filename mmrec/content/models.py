@@ -302,9 +302,7 @@ class SentenceModel:
         return out.cpu()
 
 
-def build_content_model(
-    model: str, device: str | None, download_root: str | None
-) -> ContentModel:
+def build_content_model(model: str, device: str | None, download_root: str | None) -> ContentModel:
     """``ClipModel`` or ``SentenceModel`` for the ``--model`` value of `mmrec embed`.
 
     Raises:

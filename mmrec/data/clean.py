@@ -1,4 +1,5 @@
-"""Interaction cleaning with polars: dense id codes, duplicates, repeats, iterative k-core, ids, splits."""
+"""Interaction cleaning with polars: dense id codes, duplicates, repeats, iterative k-core, ids,
+splits."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from mmrec.data.errors import DataError
 
 
 def encode_ids(frame: pl.DataFrame, column: str, code: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Replaces the string id ``column`` by a dense uint32 ``code`` so that later work is on integers.
+    """Replaces the string id ``column`` by a dense uint32 ``code``, so later work is on integers.
 
     The codes come from a 64-bit hash of the id; collisions are ruled out, not assumed away
     (every hash's smallest and largest string must be equal; otherwise another seed is tried).
@@ -36,7 +37,7 @@ def encode_ids(frame: pl.DataFrame, column: str, code: str) -> tuple[pl.DataFram
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Rows kept by the iterative k-core: until stable, drop rows whose user or item has < ``k`` rows.
+    """Rows kept by iterative k-core: until stable, drop rows whose user or item has < ``k`` rows.
 
     Args:
         users: Dense user codes ``[R]``.
@@ -88,8 +89,8 @@ def clean_interactions(
         dropped["kcore"] = n - frame.height
     if frame.height == 0:
         raise DataError(
-            f"no interactions left after cleaning (dropped: {dropped}); lower --kcore (now {kcore}) "
-            "or check the input files"
+            f"no interactions left after cleaning (dropped: {dropped}); "
+            f"lower --kcore (now {kcore}) or check the input files"
         )
     return frame
 

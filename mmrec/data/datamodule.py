@@ -288,6 +288,10 @@ class AmazonDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # the loader's own generator draws each iterator's base seed, so starting an epoch
+            # (or a validation) takes nothing from torch's global generator: dropout draws are
+            # then the same in a fit resumed from a checkpoint as in the uninterrupted fit
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -297,8 +301,12 @@ class AmazonDataModule(LightningDataModule):
         world, rank = _dist_world()
         self.datasets["train"].pack = self.pack_sequences  # the constructor argument
         sampler = LengthBucketSampler(
-            self.datasets["train"], self.batch_size, self.bucket_window,
-            num_replicas=world, rank=rank, seed=self.seed,
+            self.datasets["train"],
+            self.batch_size,
+            self.bucket_window,
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
         )
         return self._loader("train", sampler, self.batch_size)
 

@@ -90,8 +90,14 @@ class SequenceDataset(Dataset):
     """
 
     def __init__(
-        self, events: _Events, rows: _Rows, max_len: int, train: bool,
-        exclude_history: bool = True, trim: bool = True, pack: bool = False,
+        self,
+        events: _Events,
+        rows: _Rows,
+        max_len: int,
+        train: bool,
+        exclude_history: bool = True,
+        trim: bool = True,
+        pack: bool = False,
     ):
         self.ev, self.rows, self.max_len = events, rows, max_len
         self.train, self.exclude_history, self.trim = train, exclude_history, trim

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 class DataError(ValueError):
-    """Input data cannot be used; the message names the file and line (or column) and says what to do."""
+    """Unusable input data; the message names the file and line (or column) and says what to do."""
 
 
 @dataclass
@@ -47,7 +47,7 @@ class BadLines:
         return f"{self.path}: {self.num_bad} of {self.total} lines bad ({reasons}); {first}"
 
     def check(self, max_bad_fraction: float) -> None:
-        """Raises DataError when the bad share passes ``max_bad_fraction``, else prints the skips."""
+        """Raises DataError if the bad share passes ``max_bad_fraction``, else prints the skips."""
         if not self.num_bad:
             return
         frac = self.num_bad / max(self.total, 1)

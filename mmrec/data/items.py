@@ -1,4 +1,4 @@
-"""Readers of item metadata (2014/2018/2023 meta files, item tables, title files) and text cleaning."""
+"""Item metadata readers (2014/2018/2023 meta files, item tables, title files) and text cleaning."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def read_meta_lines(
 
 
 def read_meta_table(path: str | Path, keys: dict[str, tuple[str, ...]]) -> pl.DataFrame:
-    """Reads item metadata exported as a csv/parquet table (e.g. the 2023 ``items_meta_filtered.csv``)."""
+    """Reads item metadata from a csv/parquet table (e.g. the 2023 ``items_meta_filtered.csv``)."""
     path = Path(path)
     try:
         if ".parquet" in path.suffixes:
@@ -191,7 +191,8 @@ def read_meta_table(path: str | Path, keys: dict[str, tuple[str, ...]]) -> pl.Da
     id_keys = [k for k in (*keys["item_id"], "item_id") if k in frame.columns]
     if not id_keys:
         raise DataError(
-            f"{path}: no item id column ({keys['item_id'][0]!r} or 'item_id'); columns: {frame.columns}"
+            f"{path}: no item id column ({keys['item_id'][0]!r} or 'item_id'); "
+            f"columns: {frame.columns}"
         )
     keys = {name: (*ks, name) for name, ks in keys.items()}
     return records_to_items(frame.to_dicts(), keys)

@@ -151,7 +151,8 @@ def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
     )
     if cfg.split == "temporal" and (valid is None or test is None or valid > test):
         raise DataError(
-            "--split temporal needs --valid_start and --test_start (ISO dates), valid_start <= test_start"
+            "--split temporal needs --valid_start and --test_start (ISO dates), "
+            "valid_start <= test_start"
         )
     return valid, test
 
@@ -340,8 +341,11 @@ def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, files: list[Pat
 
 
 def _clean(
-    raw: RawInteractions, cfg: PrepareConfig, dropped: dict[str, int],
-    valid_ts: int | None, test_ts: int | None,
+    raw: RawInteractions,
+    cfg: PrepareConfig,
+    dropped: dict[str, int],
+    valid_ts: int | None,
+    test_ts: int | None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Interactions (the columns of DESIGN.md), users and items of the reader's output.
 
@@ -362,7 +366,11 @@ def _clean(
 
 
 def _write_tables(
-    out: Path, frame: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame, report: bool,
+    out: Path,
+    frame: pl.DataFrame,
+    items: pl.DataFrame,
+    users: pl.DataFrame,
+    report: bool,
     bar: tqdm,
 ) -> None:
     """The three parquet files (atomically each), then the trend report when asked for."""
@@ -380,7 +388,11 @@ def _write_tables(
 
 
 def _meta_info(
-    cfg: PrepareConfig, frame: pl.DataFrame, num_users: int, num_items: int, input_rows: int,
+    cfg: PrepareConfig,
+    frame: pl.DataFrame,
+    num_users: int,
+    num_items: int,
+    input_rows: int,
     dropped: dict[str, int],
 ) -> dict:
     """meta.json up to ``keep_repeats``: settings, counts, dropped rows, time range, splits."""
@@ -425,8 +437,8 @@ def build_parser():
 
     parser = ArgumentParser(
         prog="mmrec prepare",
-        description="Prepare a dataset folder (interactions/items/users parquet + meta.json) from raw "
-        "Amazon review files or a tabular file. Later flags override --config values.",
+        description="Prepare a dataset folder (interactions/items/users parquet + meta.json) "
+        "from raw Amazon review files or a tabular file. Later flags override --config values.",
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML file with any of the options below"
@@ -454,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     except pl.exceptions.PolarsError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(
-            f"mmrec prepare: error: could not process the input files ({first}); check them and the "
-            "column mapping, or report this with the command you ran",
+            f"mmrec prepare: error: could not process the input files ({first}); "
+            "check them and the column mapping, or report this with the command you ran",
             file=sys.stderr,
         )
         return 2

@@ -16,7 +16,7 @@ OPTIONAL = ("rating", "review")
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """The content of ``path``, gunzipped when it ends in ``.gz``; clear errors when it cannot be read."""
+    """Content of ``path``, gunzipped if it ends in ``.gz``; clear errors when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise DataError(

@@ -1,4 +1,5 @@
-"""Readers of raw interaction files: Amazon 2014/2018/2023 reviews, 2023 benchmark CSVs, tabular files."""
+"""Readers of raw interaction files: Amazon 2014/2018/2023 reviews, 2023 benchmark CSVs, tabular
+files."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class RawInteractions:
 
 
 def normalize(frame: pl.DataFrame, bad: BadLines) -> pl.DataFrame:
-    """Checks and converts a raw frame (columns of REQUIRED/OPTIONAL + ``line``) to the reader output.
+    """Checks and converts a raw frame (REQUIRED/OPTIONAL columns + ``line``) to the reader output.
 
     Rows with a missing user/item/timestamp (``missing_field``), an unreadable timestamp
     (``bad_timestamp``) or a non-numeric rating (``bad_rating``) are counted in ``bad`` and
@@ -277,7 +278,7 @@ AMAZON2023_REVIEW_KEYS = {
 
 
 class Amazon2023Reader:
-    """2023 reviews: raw ``*.jsonl(.gz)`` files, or the benchmark ``*.{train,valid,test}.csv(.gz)``."""
+    """2023 reviews: raw ``*.jsonl(.gz)`` files, or benchmark ``*.{train,valid,test}.csv(.gz)``."""
 
     def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
         csvs = [p for p in paths if re.search(r"\.csv(\.gz)?$", p.name)]

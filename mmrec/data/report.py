@@ -1,4 +1,4 @@
-"""Trend report of a prepared dataset: interactions per month and weekday (PNG), top items per month."""
+"""Trend report of a prepared dataset: interactions per month/weekday (PNG), top items per month."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def write_trend_report(
     top_k: int = 5,
     markdown_months: int = 24,
 ) -> list[Path]:
-    """Writes ``trends.png``, ``top_items_per_month.csv`` and ``top_items_per_month.md`` to ``out_dir``.
+    """Writes ``trends.png``, ``top_items_per_month.csv`` and ``top_items_per_month.md`` to
+    ``out_dir``.
 
     Args:
         interactions: The prepared interactions (``item_idx``, ``timestamp``).
@@ -119,7 +120,8 @@ def write_trend_report(
     top.write_csv(csv)
     recent = top.filter(pl.col("month").is_in(months["month"].tail(markdown_months).implode()))
     lines = [
-        f"# Top {top_k} items per month (latest {markdown_months} months; all months in {csv.name})",
+        f"# Top {top_k} items per month "
+        f"(latest {markdown_months} months; all months in {csv.name})",
         "",
         "| month | rank | item_idx | item_id | title | interactions |",
         "|---|---|---|---|---|---|",
@@ -127,7 +129,8 @@ def write_trend_report(
     for r in recent.iter_rows(named=True):
         title = (r["title"] or "").replace("|", "/")[:60]
         lines.append(
-            f"| {r['month']} | {r['rank']} | {r['item_idx']} | {r['item_id']} | {title} | {r['interactions']} |"
+            f"| {r['month']} | {r['rank']} | {r['item_idx']} | {r['item_id']} | {title} "
+            f"| {r['interactions']} |"
         )
     md = out_dir / "top_items_per_month.md"
     md.write_text("\n".join(lines) + "\n")

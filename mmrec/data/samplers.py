@@ -36,7 +36,10 @@ class UnpaddedDistributedSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Any, num_replicas: int | None = None, rank: int | None = None,
+        self,
+        dataset: Any,
+        num_replicas: int | None = None,
+        rank: int | None = None,
         lengths: Tensor | None = None,
     ):
         world, me = _dist_world()
@@ -81,15 +84,23 @@ class LengthBucketSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Any, batch_size: int, window: int = 50,
-        num_replicas: int | None = None, rank: int | None = None, seed: int = 0,
+        self,
+        dataset: Any,
+        batch_size: int,
+        window: int = 50,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
     ):
         if batch_size < 1 or window < 1:
             raise ValueError(f"batch_size and window must be >= 1, got {batch_size} and {window}")
         world, me = _dist_world()
         super().__init__(
-            dataset, num_replicas=world if num_replicas is None else num_replicas,
-            rank=me if rank is None else rank, shuffle=True, seed=seed,
+            dataset,
+            num_replicas=world if num_replicas is None else num_replicas,
+            rank=me if rank is None else rank,
+            shuffle=True,
+            seed=seed,
         )
         self.batch_size, self.window = batch_size, window
         self._lengths = torch.as_tensor(dataset.lengths())

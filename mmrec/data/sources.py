@@ -1,4 +1,4 @@
-"""Official Amazon review file URLs per release and category, and a resumable, size-checked download."""
+"""Official Amazon review URLs per release and category, and a resumable, size-checked download."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from mmrec.data.errors import DataError
 _SNAP = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 _UCSD = "https://datarepo.eng.ucsd.edu/mcauley_group/data"
 
-#: (release, kind) -> URL templates; ``{category}`` is e.g. ``Beauty`` / ``Gift_Cards`` / ``All_Beauty``.
+#: (release, kind) -> URL templates; ``{category}`` is e.g. ``Beauty`` / ``Gift_Cards`` /
+#: ``All_Beauty``.
 OFFICIAL_URLS: dict[tuple[str, str], tuple[str, ...]] = {
     ("amazon2014", "reviews"): (f"{_SNAP}/reviews_{{category}}_5.json.gz",),
     ("amazon2014", "meta"): (f"{_SNAP}/meta_{{category}}.json.gz",),
@@ -131,7 +132,7 @@ def _offline_error(url: str, dest: Path, reason: str) -> DataError:
 def fetch(
     release: str, kind: str, category: str, download_dir: str | Path, *, progress: bool = True
 ) -> list[Path]:
-    """Downloads (or finds already downloaded) the official files of one kind into ``download_dir``."""
+    """Downloads (or finds already downloaded) one kind's official files into ``download_dir``."""
     return [
         download(url, Path(download_dir) / url.rsplit("/", 1)[1], progress=progress)
         for url in official_urls(release, kind, category)

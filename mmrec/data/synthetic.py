@@ -29,9 +29,13 @@ from mmrec.data.synthetic_items import (
 )
 
 __all__ = [
-    "CATEGORIES", "SEASONS", "make_item_image", "make_synthetic_dataset",
+    "CATEGORIES",
+    "SEASONS",
+    "make_item_image",
+    "make_synthetic_dataset",
     "synthetic_raw_interactions",
 ]
+
 
 def make_synthetic_dataset(
     out: str | Path,
@@ -110,7 +114,14 @@ def make_synthetic_dataset(
     out.mkdir(parents=True, exist_ok=True)
     catalogue = draw_catalogue(rng, num_items, C, n_seasonal, num_successors)
     tl = draw_timelines(
-        rng, num_users, C, mean_events, min_events, max_events, (start, end), mean_gap_days,
+        rng,
+        num_users,
+        C,
+        mean_events,
+        min_events,
+        max_events,
+        (start, end),
+        mean_gap_days,
         time_granularity,
     )
     items = draw_items(rng, catalogue, tl, p_seasonal, p_successor)
@@ -181,8 +192,13 @@ def _meta(
 
 
 def _split(
-    protocol: str, ts: np.ndarray, ev_u: np.ndarray, lengths: np.ndarray,
-    span_days: tuple[str, str], valid_start: str | None, test_start: str | None,
+    protocol: str,
+    ts: np.ndarray,
+    ev_u: np.ndarray,
+    lengths: np.ndarray,
+    span_days: tuple[str, str],
+    valid_start: str | None,
+    test_start: str | None,
 ) -> tuple[np.ndarray, dict]:
     """``[E]`` split code of each event (0 train, 1 valid, 2 test) and meta.json's ``split``."""
     if protocol == "loo":
@@ -207,8 +223,12 @@ def _split(
 
 
 def _interactions(
-    ev_u: np.ndarray, items: np.ndarray, ts: np.ndarray, rating: np.ndarray,
-    reviews: pl.Series | None, code: np.ndarray,
+    ev_u: np.ndarray,
+    items: np.ndarray,
+    ts: np.ndarray,
+    rating: np.ndarray,
+    reviews: pl.Series | None,
+    code: np.ndarray,
 ) -> pl.DataFrame:
     """interactions.parquet's frame (the schema of ``mmrec prepare``)."""
     if reviews is None:

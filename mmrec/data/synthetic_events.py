@@ -90,8 +90,15 @@ class Timelines:
 
 
 def draw_timelines(
-    rng: np.random.Generator, U: int, C: int, mean_events: float, min_events: int,
-    max_events: int, span_days: tuple[str, str], mean_gap_days: float, granularity: str,
+    rng: np.random.Generator,
+    U: int,
+    C: int,
+    mean_events: float,
+    min_events: int,
+    max_events: int,
+    span_days: tuple[str, str],
+    mean_gap_days: float,
+    granularity: str,
 ) -> Timelines:
     """Users: location -> category taste; event counts; exponential gaps inside the span."""
     loc = rng.integers(0, len(LOCATIONS), U)
@@ -118,7 +125,10 @@ def draw_timelines(
 
 
 def draw_items(
-    rng: np.random.Generator, cg: Catalogue, tl: Timelines, p_seasonal: float,
+    rng: np.random.Generator,
+    cg: Catalogue,
+    tl: Timelines,
+    p_seasonal: float,
     p_successor: float,
 ) -> np.ndarray:
     """The item of every event ``[E]``: seasonal, else a successor, else by taste and

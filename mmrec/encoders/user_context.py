@@ -33,12 +33,16 @@ class UserContextEncoder(EventEncoder):
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
         if ctx.data_dir is None:
-            raise ValueError("UserContextEncoder needs data_dir (the prepared dataset with users.parquet)")
+            raise ValueError(
+                "UserContextEncoder needs data_dir (the prepared dataset with users.parquet)"
+            )
         import polars as pl
 
         path = Path(ctx.data_dir) / "users.parquet"
         if not path.exists():
-            raise FileNotFoundError(f"UserContextEncoder: {path} not found; run `mmrec prepare` first")
+            raise FileNotFoundError(
+                f"UserContextEncoder: {path} not found; run `mmrec prepare` first"
+            )
         users = pl.read_parquet(path)
         missing = [c for c in self.columns if c not in users.columns]
         if missing:
@@ -47,7 +51,9 @@ class UserContextEncoder(EventEncoder):
                 "remove this encoder or set `columns` to existing ones"
             )
         users = users.sort("user_idx")
-        codes = torch.zeros(ctx.num_users + 1, len(self.columns), dtype=torch.long)  # last row: unknown
+        codes = torch.zeros(
+            ctx.num_users + 1, len(self.columns), dtype=torch.long
+        )  # last row: unknown
         self.embeddings = nn.ModuleList()
         idx = torch.as_tensor(users["user_idx"].to_numpy().astype("int64"))
         keep = (idx >= 0) & (idx < ctx.num_users)
@@ -55,7 +61,9 @@ class UserContextEncoder(EventEncoder):
             values = users[col].cast(pl.Utf8)
             counts = values.drop_nulls().value_counts(sort=True).head(self.max_values)
             vocab = {v: i + 1 for i, v in enumerate(counts[col].to_list())}  # 0 = unknown
-            col_codes = torch.as_tensor([vocab.get(v, 0) for v in values.to_list()], dtype=torch.long)
+            col_codes = torch.as_tensor(
+                [vocab.get(v, 0) for v in values.to_list()], dtype=torch.long
+            )
             codes[idx[keep], j] = col_codes[keep]
             emb = nn.Embedding(len(vocab) + 1, ctx.d_model)
             nn.init.normal_(emb.weight, std=0.02)
@@ -82,8 +90,11 @@ class UserContextEncoder(EventEncoder):
 
         locations = [["DE", "US", None][u % 3] for u in range(ctx.num_users)]
         pl.DataFrame(
-            {"user_idx": list(range(ctx.num_users)), "user_id": [f"u{u}" for u in range(ctx.num_users)],
-             "location": locations},
+            {
+                "user_idx": list(range(ctx.num_users)),
+                "user_id": [f"u{u}" for u in range(ctx.num_users)],
+                "location": locations,
+            },
             schema_overrides={"user_idx": pl.Int32},
         ).write_parquet(Path(tmp_path) / "users.parquet")
         return cls(columns=["location"]), dataclasses.replace(ctx, data_dir=str(tmp_path))

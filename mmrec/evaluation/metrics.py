@@ -1,4 +1,4 @@
-"""Ranking metrics (HR, Recall, Precision, F1, NDCG, MRR, MAP) from target ranks, as torchmetrics."""
+"""Ranking metrics (HR/Recall/Precision/F1/NDCG/MRR/MAP) from target ranks, as torchmetrics."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ bit for bit. Resolution 2.3e-10 per user; overflow only beyond 2**31 users.
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
-    """The keys :func:`per_user_metrics` fills, in column order: ``mrr``, then each metric at each K."""
+    """Keys :func:`per_user_metrics` fills, in column order: ``mrr``, then each metric at each K."""
     return ["mrr"] + [f"{name}@{k}" for k in ks for name in PER_K]
 
 
@@ -93,7 +93,9 @@ def per_user_metrics(
     mrr = torch.where(torch.isfinite(first), 1.0 / first, torch.zeros_like(first))
     cols = [mrr]
     kmax = max(ks)
-    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, kmax + 2, device=r.device, dtype=torch.float64)), 0)
+    ideal = torch.cumsum(
+        1.0 / torch.log2(torch.arange(2, kmax + 2, device=r.device, dtype=torch.float64)), 0
+    )
     for k in ks:
         within = r <= k  # [U, T]
         hits = within.sum(1).double()
@@ -138,13 +140,17 @@ class RankingMetrics(Metric):
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, ks: Sequence[int] = (10, 20), prefix: str = "", sampled: bool = False, **kwargs) -> None:
+    def __init__(
+        self, ks: Sequence[int] = (10, 20), prefix: str = "", sampled: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.ks = check_ks(ks)
         self.prefix = prefix
         self.sampled = sampled
         self.names = metric_names(self.ks)
-        self.add_state("sums", torch.zeros(len(self.names), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state(
+            "sums", torch.zeros(len(self.names), dtype=torch.int64), dist_reduce_fx="sum"
+        )
         self.add_state("users", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("skipped", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
@@ -170,7 +176,10 @@ class RankingMetrics(Metric):
     def compute(self) -> dict[str, Tensor]:
         """``{key: mean over users}`` as float64 scalars (NaN before any user was seen)."""
         if int(self.skipped):
-            rank_zero_warn(f"{self.prefix}RankingMetrics skipped {int(self.skipped)} users without relevant items")
+            rank_zero_warn(
+                f"{self.prefix}RankingMetrics skipped {int(self.skipped)} users "
+                "without relevant items"
+            )
         users = int(self.users)
         if users == 0:
             rank_zero_warn(f"{self.prefix}RankingMetrics.compute() saw no users; values are NaN")

@@ -1,4 +1,5 @@
-"""Exact full-catalogue ranking with bounded memory: target ranks, top-K, sampled option, evaluate_scores.
+"""Exact full-catalogue ranking with bounded memory: target ranks, top-K, sampled option,
+evaluate_scores.
 
 Contract with the LightningModule (per eval batch)::
 
@@ -53,7 +54,9 @@ def _user_chunk(num_cols: int, bytes_per_entry: int, memory_budget_mb: float) ->
     return max(1, int(memory_budget_mb * 2**20) // max(1, num_cols * bytes_per_entry))
 
 
-def _as_ids(x: Tensor | Sequence[Sequence[int]] | None, device: torch.device, name: str) -> Tensor | None:
+def _as_ids(
+    x: Tensor | Sequence[Sequence[int]] | None, device: torch.device, name: str
+) -> Tensor | None:
     """Lists of item-id lists or a 0-padded tensor -> ``[U, T]`` int64 on ``device``."""
     if x is None:
         return None
@@ -69,7 +72,9 @@ def _as_ids(x: Tensor | Sequence[Sequence[int]] | None, device: torch.device, na
             t[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
         t = t.to(device)
     if t.ndim != 2:
-        raise ValueError(f"{name} must be [U, T] (0-padded) or a list of id lists, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be [U, T] (0-padded) or a list of id lists, got shape {tuple(t.shape)}"
+        )
     return t
 
 
@@ -85,7 +90,8 @@ def _dedupe(targets: Tensor) -> Tensor:
 
 
 def _count_ge(cands: Tensor, ts: Tensor, item_chunk: int, use_sort: bool) -> Tensor:
-    """``#{c: cands[u, c] >= ts[u, j]}`` ignoring NaN candidates -> ``[u, T]`` int64 (may overwrite ``cands``)."""
+    """``#{c: cands[u, c] >= ts[u, j]}`` ignoring NaN candidates -> ``[u, T]`` int64 (may
+    overwrite ``cands``)."""
     if use_sort:
         nan = torch.isnan(cands)
         n_nan = nan.sum(1, keepdim=True)
@@ -106,7 +112,11 @@ def _count_ge(cands: Tensor, ts: Tensor, item_chunk: int, use_sort: bool) -> Ten
 
 
 def _rank_rows(
-    scores: Tensor, targets: Tensor, exclude: Tensor | None, memory_budget_mb: float, sort_threshold: int
+    scores: Tensor,
+    targets: Tensor,
+    exclude: Tensor | None,
+    memory_budget_mb: float,
+    sort_threshold: int,
 ) -> Tensor:
     """Ranks for one chunk. ``scores [u, C]`` is owned (overwritten); column 0 is never valid."""
     # one cheap reduction first (NaN propagates); the exact check only when it is not finite
@@ -132,7 +142,10 @@ def _rank_rows(
 
 def _check_ids(ids: Tensor | None, num_cols: int, name: str) -> None:
     if ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_cols):
-        raise ValueError(f"{name} must hold item ids in 0..{num_cols - 1} (0 = padding), got {int(ids.min())}..{int(ids.max())}")
+        raise ValueError(
+            f"{name} must hold item ids in 0..{num_cols - 1} (0 = padding), "
+            f"got {int(ids.min())}..{int(ids.max())}"
+        )
 
 
 @torch.no_grad()
@@ -164,22 +177,31 @@ def rank_targets(
         catalogues under 2**24 items.
     """
     if user_vecs.ndim != 2 or item_vecs.ndim != 2 or user_vecs.shape[1] != item_vecs.shape[1]:
-        raise ValueError(f"need user_vecs [U, D] and item_vecs [N+1, D], got {tuple(user_vecs.shape)} and {tuple(item_vecs.shape)}")
+        raise ValueError(
+            f"need user_vecs [U, D] and item_vecs [N+1, D], "
+            f"got {tuple(user_vecs.shape)} and {tuple(item_vecs.shape)}"
+        )
     dev = user_vecs.device
     targets = _as_ids(target_items, dev, "target_items")
     exclude = _as_ids(exclude_items, dev, "exclude_items") if exclude_history else None
     n_cols = item_vecs.shape[0]
     _check_ids(targets, n_cols, "target_items")
     _check_ids(exclude, n_cols, "exclude_items")
-    if targets.shape[0] != user_vecs.shape[0] or (exclude is not None and exclude.shape[0] != user_vecs.shape[0]):
-        raise ValueError("user_vecs, target_items and exclude_items must have the same number of rows")
+    if targets.shape[0] != user_vecs.shape[0] or (
+        exclude is not None and exclude.shape[0] != user_vecs.shape[0]
+    ):
+        raise ValueError(
+            "user_vecs, target_items and exclude_items must have the same number of rows"
+        )
     memory_budget_mb = _budget(memory_budget_mb, dev, n_cols)
     step = _user_chunk(n_cols, 8, memory_budget_mb / 2)
     out = []
     for lo in range(0, user_vecs.shape[0], step):
         scores = user_vecs[lo : lo + step] @ item_vecs.T  # [u, N+1]
         ex = exclude[lo : lo + step] if exclude is not None else None
-        out.append(_rank_rows(scores, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold))
+        out.append(
+            _rank_rows(scores, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold)
+        )
     return torch.cat(out) if out else torch.zeros(targets.shape, device=dev)
 
 
@@ -192,14 +214,18 @@ def rank_from_scores(
     memory_budget_mb: float | None = None,
     sort_threshold: int = 32,
 ) -> Tensor:
-    """:func:`rank_targets` for a given score matrix ``[U, N + 1]`` (column 0 = padding; not modified)."""
+    """:func:`rank_targets` for a score matrix ``[U, N + 1]`` (column 0 = padding; not modified)."""
     if scores.ndim != 2:
-        raise ValueError(f"scores must be [U, N+1] (column 0 = padding), got shape {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be [U, N+1] (column 0 = padding), got shape {tuple(scores.shape)}"
+        )
     targets = _as_ids(target_items, scores.device, "target_items")
     exclude = _as_ids(exclude_items, scores.device, "exclude_items")
     _check_ids(targets, scores.shape[1], "target_items")
     _check_ids(exclude, scores.shape[1], "exclude_items")
-    if targets.shape[0] != scores.shape[0] or (exclude is not None and exclude.shape[0] != scores.shape[0]):
+    if targets.shape[0] != scores.shape[0] or (
+        exclude is not None and exclude.shape[0] != scores.shape[0]
+    ):
         raise ValueError("scores, targets and exclude must have the same number of rows (users)")
     memory_budget_mb = _budget(memory_budget_mb, scores.device, scores.shape[1])
     step = _user_chunk(scores.shape[1], 8, memory_budget_mb / 2)
@@ -207,7 +233,9 @@ def rank_from_scores(
     for lo in range(0, scores.shape[0], step):
         rows = scores[lo : lo + step].float().clone()
         ex = exclude[lo : lo + step] if exclude is not None else None
-        out.append(_rank_rows(rows, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold))
+        out.append(
+            _rank_rows(rows, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold)
+        )
     return torch.cat(out) if out else torch.zeros(targets.shape, device=scores.device)
 
 
@@ -227,7 +255,8 @@ def topk_items(
         item_vecs: ``[N + 1, D]`` (row 0 = padding, never returned as a recommendation).
         k: How many items; at most N.
         exclude_items: ``[U, E]`` 0-padded ids never to return (e.g. the history).
-        memory_budget_mb: Bound on the ``[u, N + 1]`` score block (None: as in :func:`rank_targets`).
+        memory_budget_mb: Bound on the ``[u, N + 1]`` score block (None: as in
+            :func:`rank_targets`).
 
     Returns:
         ``scores [U, k]`` and ``items [U, k]``, best first. Where fewer than ``k`` items remain
@@ -253,7 +282,9 @@ def topk_items(
         all_s.append(top_s.masked_fill(gone, float("-inf")))
         all_i.append(top_i.masked_fill(gone, 0))
     if not all_s:
-        return user_vecs.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long, device=user_vecs.device)
+        return user_vecs.new_zeros(0, k), torch.zeros(
+            0, k, dtype=torch.long, device=user_vecs.device
+        )
     return torch.cat(all_s), torch.cat(all_i)
 
 
@@ -279,13 +310,21 @@ class SampledCandidates:
 
     @torch.no_grad()
     def rank(
-        self, user_vecs: Tensor, item_vecs: Tensor, target_items: Tensor, exclude_items: Tensor | None = None
+        self,
+        user_vecs: Tensor,
+        item_vecs: Tensor,
+        target_items: Tensor,
+        exclude_items: Tensor | None = None,
     ) -> Tensor:
         """``[U, T]`` ranks among target + sampled negatives (same tie rule as the full ranking)."""
         dev, n_cols = user_vecs.device, item_vecs.shape[0]
         targets = _dedupe(_as_ids(target_items, dev, "target_items"))
         exclude = _as_ids(exclude_items, dev, "exclude_items")
-        w = torch.ones(n_cols) if self.weights is None else torch.as_tensor(self.weights, dtype=torch.float).cpu()
+        w = (
+            torch.ones(n_cols)
+            if self.weights is None
+            else torch.as_tensor(self.weights, dtype=torch.float).cpu()
+        )
         if w.shape != (n_cols,) or bool((w < 0).any()):
             raise ValueError(f"weights must be [N+1] = [{n_cols}] and non-negative")
         gen = torch.Generator().manual_seed(self.seed)
@@ -295,13 +334,21 @@ class SampledCandidates:
         if exclude is not None:
             w.scatter_(1, exclude.cpu(), 0.0)
         if bool(((w > 0).sum(1) < self.num_negatives).any()):
-            raise ValueError(f"some user has fewer than num_negatives={self.num_negatives} items to sample from")
-        neg = torch.multinomial(w, self.num_negatives, replacement=False, generator=gen).to(dev)  # [U, M]
+            raise ValueError(
+                f"some user has fewer than num_negatives={self.num_negatives} items to sample from"
+            )
+        neg = torch.multinomial(w, self.num_negatives, replacement=False, generator=gen).to(
+            dev
+        )  # [U, M]
         cand = torch.cat([targets, neg], 1)  # [U, T + M]
         scores = torch.einsum("ud,ucd->uc", user_vecs, item_vecs[cand])  # [U, T + M]
         # re-index: column 0 = padding (NaN), targets at 1..T, negatives after
         scores = torch.cat([scores.new_zeros(scores.shape[0], 1), scores], 1)
-        cols = torch.arange(1, targets.shape[1] + 1, device=dev).expand_as(targets).masked_fill(targets == 0, 0)
+        cols = (
+            torch.arange(1, targets.shape[1] + 1, device=dev)
+            .expand_as(targets)
+            .masked_fill(targets == 0, 0)
+        )
         return _rank_rows(scores, cols, None, 64, sort_threshold=32)
 
 
@@ -321,8 +368,8 @@ def evaluate_scores(
         ks: Cut-offs.
 
     Returns:
-        ``{"hr@10", "recall@10", "precision@10", "f1@10", "ndcg@10", "mrr", "mrr@10", "map@10", ...}``
-        (definitions in :func:`mmrec.evaluation.metrics.per_user_metrics`).
+        ``{"hr@10", "recall@10", "precision@10", "f1@10", "ndcg@10", "mrr", "mrr@10",
+        "map@10", ...}`` (definitions in :func:`mmrec.evaluation.metrics.per_user_metrics`).
     """
     metric = RankingMetrics(ks=check_ks(ks))
     metric.update(rank_from_scores(scores, targets, exclude).cpu())

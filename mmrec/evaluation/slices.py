@@ -1,4 +1,5 @@
-"""Ranking metrics per slice (target month, holiday window, history length, item popularity), CSV and plot."""
+"""Ranking metrics per slice (target month, holiday window, history length, item popularity), CSV
+and plot."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def popularity_buckets(item_train_counts: Tensor, head: float = 0.2, torso: floa
 
 
 class SlicedRankingMetrics(Metric):
-    """:class:`~mmrec.evaluation.metrics.RankingMetrics` per slice of users, DDP-safe (fixed-size sum states).
+    """:class:`~mmrec.evaluation.metrics.RankingMetrics` per slice of users, DDP-safe (fixed-size
+    sum states).
 
     Slices: ``month=YYYY-MM`` of the target time (``month=unknown`` outside the configured range
     or for timestamp <= 0); ``holiday=in|out`` (target day inside the window, inclusive, the
@@ -108,10 +110,14 @@ class SlicedRankingMetrics(Metric):
         self.head_fraction, self.torso_fraction = head_fraction, torso_fraction
         months = [f"{i // 12}-{i % 12 + 1:02d}" for i in range(self.first_idx, last_idx + 1)]
         hist = ["0" if edges[0] == 1 else f"0-{edges[0] - 1}"]
-        hist += [f"{a}-{b - 1}" if b - 1 > a else f"{a}" for a, b in zip(edges, edges[1:], strict=False)] + [f"{edges[-1]}+"]
+        hist += [
+            f"{a}-{b - 1}" if b - 1 > a else f"{a}" for a, b in zip(edges, edges[1:], strict=False)
+        ] + [f"{edges[-1]}+"]
         self.labels = (
-            [f"month={m}" for m in months] + ["month=unknown", "holiday=in", "holiday=out"]
-            + [f"history={h}" for h in hist] + [f"popularity={p}" for p in POPULARITY]
+            [f"month={m}" for m in months]
+            + ["month=unknown", "holiday=in", "holiday=out"]
+            + [f"history={h}" for h in hist]
+            + [f"popularity={p}" for p in POPULARITY]
         )
         self._n_months = len(months)
         self._hol0 = self._n_months + 1
@@ -119,14 +125,20 @@ class SlicedRankingMetrics(Metric):
         self._pop0 = self._hist0 + len(hist)
         self.register_buffer("history_edges", torch.tensor(edges), persistent=False)
         self.register_buffer("item_bucket", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.add_state("sums", torch.zeros(len(self.labels), len(self.names), dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("users", torch.zeros(len(self.labels), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state(
+            "sums",
+            torch.zeros(len(self.labels), len(self.names), dtype=torch.int64),
+            dist_reduce_fx="sum",
+        )
+        self.add_state(
+            "users", torch.zeros(len(self.labels), dtype=torch.int64), dist_reduce_fx="sum"
+        )
 
     def set_item_train_counts(self, item_train_counts: Tensor) -> None:
         """``[N + 1]`` training events per item (0 = never seen); enables the popularity slices."""
-        self.item_bucket = popularity_buckets(item_train_counts, self.head_fraction, self.torso_fraction).to(
-            self.sums.device
-        )
+        self.item_bucket = popularity_buckets(
+            item_train_counts, self.head_fraction, self.torso_fraction
+        ).to(self.sums.device)
 
     def _month_slot(self, target_time: Tensor) -> tuple[Tensor, Tensor]:
         days = torch.div(target_time.long(), DAY, rounding_mode="floor").cpu().tolist()
@@ -142,16 +154,25 @@ class SlicedRankingMetrics(Metric):
             idx = date.year * 12 + date.month - 1 - self.first_idx
             month.append(idx if 0 <= idx < self._n_months else self._n_months)
             md = (date.month, date.day)
-            inside = (m0, d0) <= md <= (m1, d1) if (m0, d0) <= (m1, d1) else md >= (m0, d0) or md <= (m1, d1)
+            inside = (
+                (m0, d0) <= md <= (m1, d1)
+                if (m0, d0) <= (m1, d1)
+                else md >= (m0, d0) or md <= (m1, d1)
+            )
             hol.append(0 if inside else 1)
         return torch.tensor(month), torch.tensor(hol)
 
     def _add(self, slots: Tensor, values: Tensor, keep: Tensor) -> None:
-        slots, fixed = slots[keep.cpu()].to(self.sums.device), to_fixed_point(values[keep]).to(self.sums.device)
+        slots, fixed = (
+            slots[keep.cpu()].to(self.sums.device),
+            to_fixed_point(values[keep]).to(self.sums.device),
+        )
         self.sums.index_add_(0, slots, fixed)
         self.users.index_add_(0, slots, torch.ones_like(slots))
 
-    def update(self, ranks: Tensor, target_time: Tensor, history_len: Tensor, target_items: Tensor) -> None:
+    def update(
+        self, ranks: Tensor, target_time: Tensor, history_len: Tensor, target_items: Tensor
+    ) -> None:
         """Add a batch: ``ranks [B, T]`` (as for RankingMetrics), ``target_time [B]`` unix seconds,
         ``history_len [B]`` full history lengths, ``target_items [B, T]`` (0-padded)."""
         values, keep = per_user_metrics(ranks, None, self.ks)
@@ -159,7 +180,9 @@ class SlicedRankingMetrics(Metric):
         month, hol = self._month_slot(target_time)
         self._add(month, values, keep)
         self._add(self._hol0 + hol, values, keep)
-        hist = torch.searchsorted(self.history_edges.cpu(), history_len.long().cpu().contiguous(), right=True)
+        hist = torch.searchsorted(
+            self.history_edges.cpu(), history_len.long().cpu().contiguous(), right=True
+        )
         self._add(self._hist0 + hist, values, keep)
         if self.item_bucket.numel():
             bucket = self.item_bucket.to(target_items.device)[target_items.long()]  # [B, T]
@@ -185,7 +208,8 @@ class SlicedRankingMetrics(Metric):
 
 
 def slice_rows(results: dict[str, Tensor | float]) -> list[dict[str, str | float]]:
-    """Flat ``.../slice/<kind>=<value>/<metric>`` keys -> one row per slice (``slice``, ``value``, metrics)."""
+    """Flat ``.../slice/<kind>=<value>/<metric>`` keys -> one row per slice (``slice``, ``value``,
+    metrics)."""
     rows: dict[tuple[str, str], dict[str, str | float]] = {}
     for key, v in results.items():
         head, sep, rest = key.partition("slice/")
@@ -210,7 +234,9 @@ def write_slices_csv(results: dict[str, Tensor | float], path: str | Path) -> Pa
     return path
 
 
-def plot_metric_by_month(results: dict[str, Tensor | float], path: str | Path, metric: str = "ndcg@10") -> Path:
+def plot_metric_by_month(
+    results: dict[str, Tensor | float], path: str | Path, metric: str = "ndcg@10"
+) -> Path:
     """Draw ``metric`` per target month (bars; users per month as a thin line) to a PNG.
 
     Uses matplotlib's object API with the Agg canvas: no pyplot, no backend switch, nothing
@@ -219,10 +245,15 @@ def plot_metric_by_month(results: dict[str, Tensor | float], path: str | Path, m
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = sorted((r for r in slice_rows(results) if r["slice"] == "month" and r["value"] != "unknown"), key=lambda r: r["value"])
+    rows = sorted(
+        (r for r in slice_rows(results) if r["slice"] == "month" and r["value"] != "unknown"),
+        key=lambda r: r["value"],
+    )
     name = next((k for k in (rows[0] if rows else {}) if k.endswith(metric)), metric)
     if not rows or name not in rows[0]:
-        raise ValueError(f"no month slices with {metric!r} in the results; was SlicedRankingMetrics updated?")
+        raise ValueError(
+            f"no month slices with {metric!r} in the results; was SlicedRankingMetrics updated?"
+        )
     fig = Figure(figsize=(max(6, 0.25 * len(rows)), 4))
     FigureCanvasAgg(fig)
     ax = fig.subplots()

@@ -118,7 +118,9 @@ class Recommender:
         )
         ratings = rows["rating"].cast(pl.Float32).fill_null(float("nan")).to_list()
         return (
-            rows["item_idx"].to_list(), rows["timestamp"].to_list(), ratings,
+            rows["item_idx"].to_list(),
+            rows["timestamp"].to_list(),
+            ratings,
             rows["row"].cast(pl.Int64).to_list(),
         )
 
@@ -169,7 +171,8 @@ class Recommender:
         unknown = [h for h in history if h not in self.index]
         if unknown:
             warnings.warn(
-                f"{len(unknown)} unknown item id(s) skipped (not in {self.data_dir / 'items.parquet'}): "
+                f"{len(unknown)} unknown item id(s) skipped "
+                f"(not in {self.data_dir / 'items.parquet'}): "
                 + ", ".join(unknown[:20])
                 + (" ..." if len(unknown) > 20 else ""),
                 stacklevel=2,
@@ -186,8 +189,14 @@ class Recommender:
                 f"{who}no known history items: pass --history with item ids of the dataset"
             )
         batch = history_batch(
-            items, times, ratings, query, self.max_len, self.users.get(user_id, -1),
-            event_rows=event_rows, device=self.device,
+            items,
+            times,
+            ratings,
+            query,
+            self.max_len,
+            self.users.get(user_id, -1),
+            event_rows=event_rows,
+            device=self.device,
         )
         with torch.no_grad():
             user_vec = self.model(batch)  # [1, D]
@@ -204,6 +213,7 @@ class Recommender:
             with torch.no_grad():
                 self._item_vecs = self.model.item_vectors().float()
         return self._item_vecs
+
 
 def _topk(user_vec, item_vecs, k, exclude) -> tuple[torch.Tensor, torch.Tensor]:
     from mmrec.evaluation import topk_items
@@ -279,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mmrec recommend``; returns the exit status."""
     cfg = config_from_args(argv)
     if not cfg.user and not cfg.history:
-        print("mmrec recommend: error: give --user USER_ID and/or --history ID,ID,...", file=sys.stderr)
+        print(
+            "mmrec recommend: error: give --user USER_ID and/or --history ID,ID,...",
+            file=sys.stderr,
+        )
         return 2
     if cfg.k < 1:
         print(f"mmrec recommend: error: --k must be >= 1, got {cfg.k}", file=sys.stderr)
@@ -297,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmrec recommend: error: {err}", file=sys.stderr)
         return 2
     if cfg.at is None:
-        print(f"mmrec recommend: no --at given: recommending for now, {_iso(query)}", file=sys.stderr)
+        print(
+            f"mmrec recommend: no --at given: recommending for now, {_iso(query)}", file=sys.stderr
+        )
     span = rec.time_range()
     if span is not None and not span[0] <= query <= span[1] + DAY:
         print(

@@ -30,7 +30,11 @@ class TopKWriter(BasePredictionWriter):
         self.written: Path | None = None
 
     def _path(self, trainer: L.Trainer) -> Path:
-        path = Path(self.output) if self.output else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.parquet"
+        path = (
+            Path(self.output)
+            if self.output
+            else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.parquet"
+        )
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         return path
@@ -48,18 +52,36 @@ class TopKWriter(BasePredictionWriter):
         order = np.argsort(users, kind="stable")  # loaders may visit users in any order
         users, items, scores = users[order], items[order], scores[order]
         frame = pl.DataFrame(
-            {"user_idx": users.astype("int32"), "item_idx": items.astype("int32").tolist(), "score": scores.tolist()}
+            {
+                "user_idx": users.astype("int32"),
+                "item_idx": items.astype("int32").tolist(),
+                "score": scores.tolist(),
+            }
         )
-        data_dir = getattr(getattr(trainer, "datamodule", None), "data_dir", None) or pl_module.hparams.get("data_dir")
+        data_dir = getattr(
+            getattr(trainer, "datamodule", None), "data_dir", None
+        ) or pl_module.hparams.get("data_dir")
         if data_dir and (Path(data_dir) / "items.parquet").exists():
-            item_ids = pl.read_parquet(Path(data_dir) / "items.parquet", columns=["item_idx", "item_id"])
-            lookup = dict(zip(item_ids["item_idx"].to_list(), item_ids["item_id"].to_list(), strict=True))
-            frame = frame.with_columns(
-                pl.Series("item_id", [[lookup.get(int(i)) for i in row] for row in items], dtype=pl.List(pl.Utf8))
+            item_ids = pl.read_parquet(
+                Path(data_dir) / "items.parquet", columns=["item_idx", "item_id"]
             )
-            user_ids = pl.read_parquet(Path(data_dir) / "users.parquet", columns=["user_idx", "user_id"])
+            lookup = dict(
+                zip(item_ids["item_idx"].to_list(), item_ids["item_id"].to_list(), strict=True)
+            )
+            frame = frame.with_columns(
+                pl.Series(
+                    "item_id",
+                    [[lookup.get(int(i)) for i in row] for row in items],
+                    dtype=pl.List(pl.Utf8),
+                )
+            )
+            user_ids = pl.read_parquet(
+                Path(data_dir) / "users.parquet", columns=["user_idx", "user_id"]
+            )
             frame = frame.join(user_ids.cast({"user_idx": pl.Int32}), on="user_idx", how="left")
-        cols = [c for c in ("user_idx", "user_id", "item_idx", "item_id", "score") if c in frame.columns]
+        cols = [
+            c for c in ("user_idx", "user_id", "item_idx", "item_id", "score") if c in frame.columns
+        ]
         path = self._path(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.select(cols).write_parquet(path)

@@ -22,7 +22,10 @@ SPLITS = ("valid", "test", "predict")
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     return make_synthetic_dataset(
-        tmp_path_factory.mktemp("contract") / "ds", num_users=60, num_items=50, max_events=30,
+        tmp_path_factory.mktemp("contract") / "ds",
+        num_users=60,
+        num_items=50,
+        max_events=30,
         seed=4,
     )
 
@@ -188,8 +191,12 @@ def test_history_batch_equals_the_predict_batch_of_a_known_user(folder):
     pred = dm.datasets["predict"].__getitems__([4])
     user = inter.filter(pl.col("user_idx") == int(pred["user_idx"][0]))
     got = history_batch(
-        user["item_idx"].to_list(), user["timestamp"].to_list(), user["rating"].to_list(),
-        dm.predict_time, dm.max_len, int(pred["user_idx"][0]),
+        user["item_idx"].to_list(),
+        user["timestamp"].to_list(),
+        user["rating"].to_list(),
+        dm.predict_time,
+        dm.max_len,
+        int(pred["user_idx"][0]),
         event_rows=(user["row"].to_numpy() + 1).tolist(),
     )
     for key in (*(f.key for f in EVENT_FIELDS), "mask", "query_time", "user_idx",

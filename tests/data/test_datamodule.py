@@ -266,7 +266,9 @@ def test_length_bucket_sampler_covers_every_row_with_less_padding():
     assert list(LengthBucketSampler(data, batch_size=32, window=10, seed=3)) == order  # seeded
     sampler.set_epoch(1)
     assert list(sampler) != order
-    shards = [set(LengthBucketSampler(data, 32, 10, num_replicas=2, rank=r, seed=3)) for r in (0, 1)]
+    shards = [
+        set(LengthBucketSampler(data, 32, 10, num_replicas=2, rank=r, seed=3)) for r in (0, 1)
+    ]
     assert shards[0] | shards[1] == set(range(1000)) and len(shards[0]) == len(shards[1]) == 500
     with pytest.raises(ValueError, match="must be >= 1"):
         LengthBucketSampler(data, batch_size=32, window=0)
@@ -341,7 +343,11 @@ def test_trimmed_batches_are_the_untrimmed_ones_without_shared_padding(tmp_path)
             assert w == min(4, int(trim.datasets[name].lengths()[rows].max()))
             assert not a["mask"][:, : 4 - w].any()  # only shared padding was cut
             for key, value in a.items():
-                cut = value[:, -w:] if value.ndim == 2 and value.shape[1] == 4 and key != "exclude_items" else value
+                cut = (
+                    value[:, -w:]
+                    if value.ndim == 2 and value.shape[1] == 4 and key != "exclude_items"
+                    else value
+                )
                 assert eq(b[key], cut.tolist()), (name, rows, key)
             widths[name, tuple(rows[:2])] = w
     assert widths["train", (0,)] == 2 and widths["train", (1,)] == 1  # users 0, 1: 2 and 1 inputs
@@ -368,8 +374,11 @@ SHIPPED = Path(__file__).resolve().parents[2] / "mmrec" / "data" / "shipped"
 
 def _gift_cards(**changes) -> PrepareConfig:
     settings = dict(
-        source="amazon2018", out="ignored", reviews=str(SHIPPED / "Gift_Cards_5.json.gz"),
-        meta=str(SHIPPED / "meta_Gift_Cards.json.gz"), report=False,
+        source="amazon2018",
+        out="ignored",
+        reviews=str(SHIPPED / "Gift_Cards_5.json.gz"),
+        meta=str(SHIPPED / "meta_Gift_Cards.json.gz"),
+        report=False,
     )
     return PrepareConfig(**(settings | changes))
 
@@ -379,7 +388,9 @@ def test_folder_is_prepared_then_checked_against_its_settings(tmp_path, capsys):
     dm = AmazonDataModule(str(folder), prepare=_gift_cards())
     assert dm.num_items == 147  # prepared on first use, into data_dir (not `out`)
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["settings"]["kcore"] == 5 and meta["input_files"][0]["file"] == "Gift_Cards_5.json.gz"
+    assert (
+        meta["settings"]["kcore"] == 5 and meta["input_files"][0]["file"] == "Gift_Cards_5.json.gz"
+    )
     stamp = (folder / "interactions.parquet").stat().st_mtime_ns
     assert AmazonDataModule(str(folder), prepare=_gift_cards()).num_items == 147
     assert (folder / "interactions.parquet").stat().st_mtime_ns == stamp  # up to date: untouched
@@ -387,9 +398,15 @@ def test_folder_is_prepared_then_checked_against_its_settings(tmp_path, capsys):
     # other settings never train on this folder: the message names what differs
     with pytest.raises(DataError, match=r"kcore 5 -> 6.*--data.prepare.overwrite true"):
         _ = AmazonDataModule(str(folder), prepare=_gift_cards(kcore=6)).num_items
-    with pytest.raises(DataError, match=r"split 'loo' -> 'temporal'.*valid_start None -> '2019-01-01'"):
-        AmazonDataModule(str(folder), prepare=_gift_cards(
-            split="temporal", valid_start="2019-01-01", test_start="2019-06-01")).setup()
+    with pytest.raises(
+        DataError, match=r"split 'loo' -> 'temporal'.*valid_start None -> '2019-01-01'"
+    ):
+        AmazonDataModule(
+            str(folder),
+            prepare=_gift_cards(
+                split="temporal", valid_start="2019-01-01", test_start="2019-06-01"
+            ),
+        ).setup()
     dm = AmazonDataModule(str(folder), prepare=_gift_cards(kcore=6, overwrite=True))
     assert dm.num_items < 147 and json.loads((folder / "meta.json").read_text())["kcore"] == 6
     # no prepare settings: the folder is used as it is
@@ -463,10 +480,18 @@ def test_config_parses_prepare_and_predict_time(tmp_path):
     # config that names it), and single settings still override it
     (tmp_path / "cfg" / "data").mkdir(parents=True)
     (tmp_path / "cfg" / "data" / "p.yaml").write_text("source: tabular\nkcore: 0\nsplit: loo\n")
-    (tmp_path / "cfg" / "train.yaml").write_text(f"data:\n  data_dir: {tmp_path / 'd'}\n  prepare: data/p.yaml\n")
+    (tmp_path / "cfg" / "train.yaml").write_text(
+        f"data:\n  data_dir: {tmp_path / 'd'}\n  prepare: data/p.yaml\n"
+    )
     parser.add_argument("--config", action=ActionConfigFile)
-    cfg = parser.parse_args(["--config", str(tmp_path / "cfg" / "train.yaml"), "--data.prepare.kcore", "7"])
-    assert (cfg.data.prepare.source, cfg.data.prepare.kcore, cfg.data.prepare.split) == ("tabular", 7, "loo")
+    cfg = parser.parse_args(
+        ["--config", str(tmp_path / "cfg" / "train.yaml"), "--data.prepare.kcore", "7"]
+    )
+    assert (cfg.data.prepare.source, cfg.data.prepare.kcore, cfg.data.prepare.split) == (
+        "tabular",
+        7,
+        "loo",
+    )
     cfg = parser.parse_args(["--data.data_dir", str(tmp_path / "d")])
     dm = parser.instantiate(cfg).data
     assert dm.prepare.source is None  # no prepare settings: the folder is used as it is

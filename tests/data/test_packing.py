@@ -67,7 +67,9 @@ def test_packed_batch_holds_each_users_events_in_order(dm):
     assert int(packed["mask"].sum()) == int(plain["mask"].sum())
     for key in (*KEYS, "ratings"):
         a, b = _per_user(plain, key, n, False), _per_user(packed, key, n, True)
-        assert all(torch.equal(x.nan_to_num(-1), y.nan_to_num(-1)) for x, y in zip(a, b, strict=True)), key
+        assert all(
+            torch.equal(x.nan_to_num(-1), y.nan_to_num(-1)) for x, y in zip(a, b, strict=True)
+        ), key
     for u in range(n):  # positions restart at 0 in every segment
         pos = packed["positions"][packed["segments"] == u + 1]
         assert torch.equal(pos, torch.arange(len(pos)))
@@ -80,10 +82,14 @@ def test_packed_batch_holds_each_users_events_in_order(dm):
 def test_packed_hidden_states_and_loss_equal_unpacked(dm, attn):
     L.seed_everything(0)
     model = MMRecModule.for_data(
-        dm, d_model=16,
+        dm,
+        d_model=16,
         # no gates: the time features are not zero at initialisation
-        event_encoders=[TimestampEncoder(gate_init=None), QueryTimeEncoder(gate_init=None),
-                        RatingEncoder()],
+        event_encoders=[
+            TimestampEncoder(gate_init=None),
+            QueryTimeEncoder(gate_init=None),
+            RatingEncoder(),
+        ],
         sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.0, attn_implementation=attn),
     ).eval()
     plain, packed = _both(dm, list(range(32)))
@@ -124,7 +130,9 @@ def test_user_context_packed_equals_unpadded(tmp_path):
     L.seed_everything(0)
     enc = UserContextEncoder(columns=["location"])
     model = MMRecModule.for_data(
-        dm, d_model=16, event_encoders=[enc],
+        dm,
+        d_model=16,
+        event_encoders=[enc],
         sequence=GPT2Sequence(n_layer=2, n_head=2, dropout=0.0),
     ).eval()
     plain, packed = _both(dm, list(range(32)))
@@ -156,18 +164,39 @@ def test_packed_batches_refused_for_an_encoder_that_needs_one_user_per_row(tmp_p
     path = make_synthetic_dataset(tmp_path / "ds", num_users=60, num_items=40, seed=2)
     dm = AmazonDataModule(str(path), max_len=10, batch_size=16)
     assert dm.pack_sequences  # on by default
-    model = MMRecModule.for_data(dm, d_model=16, event_encoders=[_OneUserPerRow()],
-                                 sequence=GPT2Sequence(n_layer=1, n_head=2))
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    with pytest.raises(ValueError, match=r"_OneUserPerRow cannot take packed .*data.pack_sequences false"):
+    model = MMRecModule.for_data(
+        dm,
+        d_model=16,
+        event_encoders=[_OneUserPerRow()],
+        sequence=GPT2Sequence(n_layer=1, n_head=2),
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(
+        ValueError, match=r"_OneUserPerRow cannot take packed .*data.pack_sequences false"
+    ):
         trainer.fit(model, datamodule=dm)
     assert dm.pack_sequences is True  # untouched
     dm = AmazonDataModule(str(path), max_len=10, batch_size=16, pack_sequences=False)
     enc = _OneUserPerRow()
-    model = MMRecModule.for_data(dm, d_model=16, event_encoders=[enc],
-                                 sequence=GPT2Sequence(n_layer=1, n_head=2))
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    model = MMRecModule.for_data(
+        dm, d_model=16, event_encoders=[enc], sequence=GPT2Sequence(n_layer=1, n_head=2)
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
     trainer.fit(model, datamodule=dm)
     assert enc.seen and not any(enc.seen)

@@ -1,4 +1,4 @@
-"""Tests of `mmrec prepare`: ordering, duplicates, k-core, ids, splits, meta.json, CLI and real sets."""
+"""`mmrec prepare`: ordering, duplicates, k-core, ids, splits, meta.json, CLI and real sets."""
 
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ def test_duplicates_and_repeats_policy(tmp_path):
 
 
 def test_kcore_is_iterative(tmp_path):
-    # 2-core: d has one user -> w keeps 1 event -> c keeps 1 user -> x keeps 1 event: only u, v x a, b stay
-    # (a single pass would drop (w, d) alone).
+    # 2-core: d has one user -> w keeps 1 event -> c keeps 1 user -> x keeps 1 event: only
+    # u, v x a, b stay (a single pass would drop (w, d) alone).
     pairs = [
         ("u", "a"),
         ("u", "b"),

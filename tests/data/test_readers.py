@@ -1,4 +1,4 @@
-"""Tests of the raw readers: 2014/2018/2023 reviews and metadata, 2023 benchmark CSVs, tabular files."""
+"""Tests of raw readers: 2014/2018/2023 reviews and metadata, 2023 benchmark CSVs, tabular files."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def test_2014_reviews_and_python_literal_metadata(tmp_path):
     meta = _gz(
         tmp_path / "meta_Beauty.json.gz",
         [
-            "{'asin': 'X1', 'title': 'Rose &amp; Oud <b>Soap</b>', 'price': 12.5, 'imUrl': 'http://i/x1.jpg', "
+            "{'asin': 'X1', 'title': 'Rose &amp; Oud <b>Soap</b>', 'price': 12.5, "
+            "'imUrl': 'http://i/x1.jpg', "
             "'categories': [['Beauty', 'Skin Care'], ['Beauty', 'Bath']], 'brand': 'Acme', "
             "'description': '<p>Smells   good</p>'}",
             "{'asin': 'X2', 'title': 'Comb'}",

@@ -18,7 +18,7 @@ PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves PAYLOAD; honours Range unless ``ignore_range``; ``lie`` announces more than it sends."""
+    """Serves PAYLOAD; honours Range unless ``ignore_range``; ``lie`` claims more than it sends."""
 
     ranges: list[str | None] = []
     ignore_range = False

@@ -131,8 +131,11 @@ def test_finetune_image_reads_image_cache(dataset, ckpt):
     enc = CLIPImageEncoder(finetune=True, model=str(ckpt))
     # server is closed: only the warm cache of `mmrec embed` serves; item 3's cached file is
     # corrupt: counted and named, never skipped silently
-    with pytest.warns(UserWarning, match=r"1 of 8 cached item images could not be decoded "
-                      r"\(item_idx 3\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"1 of 8 cached item images could not be decoded "
+        r"\(item_idx 3\)",
+    ):
         enc.build(_ctx(dataset))
     assert enc.present.tolist() == [False, True, True, False, False, False, False, False, True]
     frozen = CLIPImageEncoder()

@@ -37,9 +37,11 @@ def _encoder_classes() -> list[type]:
     for base in (ItemEncoder, EventEncoder):
         for cls in _all_subclasses(base):
             # only the package's own (test modules define encoders of their own)
-            if cls.__module__.startswith("mmrec.encoders") and cls.forward not in (
-                ItemEncoder.forward, EventEncoder.forward
-            ) and not getattr(cls, "__abstractmethods__", None):
+            if (
+                cls.__module__.startswith("mmrec.encoders")
+                and cls.forward not in (ItemEncoder.forward, EventEncoder.forward)
+                and not getattr(cls, "__abstractmethods__", None)
+            ):
                 found[f"{cls.__module__}.{cls.__qualname__}"] = cls
     return [found[k] for k in sorted(found)]
 
@@ -57,7 +59,7 @@ def _lengths() -> torch.Tensor:
 
 
 def make_batch(pad_fill: int = 0, extra_pad: int = 0, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A left-padded batch; ``pad_fill`` seeds garbage at padded positions, ``extra_pad`` widens L."""
+    """Left-padded batch; ``pad_fill`` seeds garbage at padded positions, ``extra_pad`` widens L."""
     g = torch.Generator().manual_seed(seed)
     length = L + extra_pad
     pos = torch.arange(length)
@@ -171,7 +173,9 @@ def test_spec_round_trip(cls, tmp_path):
     enc, ctx = cls.example(tmp_path, CTX)
     spec = component_spec(enc)
     assert spec["class_path"].endswith(cls.__qualname__)
-    again = instantiate(spec, (ItemEncoder if issubclass(cls, ItemEncoder) else EventEncoder), "encoder")
+    again = instantiate(
+        spec, (ItemEncoder if issubclass(cls, ItemEncoder) else EventEncoder), "encoder"
+    )
     assert type(again) is cls and component_spec(again) == spec
     again.build(ctx)
     with pytest.raises(RuntimeError, match="called twice"):
@@ -182,7 +186,9 @@ def test_spec_round_trip(cls, tmp_path):
 _OWN_SCALE = {"CosineItemIdEncoder"}
 
 
-@pytest.mark.parametrize("cls", [c for c in ENCODERS if c.__name__ not in _OWN_SCALE], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [c for c in ENCODERS if c.__name__ not in _OWN_SCALE], ids=lambda c: c.__name__
+)
 def test_output_starts_at_id_embedding_scale(cls, tmp_path):
     """Summed or fused with item-ID embeddings (std 0.02), an encoder that starts much larger
     drowns them and the model first has to unlearn it (a default-initialised RatingEncoder started
@@ -192,4 +198,6 @@ def test_output_starts_at_id_embedding_scale(cls, tmp_path):
     with torch.no_grad():
         out = enc(batch["item_ids"]) if issubclass(cls, ItemEncoder) else enc(batch)
     rms = out[batch["mask"]].pow(2).mean(-1).sqrt()
-    assert float(rms.max()) <= 0.05, f"{cls.__name__} starts at per-token RMS {float(rms.max()):.3f} (> 0.05)"
+    assert float(rms.max()) <= 0.05, (
+        f"{cls.__name__} starts at per-token RMS {float(rms.max()):.3f} (> 0.05)"
+    )

@@ -273,16 +273,29 @@ def test_custom_events_rebuild_from_a_checkpoint_in_a_fresh_process(tmp_path):
         mmrec.calendar.EVENT_RULES["sale"] = lambda y: []  # read-only
     custom = {"spring_sale": ["03-08", "2014-05-05"]}
     model = MMRecModule(
-        num_items=10, num_users=3, max_len=8, d_model=D, time_granularity="day",
-        event_encoders=[TimestampEncoder(events=["spring_sale", "christmas"], custom_events=custom,
-                                         gate_init=1.0)],
+        num_items=10,
+        num_users=3,
+        max_len=8,
+        d_model=D,
+        time_granularity="day",
+        event_encoders=[
+            TimestampEncoder(
+                events=["spring_sale", "christmas"], custom_events=custom, gate_init=1.0
+            )
+        ],
         sequence=GPT2Sequence(n_layer=1, n_head=2),
     )
     enc = model.event_encoders[0]
     table = enc.calendar.codes.clone()
     path = tmp_path / "custom.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": "2.6.6"}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": "2.6.6",
+        },
+        path,
+    )
     code = (
         "import sys, torch; from mmrec.module import MMRecModule; "
         f"m = MMRecModule.load_from_checkpoint({str(path)!r}, weights_only=True); "

@@ -28,7 +28,9 @@ def _random_case(seed: int, users: int, items: int, max_t: int, max_e: int, ties
     if ties:
         scores = torch.randint(0, 4, (users, items + 1), generator=g).float()
     else:
-        scores = torch.rand(users, items + 1, generator=g) + 1.0  # positive: torchmetrics drops preds <= 0
+        scores = (
+            torch.rand(users, items + 1, generator=g) + 1.0
+        )  # positive: torchmetrics drops preds <= 0
     targets = torch.zeros(users, max_t, dtype=torch.long)
     exclude = torch.zeros(users, max_e, dtype=torch.long)
     for u in range(users):
@@ -57,7 +59,9 @@ def _numpy_metrics(scores, targets, exclude, ks):
     [(0, 1, 0, False), (1, 1, 5, True), (2, 4, 6, True), (3, 5, 0, True), (4, 3, 8, False)],
 )
 def test_matches_numpy_reference(seed, max_t, max_e, ties):
-    scores, targets, exclude = _random_case(seed, users=23, items=30, max_t=max_t, max_e=max_e, ties=ties)
+    scores, targets, exclude = _random_case(
+        seed, users=23, items=30, max_t=max_t, max_e=max_e, ties=ties
+    )
     metric = RankingMetrics(ks=KS)
     metric.update(rank_from_scores(scores, targets, exclude))
     got = {k: float(v) for k, v in metric.compute().items()}
@@ -79,8 +83,12 @@ def _torchmetrics_values(scores, targets, exclude, k):
     preds, rel, idx = torch.cat(preds), torch.cat(rel), torch.cat(idx)
     out = {}
     for name, cls in [
-        ("hr", RetrievalHitRate), ("recall", RetrievalRecall), ("precision", RetrievalPrecision),
-        ("ndcg", RetrievalNormalizedDCG), ("mrr", RetrievalMRR), ("map", RetrievalMAP),
+        ("hr", RetrievalHitRate),
+        ("recall", RetrievalRecall),
+        ("precision", RetrievalPrecision),
+        ("ndcg", RetrievalNormalizedDCG),
+        ("mrr", RetrievalMRR),
+        ("map", RetrievalMAP),
     ]:
         out[f"{name}@{k}"] = float(cls(top_k=k)(preds, rel, indexes=idx))
     out["mrr"] = float(RetrievalMRR()(preds, rel, indexes=idx))
@@ -92,7 +100,9 @@ def test_matches_torchmetrics_tie_free(seed, max_t, max_e):
     """Tie-free positive scores (torchmetrics 1.9 breaks ties by sort order and zeroes the
     relevance of items scored <= 0). torchmetrics' MAP@K divides by the hits inside the top K,
     ours by min(|rel|, K): they agree for single-target users only, compared there."""
-    scores, targets, exclude = _random_case(seed, users=17, items=40, max_t=max_t, max_e=max_e, ties=False)
+    scores, targets, exclude = _random_case(
+        seed, users=17, items=40, max_t=max_t, max_e=max_e, ties=False
+    )
     for k in (1, 5, 10):
         metric = RankingMetrics(ks=(k,))
         metric.update(rank_from_scores(scores, targets, exclude))
@@ -132,7 +142,11 @@ def test_hand_computed_multi_target():
     values, keep = per_user_metrics(torch.tensor([[3.0, 1.0, math.inf]]), torch.tensor([3]), (3,))
     got = dict(zip(metric_names((3,)), values[0].tolist(), strict=True))
     assert keep.tolist() == [True]
-    assert got["hr@3"] == 1 and got["recall@3"] == pytest.approx(2 / 3) and got["precision@3"] == pytest.approx(2 / 3)
+    assert (
+        got["hr@3"] == 1
+        and got["recall@3"] == pytest.approx(2 / 3)
+        and got["precision@3"] == pytest.approx(2 / 3)
+    )
     assert got["f1@3"] == pytest.approx(2 / 3)
     idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert got["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg)

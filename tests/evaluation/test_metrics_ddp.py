@@ -1,4 +1,4 @@
-"""RankingMetrics / SlicedRankingMetrics under DDP (2 CPU processes, gloo) equal one process exactly."""
+"""RankingMetrics/SlicedRankingMetrics under 2-process CPU DDP (gloo) equal one process exactly."""
 
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     for key, value in single.items():
         torch.testing.assert_close(ddp[key], value, atol=0, rtol=0, msg=key)
     # every user counted once: the holiday slices partition the users
-    users = sum(int(v) for k, v in ddp.items() if k.startswith("slice/holiday=") and k.endswith("/users"))
+    users = sum(
+        int(v) for k, v in ddp.items() if k.startswith("slice/holiday=") and k.endswith("/users")
+    )
     assert users == USERS and not math.isnan(float(ddp["ndcg@10"]))
     part = _run(*_metrics(), ranks[:SPLIT], targets[:SPLIT], times[:SPLIT], hist[:SPLIT], batch=4)
     assert part["ndcg@10"] != single["ndcg@10"]  # the shards differ, so the sync did the work

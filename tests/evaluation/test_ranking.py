@@ -28,14 +28,18 @@ def _vectors(seed: int, users: int, items: int, dim: int = 4, ties: bool = True)
     g = torch.Generator().manual_seed(seed)
     # small integer vectors: integer dot products, exact in float32, many ties
     if ties:
-        return torch.randint(-2, 3, (users, dim), generator=g).float(), torch.randint(-2, 3, (items + 1, dim), generator=g).float()
+        return torch.randint(-2, 3, (users, dim), generator=g).float(), torch.randint(
+            -2, 3, (items + 1, dim), generator=g
+        ).float()
     return torch.randn(users, dim, generator=g), torch.randn(items + 1, dim, generator=g)
 
 
 def _ids(seed: int, users: int, items: int, width: int, fill: int):
     g = torch.Generator().manual_seed(seed)
     out = torch.randint(1, items + 1, (users, width), generator=g)
-    keep = torch.arange(width).expand(users, width) < torch.randint(fill, width + 1, (users, 1), generator=g)
+    keep = torch.arange(width).expand(users, width) < torch.randint(
+        fill, width + 1, (users, 1), generator=g
+    )
     return out * keep
 
 
@@ -61,7 +65,12 @@ def test_rank_targets_matches_reference_sort(ties, width):
 def test_exclusion_switch_and_padding_item():
     u, it = torch.ones(1, 1), torch.tensor([[100.0], [1.0], [3.0], [2.0]])  # item 0 would win
     assert rank_targets(u, it, torch.tensor([[1]]), torch.tensor([[2, 3]])).item() == 1
-    assert rank_targets(u, it, torch.tensor([[1]]), torch.tensor([[2, 3]]), exclude_history=False).item() == 3
+    assert (
+        rank_targets(
+            u, it, torch.tensor([[1]]), torch.tensor([[2, 3]]), exclude_history=False
+        ).item()
+        == 3
+    )
     # an excluded item that is a target is still ranked
     assert rank_targets(u, it, torch.tensor([[2]]), torch.tensor([[2]])).item() == 1
 
@@ -72,7 +81,9 @@ def test_chunking_and_sort_path_do_not_change_ranks(budget):
     targets, exclude = _ids(4, 33, 70, width=5, fill=1), _ids(5, 33, 70, width=9, fill=0)
     base = rank_targets(u, it, targets, exclude)
     assert torch.equal(rank_targets(u, it, targets, exclude, memory_budget_mb=budget), base)
-    assert torch.equal(rank_targets(u, it, targets, exclude, memory_budget_mb=budget, sort_threshold=0), base)
+    assert torch.equal(
+        rank_targets(u, it, targets, exclude, memory_budget_mb=budget, sort_threshold=0), base
+    )
     scores = u @ it.T
     before = scores.clone()
     assert torch.equal(rank_from_scores(scores, targets, exclude, memory_budget_mb=budget), base)
@@ -83,7 +94,9 @@ def test_minus_inf_scores_and_nan_error():
     s = torch.tensor([[0.0, 3.0, -math.inf, 2.0, -math.inf, 5.0]])
     for thr in (0, 32):
         assert rank_from_scores(s, [[2, 3]], [[5]], sort_threshold=thr).tolist() == [[4.0, 2.0]]
-        assert rank_from_scores(s, [[2]], [[5]], sort_threshold=thr).tolist() == [[4.0]]  # ties with -inf
+        assert rank_from_scores(s, [[2]], [[5]], sort_threshold=thr).tolist() == [
+            [4.0]
+        ]  # ties with -inf
     with pytest.raises(ValueError, match="NaN"):
         rank_from_scores(torch.tensor([[0.0, math.nan, 1.0]]), [[1]])
     with pytest.raises(ValueError, match=r"item ids in 0\.\.2"):
@@ -97,8 +110,14 @@ def test_memory_bound_for_1m_items_100k_users():
     processed one after another)."""
     from mmrec.evaluation.ranking import _budget, _user_chunk
 
-    assert _budget(None, torch.device("cpu"), 12_102) == 32 and _budget(None, torch.device("cuda"), 12_102) == 256
-    assert _budget(8, torch.device("cuda"), 12_102) == 8 and _budget(8, torch.device("cpu"), 1_000_001) == 8
+    assert (
+        _budget(None, torch.device("cpu"), 12_102) == 32
+        and _budget(None, torch.device("cuda"), 12_102) == 256
+    )
+    assert (
+        _budget(8, torch.device("cuda"), 12_102) == 8
+        and _budget(8, torch.device("cpu"), 1_000_001) == 8
+    )
     # CPU default: at least 32 users per block, so the item matrix is not re-read for every 2 users
     cpu_1m = _budget(None, torch.device("cpu"), 1_000_001)
     assert _user_chunk(1_000_001, 8, cpu_1m / 2) == 32 and cpu_1m < 600
@@ -136,7 +155,16 @@ def test_evaluate_scores_lists_and_tensors_agree():
     a = evaluate_scores(scores, targets, exclude, ks=(5,))
     pad = lambda rows, w: torch.tensor([r + [0] * (w - len(r)) for r in rows])  # noqa: E731
     b = evaluate_scores(scores, pad(targets, 3), pad(exclude, 3), ks=(5,))
-    assert a == b and set(a) == {"mrr", "hr@5", "recall@5", "precision@5", "f1@5", "ndcg@5", "mrr@5", "map@5"}
+    assert a == b and set(a) == {
+        "mrr",
+        "hr@5",
+        "recall@5",
+        "precision@5",
+        "f1@5",
+        "ndcg@5",
+        "mrr@5",
+        "map@5",
+    }
     assert all(isinstance(v, float) for v in a.values())
 
 
@@ -173,13 +201,17 @@ def test_slices_values_csv_and_png(tmp_path):
     sl.set_item_train_counts(torch.tensor([0, 50, 40, 1, 0] + [2] * 5))  # item 4 unseen
     sl.update(ranks, times, hist, targets)
     out = {k: float(v) for k, v in sl.compute().items()}
-    assert out["test/slice/month=2013-12/hr@10"] == 0.5 and out["test/slice/month=2013-12/users"] == 2
+    assert (
+        out["test/slice/month=2013-12/hr@10"] == 0.5 and out["test/slice/month=2013-12/users"] == 2
+    )
     assert out["test/slice/month=2014-01/users"] == 1  # user 4 has no targets: skipped
     assert out["test/slice/holiday=in/users"] == 2 and out["test/slice/holiday=out/mrr"] == 0.5
     assert out["test/slice/history=1-4/hr@10"] == 1 and out["test/slice/history=50+/users"] == 1
     assert out["test/slice/popularity=head/users"] == 2  # items 1, 2 (top 20% of 8 seen = 2)
     assert out["test/slice/popularity=tail/mrr"] == 0.5  # item 3 (rank 2)
-    assert out["test/slice/popularity=unseen/mrr"] == pytest.approx(0.2, abs=1e-9)  # item 4 (rank 5, other target kept ahead)
+    assert out["test/slice/popularity=unseen/mrr"] == pytest.approx(
+        0.2, abs=1e-9
+    )  # item 4 (rank 5, other target kept ahead)
     assert "test/slice/history=20-49/users" not in out
     rows = list(csv.DictReader(write_slices_csv(out, tmp_path / "slices.csv").open()))
     assert {r["slice"] for r in rows} == {"month", "holiday", "history", "popularity"}
@@ -190,8 +222,15 @@ def test_slices_values_csv_and_png(tmp_path):
 def test_popularity_buckets_and_holiday_wrap():
     b = popularity_buckets(torch.tensor([9, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]))
     assert b.tolist() == [3, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 3]
-    sl = SlicedRankingMetrics(ks=(1,), holiday_start=(12, 20), holiday_end=(1, 5), history_edges=(1, 10))
-    sl.update(torch.tensor([[1.0], [1.0]]), torch.tensor([_ts(2014, 1, 2), _ts(2014, 2, 2)]), torch.tensor([0, 10]), torch.tensor([[1], [2]]))
+    sl = SlicedRankingMetrics(
+        ks=(1,), holiday_start=(12, 20), holiday_end=(1, 5), history_edges=(1, 10)
+    )
+    sl.update(
+        torch.tensor([[1.0], [1.0]]),
+        torch.tensor([_ts(2014, 1, 2), _ts(2014, 2, 2)]),
+        torch.tensor([0, 10]),
+        torch.tensor([[1], [2]]),
+    )
     out = sl.compute()
     assert int(out["slice/holiday=in/users"]) == 1 and int(out["slice/holiday=out/users"]) == 1
     assert int(out["slice/history=0/users"]) == 1 and int(out["slice/history=10+/users"]) == 1

@@ -123,8 +123,12 @@ def test_cli_is_a_jsonargparse_command(trained, tmp_path, capsys):
 
     ckpt, path, _ = trained
     help_text = build_parser().format_help()
-    for option, words in (("--ckpt_path", "rebuilds the model"), ("--at", "Default: now"),
-                          ("--k", "Number of items"), ("--trust_module", "importing runs code")):
+    for option, words in (
+        ("--ckpt_path", "rebuilds the model"),
+        ("--at", "Default: now"),
+        ("--k", "Number of items"),
+        ("--trust_module", "importing runs code"),
+    ):
         assert option in help_text and words in " ".join(help_text.split()), option
     argv = ["--ckpt_path", str(ckpt), "--user", "u1", "--k", "3", "--at", "2014-01-05"]
     with pytest.raises(SystemExit) as info:

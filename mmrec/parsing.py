@@ -1,0 +1,72 @@
+"""Command-line parsers with short errors: the error, a did-you-mean, and where the help is."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from functools import cache
+from typing import Any
+
+from mmrec.config import ConfigError
+
+_OPTION = re.compile(r"(--[A-Za-z0-9_][\w.\-]*)")
+
+
+def did_you_mean(message: str, options: set[str]) -> list[str]:
+    """``--opt: did you mean --option?`` for each unknown option the message names."""
+    out = []
+    for bad in dict.fromkeys(_OPTION.findall(message)):
+        if bad in options:
+            continue
+        close = difflib.get_close_matches(bad, sorted(options), n=2, cutoff=0.75)
+        if close:
+            out.append(f"{bad}: did you mean {' or '.join(close)}?")
+    return out
+
+
+def _options(parser: Any) -> set[str]:
+    found: set[str] = set()
+    for action in getattr(parser, "_actions", []):
+        found.update(s for s in action.option_strings if s.startswith("--"))
+        sub = getattr(action, "_name_parser_map", None)  # subcommands
+        if isinstance(sub, dict):
+            for p in sub.values():
+                found |= _options(p)
+    return found
+
+
+class ShortErrors:
+    """Mixin for jsonargparse parsers: on a bad argument print the error, did-you-mean hints
+    and the help command, then exit with status 2 (instead of the whole usage text)."""
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        if not getattr(self, "exit_on_error", True):
+            return super().error(message, ex)  # type: ignore[misc]
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        lines = [f"{prog}: error: {message.strip()}"]
+        lines += [f"  {hint}" for hint in did_you_mean(message, _options(parser))]
+        lines.append(f"  see `{prog} --help` for every option")
+        sys.stderr.write("\n".join(lines) + "\n")
+        self.exit(2)  # type: ignore[attr-defined]
+
+
+@cache
+def short_errors(base: type) -> type:
+    """``base`` (a jsonargparse ``ArgumentParser`` class) with :class:`ShortErrors`."""
+    return type(base.__name__, (ShortErrors, base), {})
+
+
+def argument_parser(**kwargs: Any):
+    """A jsonargparse ``ArgumentParser`` with short errors (for ``mmrec`` tools)."""
+    from jsonargparse import ArgumentParser
+
+    return short_errors(ArgumentParser)(**kwargs)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message tells the user what to change: shown as one line, no traceback."""
+    from mmrec.data.errors import DataError
+
+    return (ConfigError, DataError, FileNotFoundError)
