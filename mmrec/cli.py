@@ -190,9 +190,9 @@ def _cli_class():
             print(f"mmrec fit: run folder {self.run.folder} (also {latest})")
 
         def after_test(self) -> None:
+            out = Path(self.trainer.log_dir or self.run.logs)  # a collective under DDP
             if not self.trainer.is_global_zero:
                 return
-            out = Path(self.trainer.log_dir or self.run.logs)
             for name in ("test_slices.csv", "test_ndcg_by_month.png", "metrics.csv"):
                 if (out / name).exists():
                     print(f"mmrec test: wrote {out / name}")
@@ -298,6 +298,9 @@ class _NoTips(logging.Filter):
 def _quiet() -> None:
     """Silence messages a user cannot act on (process-wide, so only here in the CLI)."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # evaluation metrics are reduced across processes by torchmetrics (each user once) and the
+    # training loss is shown per process: Lightning's advice to add sync_dist does not apply
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train)/")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())
 

@@ -96,6 +96,7 @@ def run_for(command: str, root: Path, name: str, ckpt_path: str | None) -> Run:
 
 def mark_latest(run: Run) -> None:
     """Point ``<root>/<name>/latest`` at ``run`` (a relative symlink)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
     link = run.folder.parent / "latest"
     tmp = link.with_name(f".latest.{os.getpid()}")
     tmp.unlink(missing_ok=True)

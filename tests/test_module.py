@@ -4,6 +4,7 @@ popularity."""
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -330,3 +331,73 @@ def test_weight_decay_by_module_type_not_by_name():
     assert len(decay) + len(no_decay) == sum(p.requires_grad for p in model.parameters())
     optimizer = model.configure_optimizers()
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+
+
+def test_val_and_test_metrics_exclude_the_history(tmp_path):
+    """A model that scores every history item above the target: with history excluded the
+    target is first (NDCG@10 = 1); evaluated without exclusion, it is not."""
+    import json
+
+    import polars as pl
+
+    from mmrec.encoders.base import ItemEncoder
+    from mmrec.sequence import SequenceHead
+
+    n_items, n_users = 24, 6
+    rows = []  # user u: items a, a+1 (train), a+2 (valid), a+3 (test); the target is last + 1
+    for u in range(n_users):
+        a = 1 + 3 * u
+        for k, split in enumerate(("train", "train", "valid", "test")):
+            rows.append((u, a + k, 86_400 * (10 * u + k), split))
+    u, i, t, s = zip(*rows, strict=True)
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pl.DataFrame(
+        {
+            "user_idx": pl.Series(u, dtype=pl.Int32),
+            "item_idx": pl.Series(i, dtype=pl.Int32),
+            "timestamp": pl.Series(t, dtype=pl.Int64),
+            "split": list(s),
+        }
+    ).write_parquet(folder / "interactions.parquet")
+    pl.DataFrame(
+        {"item_idx": range(1, n_items + 1), "item_id": [f"I{k}" for k in range(n_items)]}
+    ).write_parquet(folder / "items.parquet")
+    pl.DataFrame(
+        {"user_idx": range(n_users), "user_id": [f"U{k}" for k in range(n_users)]}
+    ).write_parquet(folder / "users.parquet")
+    (folder / "meta.json").write_text(
+        json.dumps({"num_users": n_users, "num_items": n_items, "time_granularity": "day"})
+    )
+
+    class OneHot(ItemEncoder):
+        def forward(self, item_idx):
+            return torch.nn.functional.one_hot(item_idx, self.d_model).float()
+
+    class HistoryFirst(SequenceHead):
+        """User vector: 2 x each history item + 1 x the item after the last one."""
+
+        def forward(self, tokens, mask, segments=None, positions=None):
+            return torch.cumsum(tokens * mask[..., None], 1) * 2 + torch.roll(tokens, 1, -1)
+
+        def last(self, tokens, mask):
+            return (tokens * mask[..., None]).sum(1) * 2 + torch.roll(tokens[:, -1], 1, -1)
+
+    results = {}
+    for exclude in (True, False):
+        dm = AmazonDataModule(str(folder), max_len=5, eval_batch_size=4, exclude_history=exclude)
+        model = MMRecModule.for_data(
+            dm,
+            d_model=32,
+            item_encoders=[OneHot()],
+            sequence=HistoryFirst(),
+            exclude_history=exclude,
+            test_slices=False,
+        )
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+        val = trainer.validate(model, datamodule=dm, verbose=False)[0]
+        test = trainer.test(model, datamodule=dm, verbose=False)[0]
+        results[exclude] = (val["val/ndcg@10"], test["test/ndcg@10"], test["test/mrr"])
+    assert results[True] == (1.0, 1.0, 1.0)
+    # without exclusion the 2 (valid) and 3 (test) history items rank above the target
+    assert results[False] == pytest.approx((1 / np.log2(4), 1 / np.log2(5), 1 / 4))

@@ -287,7 +287,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     info |= {**item_info, "inputs": [str(f) for f in files], "fingerprint": fingerprint}
     info |= {"settings": settings(cfg), "input_files": input_identity([Path(f) for f in files])}
     info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    assert info["num_interactions"] + sum(dropped.values()) == info["input_rows"], (info, dropped)
+    _check_counts(info, dropped)
     _write_meta(out, info)
     shown = ", ".join(f"{k}={v}" for k, v in dropped.items()) or "none"
     _log(
@@ -305,6 +305,17 @@ def _input_files(cfg: PrepareConfig, reviews: list[Path], meta: Path | None) -> 
         if not Path(f).is_file():
             raise DataError(f"{f}: file not found; check the path")
     return files
+
+
+def _check_counts(info: dict, dropped: dict[str, int]) -> None:
+    """Every input row is kept or dropped under a reason (code, not an assert: it must hold
+    under ``python -O`` too); a folder that breaks it gets no meta.json."""
+    kept, lost = info["num_interactions"], sum(dropped.values())
+    if kept + lost != info["input_rows"]:
+        raise RuntimeError(
+            f"{kept} kept + {lost} dropped != {info['input_rows']} input rows (dropped: "
+            f"{dropped}): rows were lost without a reason; please report this input"
+        )
 
 
 def _write_meta(out: Path, info: dict) -> None:

@@ -13,6 +13,7 @@ from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.text import ReviewTextEncoder
+from mmrec.evaluation import evaluate_scores
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 from tests.content.helpers import jpeg_bytes, tiny_clip_checkpoint
@@ -45,7 +46,6 @@ def dataset(tmp_path_factory):
 
 
 def test_fit_and_validate_with_content_encoders(dataset, tmp_path):
-    pytest.importorskip("mmrec.evaluation", reason="mmrec.evaluation (issue 3) not written yet")
     dm = AmazonDataModule(str(dataset), max_len=8, batch_size=32, eval_batch_size=64)
     dm.setup("fit")
     model = MMRecModule.for_data(
@@ -78,6 +78,16 @@ def test_fit_and_validate_with_content_encoders(dataset, tmp_path):
     items_of_rows = torch.tensor(inter["item_idx"].to_numpy()).long()[r]
     assert torch.equal(batch["item_ids"][mask], items_of_rows)
     out = trainer.validate(model, dm, verbose=False)[0]
-    assert 0.0 <= out["val/ndcg@10"] <= 1.0
+    # the logged value equals an independent evaluation of the model's full score matrix
+    model.eval()
+    with torch.no_grad():
+        item_vecs = model.item_vectors()
+        scores, targets, exclude = [], [], []
+        for vb in dm.val_dataloader():
+            scores.append(model.user_vectors(vb, item_vecs) @ item_vecs.T)
+            targets += [t[t > 0].tolist() for t in vb["target_items"]]
+            exclude += [e[e > 0].tolist() for e in vb["exclude_items"]]
+    expected = evaluate_scores(torch.cat(scores), targets, exclude, ks=(10,))
+    assert out["val/ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=1e-6)
     text_proj = model.item_encoders[1].proj.net[1].weight
     assert text_proj.requires_grad and torch.isfinite(text_proj).all()

@@ -110,6 +110,37 @@ def test_non_numeric_rating(tmp_path, capsys):
     assert "bad_rating=1" in capsys.readouterr().out
 
 
+def test_unreadable_timestamp_is_counted_under_its_reason(tmp_path, capsys):
+    lines = _good_lines()
+    lines[3] = _review("U1", "I1", "last tuesday")
+    path = _write(tmp_path / "r.json", lines)
+    with pytest.raises(DataError, match=r"line 4: timestamp 'last tuesday' is neither a number"):
+        prepare_dataset(_cfg(tmp_path, path, max_bad_fraction=0.0), progress=False)
+    out = prepare_dataset(_cfg(tmp_path, path, max_bad_fraction=0.5), progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dropped"]["bad_timestamp"] == 1
+    assert meta["num_interactions"] + sum(meta["dropped"].values()) == meta["input_rows"] == 120
+    assert "bad_timestamp=1" in capsys.readouterr().out
+
+
+def test_kept_plus_dropped_is_checked_by_code_not_assert(tmp_path, monkeypatch):
+    """The invariant survives `python -O`: a row lost without a reason is an error."""
+    import mmrec.data.prepare as prepare
+
+    path = _write(tmp_path / "r.json", _good_lines())
+    real = prepare._meta_info
+
+    def lose_a_row(*args, **kwargs):
+        info = real(*args, **kwargs)
+        info["input_rows"] += 1  # as if a reader had dropped a row without counting it
+        return info
+
+    monkeypatch.setattr(prepare, "_meta_info", lose_a_row)
+    with pytest.raises(RuntimeError, match=r"120 kept \+ 0 dropped != 121 input rows"):
+        prepare_dataset(_cfg(tmp_path, path), progress=False)
+    assert not (tmp_path / "out" / "meta.json").exists()  # never written for such a folder
+
+
 def test_non_numeric_rating_in_csv(tmp_path):
     rows = (
         ["u,i,t,r"] + [f"U{k % 9},I{k % 5},{86400 * k},4" for k in range(60)] + ["U1,I2,86400,abc"]

@@ -448,7 +448,6 @@ def _ddp_worker(rank: int, folder: str, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_ddp_eval_shards_cover_every_user_once(tmp_path):
     import torch.multiprocessing as mp
 

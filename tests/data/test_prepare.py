@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -255,7 +256,10 @@ def test_shipped_data_configs_parse(config):
     assert first.startswith(f"# mmrec prepare --config configs/data/{config.name}")
     cfg, _ = config_from_args(["--config", str(config)])
     assert cfg.out.startswith("data/") and cfg.category
-    assert build_parser() is not None
+    text = " ".join(build_parser().format_help().split())
+    for field in dataclasses.fields(PrepareConfig):  # every option, with its docstring text
+        assert f"--{field.name}" in text, field.name
+    assert "Iteratively keep users and items with at least this many interactions" in text
 
 
 def test_shipped_gift_cards_prepares(tmp_path, monkeypatch):
