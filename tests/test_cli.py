@@ -288,3 +288,19 @@ def test_resume_from_last_checkpoint_is_exact(trained, tmp_path):
     fa = _last_metrics(tmp_path / "whole/quickstart/latest/fit")
     fb = _last_metrics(tmp_path / "parts/quickstart/latest/fit")
     assert fa["val/ndcg@10"] == fb["val/ndcg@10"]
+
+
+@pytest.mark.parametrize(
+    "command, typo, meant",
+    [("prepare", "--sorce", "--source"), ("recommend", "--ckpt_pth", "--ckpt_path")],
+)
+def test_tools_have_short_argument_errors(command, typo, meant, capfd):
+    with pytest.raises(SystemExit) as info:
+        main([command, typo, "x"])
+    assert info.value.code == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err == [
+        f"mmrec {command}: error: unrecognized arguments: {typo} x",
+        f"  {typo}: did you mean {meant}?",
+        f"  see `mmrec {command} --help` for every option",
+    ]

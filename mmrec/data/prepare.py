@@ -444,9 +444,11 @@ def _meta_info(
 
 def build_parser():
     """The ``mmrec prepare`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
 
-    parser = ArgumentParser(
+    from mmrec.parsing import argument_parser
+
+    parser = argument_parser(
         prog="mmrec prepare",
         description="Prepare a dataset folder (interactions/items/users parquet + meta.json) "
         "from raw Amazon review files or a tabular file. Later flags override --config values.",

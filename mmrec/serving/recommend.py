@@ -258,9 +258,11 @@ class RecommendConfig:
 
 def build_parser():
     """The ``mmrec recommend`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
 
-    parser = ArgumentParser(
+    from mmrec.parsing import argument_parser
+
+    parser = argument_parser(
         prog="mmrec recommend",
         description="Time-aware top-K recommendations from a checkpoint. Later flags override "
         "--config values.",
