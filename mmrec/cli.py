@@ -22,6 +22,14 @@ TOOLS = {
         "mmrec.serving.recommend",
         "time-aware top-K for a user or a history from a checkpoint",
     ),
+    "experiment": (
+        "mmrec.experiments.experiment",
+        "variants x seeds from configs, with paired significance tests: results.md/csv + plot",
+    ),
+    "tune": (
+        "mmrec.experiments.tune",
+        "hyper-parameter search (Optuna TPE, pruning, resumable); writes the best config",
+    ),
 }
 LIGHTNING = {
     "fit": "train (and validate) a model: mmrec fit --config configs/quickstart.yaml",
@@ -54,8 +62,6 @@ when the launcher has no job id of its own).
 EVAL_OPTIONS = ("ks", "test_slices", "predict_k", "exclude_history")
 #: Model options the CLI links from the data; checked against the checkpoint, not copied.
 LINKED = ("num_items", "num_users", "data_dir", "time_granularity", "max_len")
-#: Model constructor arguments that are components (class_path specs in a checkpoint).
-SLOTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
 
 
 def _cli_class():
@@ -264,7 +270,7 @@ def _check_command_line(model_cfg: Any, hparams: dict, argv: list[str]) -> None:
         if name not in hparams:
             continue
         given, saved = _plain(model_cfg.get(name)), _plain(hparams[name])
-        if name in SLOTS or given != saved:
+        if given != saved:
             raise ConfigError(
                 f"--model.{name} {given!r} differs from the checkpoint's {saved!r}; with "
                 f"--ckpt_path the model is the checkpoint's: drop --model.{name} (only the "
@@ -300,7 +306,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # evaluation metrics are reduced across processes by torchmetrics (each user once) and the
     # training loss is shown per process: Lightning's advice to add sync_dist does not apply
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train)/")
+    warnings.filterwarnings(
+        "ignore", message=r"It is recommended to use `self.log\('(val|test|train)/"
+    )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())
 
@@ -323,6 +331,80 @@ def _run_tool(name: str, argv: list[str]) -> int:
     return int(module.main(argv) or 0)
 
 
+def run_lightning(argv: list[str], callbacks: list | tuple = ()):
+    """Run one Lightning command (``fit``, ``test``...) exactly as ``mmrec`` does and return
+    the CLI object (``.trainer``, ``.model``, ``.datamodule``, ``.run``). ``callbacks`` are
+    added to the trainer's (e.g. a pruning callback of ``mmrec tune``). Errors propagate."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from mmrec.parsing import short_errors
+    from mmrec.runs import RUN_ID_ENV
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    _quiet()
+    cli_cls, model_cls, data_cls, trainer_defaults = _cli_class()
+    trainer_defaults["callbacks"] = [*trainer_defaults["callbacks"], *callbacks]
+    saved, run_id = sys.argv, os.environ.get(RUN_ID_ENV)
+    # LightningCLI parses sys.argv; DDP workers re-run this command line (its script path first)
+    sys.argv = [saved[0] if saved else "mmrec", *argv]
+    try:
+        return cli_cls(
+            model_cls,
+            data_cls,
+            trainer_defaults=trainer_defaults,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_class=short_errors(LightningArgumentParser),
+            parser_kwargs={"prog": "mmrec"},
+        )
+    finally:
+        sys.argv = saved
+        if run_id is None:  # the run id exported for this command's DDP workers ends with it
+            os.environ.pop(RUN_ID_ENV, None)
+
+
+def resolve_config(argv: list[str]) -> dict:
+    """The complete configuration a ``fit`` command line resolves to (config files, overrides
+    and every default), as plain data; nothing is built, no data is read. ``argv`` holds the
+    options only (no subcommand)."""
+    import yaml
+
+    cli_cls, model_cls, data_cls, trainer_defaults = _cli_class()
+
+    class ParseOnly(cli_cls):
+        def _parse_ckpt_path(self) -> None:
+            pass
+
+        def _set_seed(self) -> None:
+            pass
+
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "mmrec", *argv]
+    try:
+        cli = ParseOnly(
+            model_cls,
+            data_cls,
+            trainer_defaults=trainer_defaults,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            run=False,
+        )
+    finally:
+        sys.argv = saved
+    text = cli.parser.dump(cli.config, skip_link_targets=False, skip_none=False, format="yaml")
+    return yaml.safe_load(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmrec`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -337,35 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         _print_help()
         print(f"mmrec: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
-    os.environ.setdefault("WANDB_MODE", "offline")
-    _quiet()
-    from lightning.pytorch.cli import LightningArgumentParser
+    from mmrec.parsing import user_error_types
 
-    from mmrec.parsing import short_errors, user_error_types
-    from mmrec.runs import RUN_ID_ENV
-
-    cli_cls, model_cls, data_cls, trainer_defaults = _cli_class()
-    saved, run_id = sys.argv, os.environ.get(RUN_ID_ENV)
-    # LightningCLI parses sys.argv; DDP workers re-run this command line (its script path first)
-    sys.argv = [saved[0] if saved else "mmrec", *argv]
     try:
-        cli_cls(
-            model_cls,
-            data_cls,
-            trainer_defaults=trainer_defaults,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-            parser_class=short_errors(LightningArgumentParser),
-            parser_kwargs={"prog": "mmrec"},
-        )
+        run_lightning(argv)
     except user_error_types() as err:
         print(f"mmrec {argv[0]}: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        sys.argv = saved
-        if run_id is None:  # the run id exported for this command's DDP workers ends with it
-            os.environ.pop(RUN_ID_ENV, None)
     return 0
 
 

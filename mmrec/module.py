@@ -3,10 +3,12 @@ whole catalogue."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
@@ -250,7 +252,9 @@ class MMRecModule(L.LightningModule):
 
     def _eval_step(
         self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None
-    ) -> None:
+    ) -> Tensor:
+        """Rank the batch's targets over the whole catalogue and update the metrics;
+        returns the ranks ``[B, T]``."""
         from mmrec.evaluation import rank_targets
 
         item_vecs = self._eval_vecs()
@@ -267,6 +271,7 @@ class MMRecModule(L.LightningModule):
         metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
         if slices is not None and "target_time" in batch and "history_len" in batch:
             slices.update(ranks, batch["target_time"], batch["history_len"], targets)
+        return ranks
 
     def _eval_epoch_end(self, metrics: nn.Module) -> None:
         self._eval_item_vecs = None
@@ -287,19 +292,60 @@ class MMRecModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._eval_item_vecs = None
+        self._test_users: list[tuple[Tensor, Tensor]] = []
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, self.test_slice_metrics)
+        ranks = self._eval_step(batch, self.test_metrics, self.test_slice_metrics)
+        self._test_users.append((batch["user_idx"].detach().cpu(), ranks.detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_metrics)
+        self._write_per_user()
         if self.test_slice_metrics is not None:
             self._write_slices(self.test_slice_metrics)
 
-    def _write_slices(self, slices: nn.Module) -> None:
-        """Log HR/NDCG@10 (and users) per slice; rank 0 writes the CSV table and the month plot."""
-        from pathlib import Path
+    def _write_per_user(self) -> None:
+        """``test_per_user.parquet`` in the log folder: one row per test user (``user_idx``,
+        ``user_id``, ``num_targets``, ``first_rank``, and every metric of the test table), for
+        paired significance tests (``mmrec experiment``) or one's own analysis. Kept as
+        ``self.per_user`` (a polars DataFrame) too; under DDP rank 0 gathers every shard."""
+        from mmrec.evaluation.metrics import per_user_table
 
+        users = torch.cat([u for u, _ in self._test_users]) if self._test_users else None
+        if users is None:
+            return
+        width = max(r.shape[1] for _, r in self._test_users)
+        ranks = torch.cat(
+            [
+                torch.nn.functional.pad(r, (0, width - r.shape[1]), value=float("inf"))
+                for _, r in self._test_users
+            ]
+        )
+        self._test_users = []
+        if self._trainer is None:
+            self.per_user = per_user_table(users, ranks, self.ks)
+            return
+        if self.trainer.world_size > 1:
+            shards = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shards, (users, ranks))
+            width = max(r.shape[1] for _, r in shards)
+            users = torch.cat([u for u, _ in shards])
+            ranks = torch.cat(
+                [
+                    torch.nn.functional.pad(r, (0, width - r.shape[1]), value=float("inf"))
+                    for _, r in shards
+                ]
+            )
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective
+        data_dir = self.hparams.get("data_dir")
+        self.per_user = per_user_table(users, ranks, self.ks, data_dir)
+        if self.trainer.is_global_zero:
+            out.mkdir(parents=True, exist_ok=True)
+            self.per_user.write_parquet(out / "test_per_user.parquet")
+
+    def _write_slices(self, slices: nn.Module) -> None:
+        """Log HR/NDCG@10 (and users) per slice; rank 0 writes the CSV table and the month plot
+        and logs both to W&B when a W&B logger is on."""
         from mmrec.evaluation.slices import plot_metric_by_month, write_slices_csv
 
         results = {k: float(v) for k, v in slices.compute().items()}
@@ -316,16 +362,16 @@ class MMRecModule(L.LightningModule):
         self.log_dict(shown, sync_dist=False)
         if self._trainer is None:
             return
-        out = Path(
-            self.trainer.log_dir or self.trainer.default_root_dir
-        )  # collective under DDP: every rank asks
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective
         if not self.trainer.is_global_zero:
             return
-        write_slices_csv(results, out / "test_slices.csv")
+        table = write_slices_csv(results, out / "test_slices.csv")
+        plot = None
         try:
-            plot_metric_by_month(results, out / "test_ndcg_by_month.png", f"ndcg@{k}")
-        except ValueError:  # no dated targets (e.g. synthetic data without timestamps)
-            pass
+            plot = plot_metric_by_month(results, out / "test_ndcg_by_month.png", f"ndcg@{k}")
+        except ValueError as err:  # no dated targets (e.g. synthetic data without timestamps)
+            rank_zero_info(f"test_ndcg_by_month.png not drawn: {err}")
+        _log_to_wandb(self.trainer, table, plot)
 
     def on_predict_epoch_start(self) -> None:
         self._eval_item_vecs = None
@@ -362,6 +408,21 @@ class MMRecModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _log_to_wandb(trainer: L.Trainer, table: Path, plot: Path | None) -> None:
+    """The slice table and the month plot, to every W&B logger of the trainer."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import polars as pl
+
+        frame = pl.read_csv(table)
+        logger.log_table("test/slices", columns=frame.columns, data=frame.rows())
+        if plot is not None:
+            logger.log_image("test/ndcg_by_month", images=[str(plot)])
 
 
 def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -70,7 +70,9 @@ def test_fit_writes_checkpoints_and_validation_metrics(trained, capsys):
 
     model = MMRecModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
     dm = AmazonDataModule(str(root / "gift_cards"), max_len=model.hparams.max_len)
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    trainer = L.Trainer(
+        logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=root
+    )
     again = trainer.validate(model, datamodule=dm, verbose=False)[0]
     assert again["val/ndcg@10"] == pytest.approx(metrics["val/ndcg@10"], abs=1e-6)
 
@@ -84,6 +86,13 @@ def test_test_metrics_identical_after_reload(trained):
     assert main(test) == 0
     second = _last_metrics(run / "test")
     assert first == second and "test/ndcg@20" in first
+    # per-user ranks and metrics for paired tests: their means are the logged metrics
+    per_user = pl.read_parquet(run / "test" / "test_per_user.parquet")
+    assert per_user["user_idx"].is_sorted() and per_user["user_id"].null_count() == 0
+    assert len(per_user) == per_user["user_idx"].n_unique() > 400
+    for key in ("ndcg@10", "hr@20", "mrr", "map@10"):
+        assert per_user[key].mean() == pytest.approx(first[f"test/{key}"], abs=1e-7), key
+    assert ((per_user["first_rank"] <= 10) == (per_user["hr@10"] == 1.0)).all()
 
     # the checkpoint alone (no config) rebuilds the model; Python evaluation gives the same numbers
     from mmrec.data.datamodule import AmazonDataModule

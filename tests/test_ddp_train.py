@@ -120,3 +120,9 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     assert keys and one["test/ndcg@10"] > 0
     for k in keys:
         assert two[k] == pytest.approx(one[k], abs=1e-6), k
+    # rank 0 gathers every process's users into one per-user table, each user once
+    import polars as pl
+
+    (ddp_users,) = list((tmp_path / "ddp").rglob("test_per_user.parquet"))
+    (one_users,) = list((tmp_path / "one").rglob("test_per_user.parquet"))
+    assert pl.read_parquet(ddp_users).equals(pl.read_parquet(one_users))

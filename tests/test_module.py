@@ -394,7 +394,9 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
             exclude_history=exclude,
             test_slices=False,
         )
-        trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+        trainer = L.Trainer(
+            logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path
+        )
         val = trainer.validate(model, datamodule=dm, verbose=False)[0]
         test = trainer.test(model, datamodule=dm, verbose=False)[0]
         results[exclude] = (val["val/ndcg@10"], test["test/ndcg@10"], test["test/mrr"])

@@ -114,6 +114,43 @@ def per_user_metrics(
     return values, keep
 
 
+def per_user_table(users: Tensor, ranks: Tensor, ks: Sequence[int], data_dir: str | None = None):
+    """Per-user metrics as a polars DataFrame, sorted by ``user_idx``.
+
+    Columns: ``user_idx``, ``user_id`` (from ``data_dir/users.parquet`` when given),
+    ``num_targets``, ``first_rank`` (rank of the best-ranked target) and one float64 column
+    per name of :func:`metric_names` (the values averaged in the metric tables). Users without
+    a relevant item are left out, as :class:`RankingMetrics` skips them.
+
+    Args:
+        users: ``[U]`` user_idx.
+        ranks: ``[U, T]`` ranks of each user's targets (``inf`` = padding).
+        ks: Cut-offs.
+        data_dir: Dataset folder to read user ids from, or None.
+    """
+    from pathlib import Path
+
+    import polars as pl
+
+    values, keep = per_user_metrics(ranks, None, ks)
+    finite = torch.isfinite(ranks)
+    first = torch.where(finite, ranks, torch.full_like(ranks, math.inf)).min(1).values
+    frame = pl.DataFrame(
+        {
+            "user_idx": users[keep].numpy().astype("int32"),
+            "num_targets": finite.sum(1)[keep].numpy().astype("int32"),
+            "first_rank": first[keep].numpy().astype("int64"),
+            **{name: values[keep, j].numpy() for j, name in enumerate(metric_names(check_ks(ks)))},
+        }
+    ).sort("user_idx")
+    users_file = Path(data_dir) / "users.parquet" if data_dir else None
+    if users_file is not None and users_file.is_file():
+        ids = pl.read_parquet(users_file, columns=["user_idx", "user_id"])
+        frame = frame.join(ids.cast({"user_idx": pl.Int32}), on="user_idx", how="left")
+        frame = frame.select("user_idx", "user_id", *[c for c in frame.columns[1:-1]])
+    return frame
+
+
 def to_fixed_point(values: Tensor) -> Tensor:
     """``[..., M]`` float values in [0, 1] -> int64 fixed point (see :data:`FIXED_POINT_SCALE`)."""
     return torch.round(values.double() * FIXED_POINT_SCALE).long()

@@ -1,0 +1,1 @@
+"""Experiments: non-neural baselines and paired statistical comparison of variants."""

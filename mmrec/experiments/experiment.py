@@ -1,0 +1,326 @@
+"""`mmrec experiment`: variants x seeds from config files, stored results, tables and tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from mmrec.config import ConfigError
+from mmrec.experiments.store import ResultStore, run_key
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings of ``mmrec experiment``: train and test every variant with every seed (best
+    validation checkpoint), store each result under the hash of its resolved config, and write
+    ``results.md``, ``results.csv`` and ``results.png`` with paired significance tests.
+
+    Args:
+        name: Experiment name; run folders go to ``<root>/<name>/<variant>/seed<seed>/``.
+        base: Config files every variant starts from, in order (as ``mmrec fit --config``).
+        variants: Variant name -> its config files and/or dotted overrides
+            (``model.lr=0.001``), applied after ``base`` and ``overrides`` in order; ``[]`` is
+            the base itself.
+        seeds: Seeds of every variant (``seed_everything`` and the training shuffle).
+        reference: The variant the others are tested against (default: the first variant).
+        overrides: Dotted overrides for every variant (after ``base``, before its own).
+        baselines: Non-neural baselines evaluated on the base config's data and test split,
+            name -> class path (e.g. ``mmrec.experiments.baselines.PopularityBaseline``);
+            they join the table (deterministic: one run stands for every seed).
+        published: Published figures listed beside the table: mappings with ``model``,
+            metric values (``ndcg@10``, ``hr@10``...), ``uses_target_time``, ``uses_content``
+            and ``source``.
+        metrics: Metric columns of the tables.
+        out: Folder of results.md / results.csv / results.png (default
+            ``benchmarks/results/<name>``).
+        store: Folder of stored results (``<key>.json`` + ``<key>.users.parquet``); copy
+            files of other stores here to assemble results made elsewhere.
+        root: Root folder of the run folders (``trainer.default_root_dir``).
+        train: Train and test the runs without a stored result; False only assembles the
+            stored ones and names what is missing.
+        shard: ``i/n``: run only the missing runs ``i, i+n, i+2n...`` (for several processes
+            or machines sharing one store).
+        jobs: Run the missing runs in this many processes on this machine (torch threads
+            split between them); the table is written when all are done.
+        report: Write results.md/csv/png (off for the worker processes of ``jobs``).
+        note: Free text added under the tables.
+    """
+
+    name: str
+    base: list[str]
+    variants: dict[str, list[str]]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    reference: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    baselines: dict[str, str] = field(default_factory=dict)
+    published: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[str] = field(
+        default_factory=lambda: ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "map@10"]
+    )
+    out: str | None = None
+    store: str = "runs/experiments/store"
+    root: str = "runs"
+    train: bool = True
+    shard: str = "0/1"
+    jobs: int = 1
+    report: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (variant, seed): its command-line options and the key of its resolved config."""
+
+    variant: str
+    seed: int
+    args: tuple[str, ...]
+    key: str
+    baseline: str | None = None
+
+
+def slug(text: str) -> str:
+    """A folder-safe name for a variant (``ID + text`` -> ``id_text``)."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "variant"
+
+
+def _entry_args(entry: str, here: Path) -> list[str]:
+    """``--config FILE`` for a config file, ``--key=value`` for a dotted override."""
+    if entry.endswith((".yaml", ".yml")) and "=" not in entry:
+        path = Path(entry)
+        if not path.is_file() and (here / entry).is_file():
+            path = here / entry
+        if not path.is_file():
+            raise ConfigError(f"config file {entry} not found (paths are relative to the cwd)")
+        return [f"--config={path}"]
+    if "=" not in entry:
+        raise ConfigError(
+            f"variant entry {entry!r} is neither a config file (.yaml) nor an override key=value"
+        )
+    key, value = entry.split("=", 1)
+    return [f"--{key.strip().lstrip('-')}={value.strip()}"]
+
+
+def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
+    """Every run of the experiment, variants x seeds, then the baselines (seed 0)."""
+    from mmrec.cli import resolve_config
+
+    if not cfg.variants:
+        raise ConfigError("an experiment needs at least one variant")
+    reference = cfg.reference or next(iter(cfg.variants))
+    if reference not in cfg.variants and reference not in cfg.baselines:
+        raise ConfigError(f"reference {reference!r} is not a variant: {list(cfg.variants)}")
+    common = [a for entry in [*cfg.base, *cfg.overrides] for a in _entry_args(entry, here)]
+    runs = []
+    for variant, entries in cfg.variants.items():
+        own = [a for entry in entries or [] for a in _entry_args(entry, here)]
+        for seed in cfg.seeds:
+            args = [
+                *common,
+                *own,
+                f"--seed_everything={seed}",
+                f"--data.seed={seed}",
+                f"--name={cfg.name}/{slug(variant)}/seed{seed}",
+                f"--trainer.default_root_dir={cfg.root}",
+            ]
+            runs.append(Run(variant, seed, tuple(args), run_key(resolve_config(args))))
+    if cfg.baselines:
+        data = resolve_config(common)["data"]
+        for variant, class_path in cfg.baselines.items():
+            key = run_key({"baseline": class_path, "data": data, "ks": _ks(cfg)})
+            runs.append(Run(variant, 0, tuple(common), key, baseline=class_path))
+    return runs
+
+
+def _ks(cfg: ExperimentConfig) -> list[int]:
+    found = {int(m.split("@")[1]) for m in cfg.metrics if "@" in m}
+    return sorted(found | {10, 20})
+
+
+def train_and_test(run: Run) -> tuple[dict, pl.DataFrame]:
+    """Fit a run, test its best-validation checkpoint: ``(record, per-user table)``."""
+    import torch
+
+    from mmrec.cli import run_lightning
+
+    start = time.perf_counter()
+    fit = run_lightning(["fit", *run.args])
+    train_s = time.perf_counter() - start
+    ckpt = fit.trainer.checkpoint_callback
+    if not ckpt.best_model_path:
+        raise ConfigError(f"{run.variant} seed {run.seed}: the fit saved no best checkpoint")
+    best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"]
+    test = run_lightning(["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"])
+    metrics = {
+        k.removeprefix("test/"): float(v)
+        for k, v in test.trainer.callback_metrics.items()
+        if k.startswith("test/") and "/slice/" not in k and "slice/" not in k
+    }
+    record = {
+        "test": metrics,
+        "val_ndcg@10": float(ckpt.best_model_score),
+        "best_epoch": int(best_epoch),
+        "epochs": int(fit.trainer.current_epoch),
+        "train_seconds": round(train_s, 1),
+        "run_folder": str(fit.run.folder),
+    }
+    return record, test.model.per_user
+
+
+def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
+    """Fit a baseline on the training split of the base data and test it (same metrics)."""
+    import importlib
+
+    from mmrec.cli import resolve_config
+    from mmrec.data.datamodule import AmazonDataModule
+    from mmrec.data.prepare import PrepareConfig
+    from mmrec.experiments.baselines import evaluate_baseline as evaluate
+
+    data = dict(resolve_config(list(run.args))["data"])
+    data["prepare"] = PrepareConfig(**(data.get("prepare") or {}))
+    dm = AmazonDataModule(**data)
+    module, _, name = run.baseline.rpartition(".")
+    baseline = getattr(importlib.import_module(module), name)().fit(dm)
+    start = time.perf_counter()
+    result = evaluate(baseline, dm, "test", ks=_ks(cfg), beyond=True)
+    seconds = round(time.perf_counter() - start, 1)
+    per_user = result.per_user.sort("user_idx")
+    return {"test": result.metrics, "epochs": 0, "train_seconds": seconds}, per_user
+
+
+def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[Run]:
+    """Run (this shard of) the runs without a stored result; returns those it ran."""
+    index, count = (int(x) for x in cfg.shard.split("/"))
+    missing = [r for r in runs if store.get(r.key) is None][index::count]
+    for i, run in enumerate(missing, 1):
+        what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
+        print(f"mmrec experiment: [{i}/{len(missing)}] {what} (key {run.key})", flush=True)
+        if run.baseline is None:
+            record, per_user = train_and_test(run)
+        else:
+            record, per_user = evaluate_baseline(run, cfg)
+        record |= {
+            "key": run.key,
+            "experiment": cfg.name,
+            "variant": run.variant,
+            "seed": run.seed,
+            "args": list(run.args),
+            "baseline": run.baseline,
+            "mmrec_version": _version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        store.put(run.key, record, per_user)
+    return missing
+
+
+def _version() -> str:
+    from mmrec import __version__
+
+    return __version__
+
+
+def _absolute(entry: str, here: Path) -> str:
+    if "=" in entry or not entry.endswith((".yaml", ".yml")):
+        return entry
+    path = Path(entry) if Path(entry).is_file() else here / entry
+    return str(path.resolve())
+
+
+def run_jobs(cfg: ExperimentConfig, here: Path) -> None:
+    """The missing runs in ``cfg.jobs`` worker processes (``--shard i/jobs``), each with its
+    share of the CPU threads; they read this exact configuration from a file in the store."""
+    import yaml
+
+    settings = dataclasses.asdict(cfg) | {"jobs": 1, "report": False}
+    settings["base"] = [_absolute(e, here) for e in cfg.base]
+    settings["overrides"] = [_absolute(e, here) for e in cfg.overrides]
+    settings["variants"] = {
+        v: [_absolute(e, here) for e in entries or []] for v, entries in cfg.variants.items()
+    }
+    Path(cfg.store).mkdir(parents=True, exist_ok=True)
+    jobs_file = Path(cfg.store) / f".jobs-{slug(cfg.name)}.yaml"
+    jobs_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mmrec.cli",
+                "experiment",
+                f"--config={jobs_file}",
+                f"--shard={i}/{cfg.jobs}",
+            ],
+            env=env,
+        )  # fmt: skip
+        for i in range(cfg.jobs)
+    ]
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise ConfigError(f"{len(failed)} of {cfg.jobs} worker processes failed (see above)")
+
+
+def build_parser():
+    """The ``mmrec experiment`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
+    from jsonargparse import ActionConfigFile
+
+    from mmrec.parsing import argument_parser
+
+    parser = argument_parser(
+        prog="mmrec experiment",
+        description="Train and test variants x seeds from config files; results.md/csv/png "
+        "with mean ± std over seeds and paired tests against the reference variant. "
+        "Later flags override --config values.",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    parser.add_class_arguments(ExperimentConfig, as_group=False)
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, str | None]:
+    """Parses command-line arguments into an ExperimentConfig and the config file given."""
+    args = build_parser().parse_args(argv)
+    cfg = ExperimentConfig(**{f.name: args[f.name] for f in dataclasses.fields(ExperimentConfig)})
+    files = args.get("config") or []
+    return cfg, (str(files[-1]) if files else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmrec experiment`` entry point; returns the exit code."""
+    from mmrec.experiments.report import write_report
+    from mmrec.parsing import user_error_types
+
+    cfg, config_file = config_from_args(sys.argv[1:] if argv is None else argv)
+    here = Path(config_file).parent if config_file else Path()
+    store = ResultStore(cfg.store)
+    try:
+        runs = plan(cfg, here)
+        if cfg.train and cfg.jobs > 1:
+            run_jobs(cfg, here)
+        elif cfg.train:
+            execute(cfg, runs, store)
+        if cfg.report:
+            out = Path(cfg.out or Path("benchmarks") / "results" / cfg.name)
+            missing = write_report(cfg, runs, store, out, config_file)
+            print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
+            if missing:
+                print(f"mmrec experiment: {len(missing)} run(s) missing: " + ", ".join(missing))
+    except user_error_types() as err:
+        print(f"mmrec experiment: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

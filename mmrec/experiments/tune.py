@@ -1,0 +1,230 @@
+"""`mmrec tune`: Optuna search on validation NDCG@10; writes the best config and a record."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from mmrec.config import ConfigError
+
+MONITOR = "val/ndcg@10"
+
+
+@dataclass
+class TuneConfig:
+    """Settings of ``mmrec tune``: a TPE search over dotted options of a training config,
+    maximising the best validation NDCG@10 of each trial, pruning hopeless trials epoch by
+    epoch, stored in SQLite so an interrupted search resumes. The test split is never used.
+
+    Args:
+        name: Study name (the storage key); trial runs go to ``<root>/<name>/trial<N>/``.
+        base: Config files of the model to tune, in order (as ``mmrec fit --config``).
+        space: Dotted option -> its range: ``{type: float, low: 1e-4, high: 1e-2, log: true}``,
+            ``{type: int, low: 1, high: 4}`` or ``{type: categorical, choices: [64, 128]}``.
+        overrides: Dotted overrides for every trial (``trainer.max_epochs=60``).
+        n_trials: Trials to run in this call (on top of the finished ones in the storage).
+        storage: Optuna storage URL (default ``sqlite:///<root>/<name>/study.db``).
+        seed: Seed of the TPE sampler (the trials' own ``seed_everything`` is the config's).
+        startup_trials: Trials with random parameters before TPE and pruning start.
+        warmup_epochs: Epochs of a trial before it may be pruned.
+        out: YAML of the best trial, complete, that ``mmrec fit --config`` runs as is
+            (default ``configs/tuned/<name>.yaml``).
+        root: Root folder of the trial run folders.
+    """
+
+    name: str
+    base: list[str]
+    space: dict[str, dict[str, Any]]
+    overrides: list[str] = field(default_factory=list)
+    n_trials: int = 20
+    storage: str | None = None
+    seed: int = 0
+    startup_trials: int = 5
+    warmup_epochs: int = 5
+    out: str | None = None
+    root: str = "runs"
+
+
+class PruneOnValidation(Callback):
+    """Reports the epoch's validation NDCG@10 to an Optuna trial and stops a hopeless trial.
+
+    Args:
+        trial: The Optuna trial.
+        monitor: The logged metric reported.
+    """
+
+    def __init__(self, trial: Any, monitor: str = MONITOR) -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning validates before this hook, so the value is this epoch's
+        import optuna
+
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        self.trial.report(float(trainer.callback_metrics[self.monitor]), trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {trainer.current_epoch}")
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One value per dotted option of ``space`` from the trial."""
+    values = {}
+    for key, spec in space.items():
+        kind = spec.get("type", "float")
+        if kind == "float":
+            values[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+            )
+        elif kind == "int":
+            values[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False))
+            )
+        elif kind == "categorical":
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        else:
+            raise ConfigError(f"space.{key}: type must be float, int or categorical, got {kind!r}")
+    return values
+
+
+def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]:
+    import json
+
+    from mmrec.experiments.experiment import _entry_args
+
+    args = [a for entry in [*cfg.base, *cfg.overrides] for a in _entry_args(entry, Path())]
+    args += [f"--{k}={json.dumps(v)}" for k, v in values.items()]
+    return [*args, f"--name={cfg.name}/{trial_name}", f"--trainer.default_root_dir={cfg.root}"]
+
+
+def objective(cfg: TuneConfig):
+    """The Optuna objective: fit one trial (never test), return its best validation value."""
+    from mmrec.cli import run_lightning
+
+    def run(trial) -> float:
+        values = suggest(trial, cfg.space)
+        args = _args(cfg, values, f"trial{trial.number}")
+        trial.set_user_attr("args", args)
+        cli = run_lightning(["fit", *args], callbacks=[PruneOnValidation(trial)])
+        score = cli.trainer.checkpoint_callback.best_model_score
+        if score is None:
+            raise ConfigError(f"trial {trial.number} logged no {MONITOR}")
+        trial.set_user_attr("run_folder", str(cli.run.folder))
+        return float(score)
+
+    return run
+
+
+def write_best(cfg: TuneConfig, study: Any, out: Path) -> Path:
+    """The best trial's complete configuration as a YAML ``mmrec fit`` runs as is."""
+    import yaml
+
+    from mmrec.cli import resolve_config
+
+    best = study.best_trial
+    config = resolve_config(_args(cfg, best.params, "best"))
+    config["name"] = f"{cfg.name}_best"
+    for key in ("trainer.default_root_dir", "checkpoint.dirpath", "last_checkpoint.dirpath"):
+        section, leaf = key.split(".")
+        config.get(section, {}).pop(leaf, None)
+    config.pop("ckpt_path", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        f"# mmrec fit --config {out}",
+        f"# Best of {len(study.trials)} trials of `mmrec tune` study {cfg.name!r} (trial "
+        f"{best.number}: best validation NDCG@10 {best.value:.4f}), chosen on validation only.",
+        "# Searched: " + ", ".join(f"{k}={v!r}" for k, v in best.params.items()),
+    ]
+    out.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def tune(cfg: TuneConfig) -> Any:
+    """Run (or resume) the study and write the best config; returns the study."""
+    import optuna
+
+    if not cfg.space:
+        raise ConfigError("the search space is empty: give `space:` with at least one option")
+    folder = Path(cfg.root) / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage or f"sqlite:///{folder / 'study.db'}"
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
+        ),
+    )
+    done = len([t for t in study.trials if t.state.is_finished()])
+    print(f"mmrec tune: study {cfg.name!r} in {storage}: {done} finished trial(s) so far")
+    study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
+    out = Path(cfg.out or Path("configs") / "tuned" / f"{cfg.name}.yaml")
+    write_best(cfg, study, out)
+    write_record(study, out.with_suffix(".md"))
+    print(f"mmrec tune: best validation NDCG@10 {study.best_value:.4f} -> {out}")
+    return study
+
+
+def write_record(study: Any, path: Path) -> None:
+    """The tuning record: every trial, its parameters, state and validation value."""
+    names = sorted({k for t in study.trials for k in t.params})
+    lines = [
+        f"# Tuning record of study `{study.study_name}` (validation NDCG@10, maximised)",
+        "",
+        "| trial | state | val NDCG@10 | " + " | ".join(names) + " |",
+        "|---" * (3 + len(names)) + "|",
+    ]
+    for t in study.trials:
+        value = "—" if t.value is None else f"{t.value:.4f}"
+        cells = [_fmt(t.params.get(n)) for n in names]
+        lines.append(f"| {t.number} | {t.state.name} | {value} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def build_parser():
+    """The ``mmrec tune`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
+    from jsonargparse import ActionConfigFile
+
+    from mmrec.parsing import argument_parser
+
+    parser = argument_parser(
+        prog="mmrec tune",
+        description="Hyper-parameter search with Optuna (TPE, pruning on validation NDCG@10, "
+        "SQLite storage: rerun the command to resume). Writes the best trial as a config "
+        "for `mmrec fit` and a tuning record. Later flags override --config values.",
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    parser.add_class_arguments(TuneConfig, as_group=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmrec tune`` entry point; returns the exit code."""
+    from mmrec.parsing import user_error_types
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = TuneConfig(**{f.name: args[f.name] for f in dataclasses.fields(TuneConfig)})
+    try:
+        tune(cfg)
+    except user_error_types() as err:
+        print(f"mmrec tune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`mmrec experiment` and `mmrec tune` end to end on the shipped Gift Cards data (tiny runs)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from mmrec.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "mmrec" / "data" / "shipped"
+
+
+def _data_overrides(tmp: Path) -> list[str]:
+    return [
+        f"data.data_dir={tmp / 'gift_cards'}",
+        f"data.prepare.reviews={SHIPPED / 'Gift_Cards_5.json.gz'}",
+        f"data.prepare.meta={SHIPPED / 'meta_Gift_Cards.json.gz'}",
+        "data.prepare.report=false",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    config = {
+        "name": "tiny",
+        "base": [str(REPO / "configs" / "quickstart.yaml")],
+        "overrides": _data_overrides(tmp),
+        "seeds": [0, 1],
+        "reference": "ID only",
+        "variants": {
+            "ID only": ["model.event_encoders=[]"],
+            "ID + time": [
+                "model.event_encoders=[{class_path: mmrec.encoders.time.TimestampEncoder}, "
+                "{class_path: mmrec.encoders.time.QueryTimeEncoder}]"
+            ],
+        },
+        "baselines": {"popularity": "mmrec.experiments.baselines.PopularityBaseline"},
+        "published": [{"model": "Some paper", "ndcg@10": 0.1, "hr@10": 0.2,
+                       "uses_target_time": False, "uses_content": False, "source": "a log"}],
+        "out": str(tmp / "out"),
+        "store": str(tmp / "store"),
+        "root": str(tmp / "runs"),
+    }  # fmt: skip
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["experiment", f"--config={path}"]) == 0
+    return tmp, path
+
+
+def test_experiment_stores_every_run_and_writes_the_tables(experiment):
+    tmp, _ = experiment
+    records = [json.loads(p.read_text()) for p in sorted((tmp / "store").glob("*.json"))]
+    assert sorted((r["variant"], r["seed"]) for r in records) == [
+        ("ID + time", 0), ("ID + time", 1), ("ID only", 0), ("ID only", 1), ("popularity", 0)
+    ]  # fmt: skip
+    for r in records:  # each record's metrics are the means of its per-user table
+        users = pl.read_parquet(tmp / "store" / f"{r['key']}.users.parquet")
+        assert users["ndcg@10"].mean() == pytest.approx(r["test"]["ndcg@10"], abs=1e-7)
+        assert len(users) == users["user_idx"].n_unique() > 400
+    by = {(r["variant"], r["seed"]): r for r in records}
+    assert by["ID only", 0]["key"] != by["ID only", 1]["key"]  # the seed is part of the key
+    assert by["ID only", 0]["epochs"] == 2 and by["ID only", 0]["train_seconds"] > 0
+    csv = pl.read_csv(tmp / "out" / "results.csv")
+    assert len(csv) == 5 and {"ndcg@10", "hr@10", "coverage@10"} <= set(csv.columns)
+    md = (tmp / "out" / "results.md").read_text()
+    mean = (by["ID only", 0]["test"]["ndcg@10"] + by["ID only", 1]["test"]["ndcg@10"]) / 2
+    row = next(line for line in md.splitlines() if line.startswith("| ID only |"))
+    assert row.split(" | ")[2].startswith(f"{mean:.4f} ± ")  # NDCG@10 is the 2nd column
+    assert "| ndcg@10 | ID + time | " in md and "| hr@10 | popularity | " in md
+    assert "| Some paper | 0.1 | 0.2 | no | no | a log |" in md
+    assert (tmp / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_trains_nothing(experiment, monkeypatch):
+    import mmrec.experiments.experiment as exp
+
+    tmp, path = experiment
+
+    def refuse(*a, **k):
+        raise AssertionError("a stored run was trained again")
+
+    monkeypatch.setattr(exp, "train_and_test", refuse)
+    monkeypatch.setattr(exp, "evaluate_baseline", refuse)
+    before = (tmp / "out" / "results.md").read_text()
+    assert main(["experiment", f"--config={path}"]) == 0
+    assert (tmp / "out" / "results.md").read_text() == before
+    # another experiment naming the same resolved config reuses the stored run
+    assert main(["experiment", f"--config={path}", "--name=renamed", "--train=false",
+                 f"--out={tmp / 'out2'}"]) == 0  # fmt: skip
+    assert "Missing runs" not in (tmp / "out2" / "results.md").read_text()
+
+
+def test_missing_runs_are_named_when_only_assembling(experiment, capsys):
+    tmp, path = experiment
+    args = ["experiment", f"--config={path}", "--seeds=[0, 1, 5]", "--train=false",
+            f"--out={tmp / 'out3'}"]  # fmt: skip
+    assert main(args) == 0
+    assert "2 run(s) missing: ID only seed 5, ID + time seed 5" in capsys.readouterr().out
+
+
+def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, monkeypatch):
+    from mmrec.data.datamodule import AmazonDataModule
+    from mmrec.module import MMRecModule
+
+    def no_test(*a, **k):
+        raise AssertionError("the test split was read while tuning")
+
+    monkeypatch.setattr(AmazonDataModule, "test_dataloader", no_test)
+    monkeypatch.setattr(MMRecModule, "test_step", no_test)
+    config = {
+        "name": "tiny_tune",
+        "base": [str(REPO / "configs" / "quickstart.yaml")],
+        "overrides": _data_overrides(tmp_path),
+        "space": {"model.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                  "model.d_model": {"type": "categorical", "choices": [16, 32]}},
+        "n_trials": 3,
+        "startup_trials": 2,
+        "root": str(tmp_path / "runs"),
+        "out": str(tmp_path / "best.yaml"),
+    }  # fmt: skip
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["tune", f"--config={path}"]) == 0
+    record = (tmp_path / "best.md").read_text()
+    assert record.count("| COMPLETE |") + record.count("| PRUNED |") == 3
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["model"]["d_model"] in (16, 32) and 1e-3 <= best["model"]["lr"] <= 1e-2
+    # a rerun resumes the study from its SQLite storage
+    assert main(["tune", f"--config={path}", "--n_trials=1"]) == 0
+    trials = re.findall(r"^\| (\d+) \|", (tmp_path / "best.md").read_text(), flags=re.M)
+    assert trials == ["0", "1", "2", "3"]
+    monkeypatch.undo()
+    runs = tmp_path / "fit_runs"
+    args = ["fit", f"--config={tmp_path / 'best.yaml'}", "--trainer.max_epochs=1",
+            f"--trainer.default_root_dir={runs}"]  # fmt: skip
+    assert main(args) == 0
+    assert (runs / "tiny_tune_best" / "latest" / "checkpoints" / "best.ckpt").is_file()
