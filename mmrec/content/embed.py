@@ -23,7 +23,7 @@ from mmrec.content.features import (
     save_tensors,
     write_features,
 )
-from mmrec.content.images import ImageFetcher
+from mmrec.content.images import MAX_PIXELS, ImageFetcher
 from mmrec.content.inputs import ItemImage, ItemText, Modality, ReviewText
 from mmrec.content.models import ContentModel, ModelLoadError, build_content_model
 
@@ -139,6 +139,15 @@ class EmbedConfig:
         amazon_full_size: Rewrite Amazon thumbnail URLs (2014/2018 metadata lists 80x60
             thumbnails such as ..._SR80,60_.jpg) to the full-size image; false fetches the
             URLs as given.
+        allow_local_images: Also fetch file:// URLs, bare paths and hosts on loopback, private
+            or link-local addresses (127.0.0.1, 10.x, 192.168.x, 169.254.x...). Off by default:
+            image URLs come from downloaded metadata written by strangers, and such a URL must
+            not make this machine read its own files or call services inside its network (a
+            router page, a cloud metadata endpoint); these URLs are counted as refused. Turn
+            it on for images you host yourself (synthetic datasets list file:// URLs).
+        max_image_pixels: Images whose header declares more pixels (width x height) are
+            skipped before decoding (counted as too_many_pixels): a file of a few kilobytes
+            can declare a canvas that decodes to gigabytes (a decompression bomb).
         force: Recompute even if the features exist (needed after the items changed).
     """
 
@@ -157,6 +166,8 @@ class EmbedConfig:
     max_image_mb: float = 20.0
     gpu_decode: bool | None = None
     amazon_full_size: bool = True
+    allow_local_images: bool = False
+    max_image_pixels: int = MAX_PIXELS
     force: bool = False
 
 
@@ -170,6 +181,8 @@ def image_fetcher(cfg: EmbedConfig) -> ImageFetcher:
         num_workers=cfg.workers,
         verify_decode=False,  # decoded once, during preprocessing
         amazon_full_size=cfg.amazon_full_size,
+        allow_local=cfg.allow_local_images,
+        max_pixels=cfg.max_image_pixels,
     )
 
 

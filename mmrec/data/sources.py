@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -55,43 +58,95 @@ def official_urls(release: str, kind: str, category: str) -> list[str]:
     return [u.format(category=category) for u in OFFICIAL_URLS[(release, kind)]]
 
 
-def download(url: str, dest: str | Path, *, progress: bool = True, timeout: float = 10.0) -> Path:
-    """Downloads ``url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request.
+def _log(msg: str) -> None:
+    print(f"mmrec download: {msg}", file=sys.stderr, flush=True)
 
-    The result is size-checked against the server's length; an incomplete download keeps its
-    ``.part`` file so the next call resumes it. An existing ``dest`` is returned untouched.
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    progress: bool = True,
+    timeout: float = 10.0,
+    log: Callable[[str], None] = _log,
+) -> Path:
+    """Downloads ``url`` to ``dest``, resuming a previous ``dest.part`` only when the server still
+    has the same file.
+
+    The first response's validator (its strong ``ETag``, else ``Last-Modified``) is kept in
+    ``dest.part.json``. A resume sends ``Range`` with ``If-Range: <validator>``: a server whose
+    file changed answers 200 (or a 206 with another validator, or at another offset) and the
+    download starts over. A ``.part`` without a stored validator is started over rather than
+    appended to (its bytes are of unknown origin). The result is size-checked against the
+    server's length; when the server sends none, a log line says the size could not be
+    checked. An incomplete download keeps its ``.part`` file so the next call resumes it. An
+    existing ``dest`` is returned untouched.
 
     Args:
         url: The file to fetch (http/https).
         dest: Where the finished file goes.
         progress: Show a tqdm progress bar.
         timeout: Seconds to wait for the connection and for each read; offline fails this fast.
+        log: Where notes go (starting over, unchecked size); default: stderr.
     """
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    meta = dest.with_name(dest.name + ".part.json")
     have = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": "mmrec", **({"Range": f"bytes={have}-"} if have else {})}
+    validator = _stored_validator(meta, url) if have else None
+    if have and validator is None:
+        log(
+            f"{part} has {have} bytes but no stored ETag/Last-Modified ({meta.name}): "
+            "starting over rather than appending to bytes of unknown origin"
+        )
+        have = 0
+    headers = {"User-Agent": "mmrec"}
+    if have:
+        headers |= {"Range": f"bytes={have}-", "If-Range": validator}
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # nothing left to fetch: the .part file is complete
-            os.replace(part, dest)
-            return dest
+        if err.code == 416 and have:  # nothing left to fetch, unless the file is now shorter
+            total = _content_range(err.headers)[2]
+            if total is None or total == have:
+                return _finish(part, meta, dest)
+            log(f"{part} has {have} bytes, more than the {total} of {url}: starting over")
+            return _restart(url, dest, part, meta, progress, timeout, log)
         raise _offline_error(url, dest, f"HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
         raise _offline_error(url, dest, str(getattr(err, "reason", err))) from None
     with response:
         length = response.headers.get("Content-Length")
-        if response.status == 206:
-            match = re.search(r"/(\d+)\s*$", response.headers.get("Content-Range", ""))
-            total = int(match.group(1)) if match else (have + int(length) if length else None)
+        if have and response.status == 206:
+            start, _, total = _content_range(response.headers)
+            now = _validator(response.headers)
+            if start != have or (now is not None and now != validator):
+                response.close()
+                log(
+                    f"{url} answered a range at byte {start} with validator {now!r}, not byte "
+                    f"{have} of {validator!r}: starting {part} over"
+                )
+                return _restart(url, dest, part, meta, progress, timeout, log)
+            total = total if total is not None else (have + int(length) if length else None)
             mode = "ab"
-        else:  # the server ignored the Range header: start over
+        else:  # a fresh download, or the file changed (If-Range failed), or Range ignored
+            if have:
+                log(f"{url} changed since {part} was started (or ignores Range): starting over")
             have, total, mode = 0, int(length) if length else None, "wb"
+            now = _validator(response.headers)
+            if now is None:
+                meta.unlink(missing_ok=True)  # an interrupted download will start over
+            else:
+                meta.write_text(json.dumps({"url": url, "validator": now}))
+        if total is None:
+            log(
+                f"{url} sent no Content-Length: the size of {dest.name} cannot be checked, "
+                "a cut-off download would go unnoticed"
+            )
         try:
             with (
                 open(part, mode) as fh,
@@ -118,7 +173,53 @@ def download(url: str, dest: str | Path, *, progress: bool = True, timeout: floa
             f"download of {url} is incomplete: {size} of {total} bytes in {part}; "
             "run the same command again to resume."
         )
+    return _finish(part, meta, dest)
+
+
+def _validator(headers) -> str | None:
+    """The response's validator for ``If-Range``: a strong ``ETag`` (a weak one may not be
+    used), else ``Last-Modified``; None when it has neither."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _stored_validator(meta: Path, url: str) -> str | None:
+    """The validator kept for a ``.part`` file of ``url``; None when missing, unreadable or
+    kept for another URL."""
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("url") != url:
+        return None
+    validator = data.get("validator")
+    return validator if isinstance(validator, str) and validator else None
+
+
+def _content_range(headers) -> tuple[int | None, int | None, int | None]:
+    """``(first byte, last byte, total)`` of a ``Content-Range`` header (None where absent or
+    ``*``)."""
+    match = re.fullmatch(
+        r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", headers.get("Content-Range") or ""
+    )
+    if match is None:
+        return None, None, None
+    first, last, total = (int(g) if g and g.isdigit() else None for g in match.groups())
+    return first, last, total
+
+
+def _restart(url, dest, part, meta, progress, timeout, log) -> Path:
+    """Drop the ``.part`` file and its validator and download from byte 0."""
+    part.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+    return download(url, dest, progress=progress, timeout=timeout, log=log)
+
+
+def _finish(part: Path, meta: Path, dest: Path) -> Path:
     os.replace(part, dest)
+    meta.unlink(missing_ok=True)
     return dest
 
 

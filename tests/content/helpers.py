@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -38,11 +39,42 @@ def png_bytes(seed: int, size: tuple[int, int] = (36, 36)) -> bytes:
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4  # JPEG magic, junk body
 
 
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG of a few dozen bytes whose header declares ``width x height`` pixels (a
+    decompression bomb: decoding it would need ``3 * width * height`` bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def bomb_jpeg(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is rewritten to declare ``width x height``."""
+    data = bytearray(jpeg_bytes(0, (8, 8)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
 class ImageServer:
-    """Threaded HTTP server on 127.0.0.1 with one route per failure mode; counts requests."""
+    """Threaded HTTP server on 127.0.0.1 with one route per failure mode; counts requests per
+    path in ``hits`` and keeps every request target in ``requests`` (absolute URLs when it is
+    used as a proxy). ``redirects`` maps a path to the ``Location`` of a 302 answer."""
 
     def __init__(self) -> None:
         self.hits: Counter = Counter()
+        self.requests: list[str] = []
+        self.redirects: dict[str, str] = {}
         self.routes: dict[str, tuple[int, str, bytes]] = {
             "/a.jpg": (200, "image/jpeg", jpeg_bytes(1)),
             "/b.jpg": (200, "image/jpeg", jpeg_bytes(2)),
@@ -51,6 +83,8 @@ class ImageServer:
             "/page.html": (200, "text/html; charset=utf-8", b"<html><body>no image</body></html>"),
             "/big.png": (200, "image/png", png_bytes(4, (300, 300))),
             "/octet.jpg": (200, "application/octet-stream", jpeg_bytes(5)),
+            "/bomb.png": (200, "image/png", bomb_png()),
+            "/bomb.jpg": (200, "image/jpeg", bomb_jpeg()),
         }
         server = self
 
@@ -59,16 +93,24 @@ class ImageServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
-                server.hits[self.path] += 1
-                if self.path == "/slow.jpg":
+                server.requests.append(self.path)
+                path = urlsplit(self.path).path  # a proxy request names the whole URL
+                server.hits[path] += 1
+                if path == "/slow.jpg":
                     time.sleep(SLOW_S)
-                if self.path == "/flaky.jpg" and server.hits[self.path] == 1:
+                if path == "/flaky.jpg" and server.hits[path] == 1:
                     self.send_error(503)
                     return
-                if self.path in ("/slow.jpg", "/flaky.jpg"):
+                if path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if path in ("/slow.jpg", "/flaky.jpg"):
                     status, ctype, body = 200, "image/jpeg", jpeg_bytes(6)
-                elif self.path in server.routes:
-                    status, ctype, body = server.routes[self.path]
+                elif path in server.routes:
+                    status, ctype, body = server.routes[path]
                 else:
                     self.send_error(404)
                     return

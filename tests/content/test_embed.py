@@ -53,7 +53,8 @@ def _urls(server, tmp_path):
 
 def _args(ds, ckpt, *extra):
     common = ["--dataset", str(ds), "--model", str(ckpt), "--device", "cpu", "--batch_size", "3"]
-    return [*common, "--timeout", "0.5", "--retries", "0", "--workers", "4", *extra]
+    local = ["--allow_local_images", "true"]  # the test server is on 127.0.0.1
+    return [*common, "--timeout", "0.5", "--retries", "0", "--workers", "4", *local, *extra]
 
 
 def test_item_text_cleans_html_and_orders_fields():
@@ -185,7 +186,14 @@ def test_images_counted_per_reason(tmp_path, ckpt, server, capsys):
 def _fetcher(tmp_path):
     from mmrec.content.images import ImageFetcher
 
-    return ImageFetcher(tmp_path / "c2", timeout=0.5, retries=0, num_workers=4, verify_decode=False)
+    return ImageFetcher(
+        tmp_path / "c2",
+        timeout=0.5,
+        retries=0,
+        num_workers=4,
+        verify_decode=False,
+        allow_local=True,
+    )
 
 
 def test_review_and_sentence_model(tmp_path, ckpt, capsys):

@@ -41,6 +41,7 @@ def dataset(tmp_path_factory):
     inter.with_columns(pl.Series("review", reviews)).write_parquet(ds / "interactions.parquet")
     ckpt = tiny_clip_checkpoint(root / "tiny_clip.pt")
     args = ["--dataset", str(ds), "--model", str(ckpt), "--device", "cpu", "--workers", "2"]
+    args += ["--allow_local_images", "true"]  # images are local files
     assert main([*args, "--modalities", "text", "image", "review"]) == 0
     return ds
 

@@ -32,6 +32,7 @@ def dataset(tmp_path_factory, ckpt):
     texts[6] = {"title": "Brand new lipstick", "description": "Never bought yet"}
     ds = write_dataset(root / "ds", urls, texts)
     args = ["--dataset", str(ds), "--model", str(ckpt), "--device", "cpu", "--timeout", "0.5"]
+    args += ["--allow_local_images", "true"]  # the test server is on 127.0.0.1
     assert main([*args, "--modalities", "text", "image"]) == 0
     server.close()
     return ds
