@@ -136,6 +136,9 @@ class MMRecModule(L.LightningModule):
         self.test_slice_metrics = (
             SlicedRankingMetrics(ks=self.ks, prefix="test/") if test_slices else None
         )
+        from mmrec.evaluation.beyond import BeyondAccuracy
+
+        self.test_beyond = BeyondAccuracy(ks=self.ks, prefix="test/")
         self.slice_results: dict[str, float] = {}
         self._eval_item_vecs: Tensor | None = None
         self._pretrained_loaded = False
@@ -218,6 +221,7 @@ class MMRecModule(L.LightningModule):
             self.loss.set_item_counts(torch.as_tensor(counts))
             if self.test_slice_metrics is not None:
                 self.test_slice_metrics.set_item_train_counts(torch.as_tensor(counts))
+            self.test_beyond.set_item_train_counts(torch.as_tensor(counts))
 
     def configure_model(self) -> None:
         if (
@@ -252,9 +256,9 @@ class MMRecModule(L.LightningModule):
 
     def _eval_step(
         self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Rank the batch's targets over the whole catalogue and update the metrics;
-        returns the ranks ``[B, T]``."""
+        returns the ranks ``[B, T]``, the user vectors ``[B, D]`` and item vectors."""
         from mmrec.evaluation import rank_targets
 
         item_vecs = self._eval_vecs()
@@ -271,7 +275,7 @@ class MMRecModule(L.LightningModule):
         metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
         if slices is not None and "target_time" in batch and "history_len" in batch:
             slices.update(ranks, batch["target_time"], batch["history_len"], targets)
-        return ranks
+        return ranks, user_vecs, item_vecs
 
     def _eval_epoch_end(self, metrics: nn.Module) -> None:
         self._eval_item_vecs = None
@@ -295,11 +299,22 @@ class MMRecModule(L.LightningModule):
         self._test_users: list[tuple[Tensor, Tensor]] = []
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        ranks = self._eval_step(batch, self.test_metrics, self.test_slice_metrics)
+        from mmrec.evaluation import topk_items
+
+        ranks, user_vecs, item_vecs = self._eval_step(
+            batch, self.test_metrics, self.test_slice_metrics
+        )
         self._test_users.append((batch["user_idx"].detach().cpu(), ranks.detach().cpu()))
+        if self.test_beyond.ready:  # coverage and popularity of the top-K lists
+            exclude = batch.get("exclude_items") if self.exclude_history else None
+            with torch.autocast(user_vecs.device.type, enabled=False):
+                _, top = topk_items(user_vecs.float(), item_vecs.float(), max(self.ks), exclude)
+            self.test_beyond.update(top)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end(self.test_metrics)
+        if self.test_beyond.ready:
+            self._eval_epoch_end(self.test_beyond)
         self._write_per_user()
         if self.test_slice_metrics is not None:
             self._write_slices(self.test_slice_metrics)
