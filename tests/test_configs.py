@@ -15,7 +15,11 @@ from mmrec.encoders.base import BuildContext
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TRAIN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if (CONFIGS / "data") not in p.parents)
+_NOT_TRAINING = (CONFIGS / "data", CONFIGS / "experiments")
+TRAIN_CONFIGS = sorted(
+    p for p in CONFIGS.rglob("*.yaml") if not any(d in p.parents for d in _NOT_TRAINING)
+)
+EXPERIMENT_CONFIGS = sorted((CONFIGS / "experiments").glob("*.yaml"))
 DATA_CONFIGS = sorted((CONFIGS / "data").glob("*.yaml"))
 
 
@@ -109,3 +113,40 @@ def test_data_config_parses(path, capsys):
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["source"] in ("amazon2014", "amazon2018", "amazon2023", "tabular")
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_experiment_and_tune_configs_parse_and_resolve(path, monkeypatch):
+    """Each experiment/search YAML parses through its command, and every run it names
+    resolves to a complete training config (variants x seeds; the search's base config)."""
+    first = path.read_text().splitlines()[0]
+    rel = str(path.relative_to(REPO))
+    assert first in (f"# mmrec experiment --config {rel}", f"# mmrec tune --config {rel}"), first
+    monkeypatch.chdir(REPO)
+    if first.startswith("# mmrec experiment "):
+        from mmrec.experiments.experiment import config_from_args, plan
+
+        cfg, _ = config_from_args(["--config", str(path)])
+        runs = plan(cfg)
+        trained = [r for r in runs if r.baseline is None]
+        assert len(trained) == len(cfg.variants) * len(cfg.seeds)
+        assert len({r.key for r in trained}) == len(trained)  # every run is its own result
+        assert (cfg.reference or next(iter(cfg.variants))) in cfg.variants
+    else:
+        import optuna
+
+        from mmrec.cli import resolve_config
+        from mmrec.experiments.tune import TuneConfig, _args, build_parser, suggest
+
+        args = build_parser().parse_args(["--config", str(path)])
+        cfg = TuneConfig(**{k: args[k] for k in TuneConfig.__dataclass_fields__})
+        trial = optuna.trial.FixedTrial(
+            {v["name"]: (v["choices"][0] if "choices" in v else v["low"]) for v in cfg.space}
+        )
+        values = suggest(trial, cfg.space)
+        resolved = resolve_config(_args(cfg, values, "check"))
+        for key, value in values.items():  # each searched option reaches the config
+            node = resolved
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, key

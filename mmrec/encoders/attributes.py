@@ -157,12 +157,15 @@ class AttributeEncoder(ItemEncoder):
 
     @classmethod
     def example(cls, tmp_path: Path, ctx: BuildContext) -> tuple[AttributeEncoder, BuildContext]:
-        """An encoder over a small items.parquet with every field (contract tests)."""
+        """An encoder over a small items.parquet with every field (contract tests); a folder
+        that has an items.parquet already keeps it."""
         import dataclasses
 
         import polars as pl
 
         n = ctx.num_items
+        if (Path(tmp_path) / "items.parquet").is_file():
+            return cls(), dataclasses.replace(ctx, data_dir=str(tmp_path))
         pl.DataFrame(
             {
                 "item_idx": list(range(1, n + 1)),

@@ -39,6 +39,8 @@ class ExperimentConfig:
         published: Published figures listed beside the table: mappings with ``model``,
             metric values (``ndcg@10``, ``hr@10``...), ``uses_target_time``, ``uses_content``
             and ``source``.
+        variant_info: What each variant uses, for the comparison with published figures:
+            variant -> ``{uses_target_time: bool, uses_content: bool}``.
         metrics: Metric columns of the tables.
         out: Folder of results.md / results.csv / results.png (default
             ``benchmarks/results/<name>``).
@@ -63,6 +65,7 @@ class ExperimentConfig:
     overrides: list[str] = field(default_factory=list)
     baselines: dict[str, str] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
+    variant_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[str] = field(
         default_factory=lambda: ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "map@10"]
     )

@@ -173,9 +173,8 @@ def _published(cfg: ExperimentConfig, found: dict[str, list[dict]]) -> list[str]
             f"| {_yes(p.get('uses_target_time'))} | {_yes(p.get('uses_content'))} "
             f"| {p.get('source', '')} |"
         )
-    info = {p["variant"]: p for p in cfg.published if "variant" in p}
     for variant, records in found.items():
-        described = info.get(variant, {})
+        described = cfg.variant_info.get(variant, {})
         lines.append(
             f"| mmrec {variant} | {_mean_std([r['test']['ndcg@10'] for r in records])} "
             f"| {_mean_std([r['test']['hr@10'] for r in records])} "

@@ -24,8 +24,9 @@ class TuneConfig:
     Args:
         name: Study name (the storage key); trial runs go to ``<root>/<name>/trial<N>/``.
         base: Config files of the model to tune, in order (as ``mmrec fit --config``).
-        space: Dotted option -> its range: ``{type: float, low: 1e-4, high: 1e-2, log: true}``,
-            ``{type: int, low: 1, high: 4}`` or ``{type: categorical, choices: [64, 128]}``.
+        space: The searched options, each ``{name: <dotted option>, type: float, low: 1e-4,
+            high: 1e-2, log: true}``, ``{name: ..., type: int, low: 1, high: 4}`` or
+            ``{name: ..., type: categorical, choices: [64, 128]}``.
         overrides: Dotted overrides for every trial (``trainer.max_epochs=60``).
         n_trials: Trials to run in this call (on top of the finished ones in the storage).
         storage: Optuna storage URL (default ``sqlite:///<root>/<name>/study.db``).
@@ -39,7 +40,7 @@ class TuneConfig:
 
     name: str
     base: list[str]
-    space: dict[str, dict[str, Any]]
+    space: list[dict[str, Any]]
     overrides: list[str] = field(default_factory=list)
     n_trials: int = 20
     storage: str | None = None
@@ -72,11 +73,13 @@ class PruneOnValidation(Callback):
             raise optuna.TrialPruned(f"pruned after epoch {trainer.current_epoch}")
 
 
-def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One value per dotted option of ``space`` from the trial."""
+def suggest(trial: Any, space: list[dict[str, Any]]) -> dict[str, Any]:
+    """One value per option of ``space`` from the trial: ``{dotted option: value}``."""
     values = {}
-    for key, spec in space.items():
-        kind = spec.get("type", "float")
+    for spec in space:
+        if "name" not in spec:
+            raise ConfigError(f"each entry of space needs a name (a dotted option), got {spec}")
+        key, kind = spec["name"], spec.get("type", "float")
         if kind == "float":
             values[key] = trial.suggest_float(
                 key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
