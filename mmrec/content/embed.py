@@ -243,8 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `mmrec embed`; returns the process exit code (2 on a user error)."""
     cfg = config_from_args(argv)
     dataset = Path(cfg.dataset)
-    if not (dataset / "items.parquet").is_file():
-        return _error(f"{dataset}/items.parquet not found; run `mmrec data prepare` first")
+    if not (dataset / "meta.json").is_file():
+        return _error(
+            f"{dataset} has no meta.json (missing, or an interrupted `mmrec prepare`): prepare "
+            "it first (`mmrec prepare --config configs/data/<dataset>.yaml`)"
+        )
     try:
         model = build_content_model(cfg.model, cfg.device, cfg.download_root)
     except (FileNotFoundError, ImportError) as e:

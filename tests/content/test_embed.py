@@ -261,7 +261,7 @@ def _one_error_line(err: str) -> str:
 
 def test_bad_inputs_are_one_line_errors(tmp_path, ckpt, capsys, monkeypatch):
     assert main(["--dataset", str(tmp_path), "--model", str(ckpt)]) == 2
-    assert "mmrec data prepare" in _one_error_line(capsys.readouterr().err)
+    assert "has no meta.json" in _one_error_line(capsys.readouterr().err)
     ds = write_dataset(tmp_path / "ds", [[]])
     assert main(["--dataset", str(ds), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "ViT-B/32" in _one_error_line(capsys.readouterr().err)
@@ -374,3 +374,12 @@ def test_shipped_models_have_every_content_model_member(tmp_path, ckpt):
         "bert",
         False,
     )
+
+
+def test_folder_without_meta_json_is_refused(tmp_path, capsys):
+    """An interrupted `mmrec prepare` (no meta.json) is refused, as the datamodule refuses it."""
+    ds = write_dataset(tmp_path / "ds", [[] for _ in range(3)])
+    (ds / "meta.json").unlink()
+    assert main(["--dataset", str(ds), "--model", "minilm", "--modalities", "text"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no meta.json" in err and len(err.splitlines()) == 1
