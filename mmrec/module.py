@@ -3,6 +3,8 @@ whole catalogue."""
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,10 @@ class MMRecModule(L.LightningModule):
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW weight decay on the weights of linear layers (``DECAYED_TYPES``);
             embeddings, norms, biases and free vectors are not decayed.
-        warmup_steps: Linear learning-rate warm-up steps (then constant).
+        warmup_steps: Linear learning-rate warm-up steps.
+        lr_min_ratio: After warm-up: None keeps the learning rate constant; a ratio ``r``
+            decays it along a cosine to ``r * lr`` at the end of training
+            (``trainer.max_epochs`` or ``max_steps``).
         ks: Cut-offs of the ranking metrics, e.g. ``(10, 20)``.
         exclude_history: Mask the user's history items out of evaluation and predictions.
         predict_k: Items per user returned by ``predict``.
@@ -81,6 +86,7 @@ class MMRecModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
+        lr_min_ratio: float | None = None,
         ks: tuple[int, ...] = (10, 20),
         exclude_history: bool = True,
         predict_k: int = 10,
@@ -414,15 +420,32 @@ class MMRecModule(L.LightningModule):
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused)
         warmup = max(int(self.hparams.warmup_steps), 0)
-        if not warmup:
+        ratio = self.hparams.get("lr_min_ratio")
+        if not warmup and ratio is None:
             return optimizer
+        total = None
+        if ratio is not None:
+            total = int(self.trainer.estimated_stepping_batches)
+            if not 0 <= ratio <= 1:
+                raise ConfigError(f"lr_min_ratio must be within [0, 1], got {ratio}")
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup)
+            optimizer, functools.partial(lr_factor, warmup=warmup, total=total, ratio=ratio)
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def lr_factor(step: int, warmup: int, total: int | None, ratio: float | None) -> float:
+    """Learning-rate multiplier at optimiser step ``step``: linear warm-up over ``warmup``
+    steps, then 1 (``ratio`` None) or a cosine from 1 to ``ratio`` at step ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if ratio is None or total is None or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _log_to_wandb(trainer: L.Trainer, table: Path, plot: Path | None) -> None:

@@ -403,3 +403,25 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
     assert results[True] == (1.0, 1.0, 1.0)
     # without exclusion the 2 (valid) and 3 (test) history items rank above the target
     assert results[False] == pytest.approx((1 / np.log2(4), 1 / np.log2(5), 1 / 4))
+
+
+def test_learning_rate_schedule():
+    from mmrec.module import lr_factor
+
+    assert [lr_factor(s, 4, None, None) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+    cosine = [lr_factor(s, 0, 100, 0.1) for s in (0, 50, 100, 200)]
+    assert cosine == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert lr_factor(2, 4, 100, 0.1) == 0.75 and lr_factor(4, 4, 100, 0.1) == 1.0
+
+
+def test_cosine_schedule_ends_at_its_ratio(dataset, tmp_path):
+    from mmrec.module import lr_factor
+
+    dm = _dm(dataset)
+    model = _model(dm, lr=0.01, lr_min_ratio=0.1, warmup_steps=1)
+    trainer = _trainer(tmp_path, max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    (lr,) = {g["lr"] for g in trainer.optimizers[0].param_groups}
+    steps = trainer.global_step
+    assert steps > 2 and lr == pytest.approx(0.01 * lr_factor(steps, 1, steps, 0.1))
+    assert lr == pytest.approx(0.001)
