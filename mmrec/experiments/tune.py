@@ -31,6 +31,9 @@ class TuneConfig:
         n_trials: Trials to run in this call (on top of the finished ones in the storage).
         storage: Optuna storage URL (default ``sqlite:///<root>/<name>/study.db``).
         seed: Seed of the TPE sampler (the trials' own ``seed_everything`` is the config's).
+        worker: Number of this process when several run the same study at once (each gets
+            its own sampler seed, ``seed + 1000 * worker``, so they do not repeat each other's
+            trials).
         startup_trials: Trials with random parameters before TPE and pruning start.
         warmup_epochs: Epochs of a trial before it may be pruned.
         out: YAML of the best trial, complete, that ``mmrec fit --config`` runs as is
@@ -45,6 +48,7 @@ class TuneConfig:
     n_trials: int = 20
     storage: str | None = None
     seed: int = 0
+    worker: int = 0
     startup_trials: int = 5
     warmup_epochs: int = 5
     out: str | None = None
@@ -155,19 +159,23 @@ def tune(cfg: TuneConfig) -> Any:
         raise ConfigError("the search space is empty: give `space:` with at least one option")
     folder = Path(cfg.root) / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
-    storage = cfg.storage or f"sqlite:///{folder / 'study.db'}"
+    url = cfg.storage or f"sqlite:///{folder / 'study.db'}"
+    # a heartbeat marks the trials of an interrupted process as failed when the study resumes
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
     study = optuna.create_study(
         study_name=cfg.name,
         storage=storage,
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.startup_trials),
+        sampler=optuna.samplers.TPESampler(
+            seed=cfg.seed + 1000 * cfg.worker, n_startup_trials=cfg.startup_trials
+        ),
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
         ),
     )
     done = len([t for t in study.trials if t.state.is_finished()])
-    print(f"mmrec tune: study {cfg.name!r} in {storage}: {done} finished trial(s) so far")
+    print(f"mmrec tune: study {cfg.name!r} in {url}: {done} finished trial(s) so far")
     study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
     out = Path(cfg.out or Path("configs") / "tuned" / f"{cfg.name}.yaml")
     write_best(cfg, study, out)
