@@ -70,3 +70,27 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from mmrec.data.errors import DataError
 
     return (ConfigError, DataError, FileNotFoundError)
+
+
+def dataclass_parser(settings: type, prog: str, description: str, **kwargs: Any):
+    """The parser of an ``mmrec`` tool whose options are the fields of the dataclass
+    ``settings`` (help from its docstring's ``Args:``), with ``--config FILE`` (later flags
+    override it) and ``--print_config``, and short errors."""
+    from jsonargparse import ActionConfigFile
+
+    parser = argument_parser(
+        prog=prog, description=f"{description} Later flags override --config values.", **kwargs
+    )
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
+    )
+    parser.add_class_arguments(settings, as_group=False)
+    return parser
+
+
+def parse_settings(settings: type, parser: Any, argv: list[str] | None) -> Any:
+    """``argv`` (default: the process's arguments) parsed into an instance of ``settings``."""
+    import dataclasses
+
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return settings(**{f.name: args[f.name] for f in dataclasses.fields(settings)})

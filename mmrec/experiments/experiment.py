@@ -274,29 +274,25 @@ def run_jobs(cfg: ExperimentConfig, here: Path) -> None:
 
 def build_parser():
     """The ``mmrec experiment`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
-    from jsonargparse import ActionConfigFile
+    from mmrec.parsing import dataclass_parser
 
-    from mmrec.parsing import argument_parser
-
-    parser = argument_parser(
-        prog="mmrec experiment",
-        description="Train and test variants x seeds from config files; results.md/csv/png "
-        "with mean ± std over seeds and paired tests against the reference variant. "
-        "Later flags override --config values.",
+    return dataclass_parser(
+        ExperimentConfig,
+        "mmrec experiment",
+        "Train and test variants x seeds from config files; results.md/csv/png with mean ± "
+        "std over seeds and paired tests against the reference variant.",
     )
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
-    )
-    parser.add_class_arguments(ExperimentConfig, as_group=False)
-    return parser
 
 
 def config_from_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, str | None]:
     """Parses command-line arguments into an ExperimentConfig and the config file given."""
-    args = build_parser().parse_args(argv)
-    cfg = ExperimentConfig(**{f.name: args[f.name] for f in dataclasses.fields(ExperimentConfig)})
-    files = args.get("config") or []
-    return cfg, (str(files[-1]) if files else None)
+    from mmrec.parsing import parse_settings
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_settings(ExperimentConfig, build_parser(), argv)
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    files += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return cfg, (files[-1] if files else None)
 
 
 def main(argv: list[str] | None = None) -> int:

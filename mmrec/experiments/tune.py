@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,29 +205,22 @@ def _fmt(value: Any) -> str:
 
 def build_parser():
     """The ``mmrec tune`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
-    from jsonargparse import ActionConfigFile
+    from mmrec.parsing import dataclass_parser
 
-    from mmrec.parsing import argument_parser
-
-    parser = argument_parser(
-        prog="mmrec tune",
-        description="Hyper-parameter search with Optuna (TPE, pruning on validation NDCG@10, "
-        "SQLite storage: rerun the command to resume). Writes the best trial as a config "
-        "for `mmrec fit` and a tuning record. Later flags override --config values.",
+    return dataclass_parser(
+        TuneConfig,
+        "mmrec tune",
+        "Hyper-parameter search with Optuna (TPE, pruning on validation NDCG@10, SQLite "
+        "storage: rerun the command to resume). Writes the best trial as a config for "
+        "`mmrec fit` and a tuning record.",
     )
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
-    )
-    parser.add_class_arguments(TuneConfig, as_group=False)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """``mmrec tune`` entry point; returns the exit code."""
-    from mmrec.parsing import user_error_types
+    from mmrec.parsing import parse_settings, user_error_types
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = TuneConfig(**{f.name: args[f.name] for f in dataclasses.fields(TuneConfig)})
+    cfg = parse_settings(TuneConfig, build_parser(), argv)
     try:
         tune(cfg)
     except user_error_types() as err:

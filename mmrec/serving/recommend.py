@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -258,29 +258,20 @@ class RecommendConfig:
 
 def build_parser():
     """The ``mmrec recommend`` argument parser (jsonargparse; ``--config`` takes a YAML file)."""
-    from jsonargparse import ActionConfigFile
+    from mmrec.parsing import dataclass_parser
 
-    from mmrec.parsing import argument_parser
-
-    parser = argument_parser(
-        prog="mmrec recommend",
-        description="Time-aware top-K recommendations from a checkpoint. Later flags override "
-        "--config values.",
+    return dataclass_parser(
+        RecommendConfig, "mmrec recommend", "Time-aware top-K recommendations from a checkpoint."
     )
-    parser.add_argument(
-        "--config", action=ActionConfigFile, help="YAML file with any of the options below"
-    )
-    parser.add_class_arguments(RecommendConfig, as_group=False)
-    return parser
 
 
 def config_from_args(argv: list[str] | None = None) -> RecommendConfig:
     """Parses command-line arguments into a RecommendConfig."""
     from mmrec.config import bool_flags
+    from mmrec.parsing import parse_settings
 
     argv = bool_flags(sys.argv[1:] if argv is None else argv, ["json"])
-    args = build_parser().parse_args(argv)
-    return RecommendConfig(**{f.name: args[f.name] for f in fields(RecommendConfig)})
+    return parse_settings(RecommendConfig, build_parser(), argv)
 
 
 def _iso(ts: int) -> str:
