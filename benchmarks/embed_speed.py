@@ -1,8 +1,8 @@
 """Throughput of `mmrec embed`'s hot path: texts/s and images/s (JPEG decode included) for a
 ViT-B/32-sized CLIP with random weights (no download).
 
-Run: .venv/bin/python benchmarks/embed_speed.py --device cpu --num_images 256 --num_texts 256
-     .venv/bin/python benchmarks/embed_speed.py --device cuda --num_images 20000 --num_texts 20000
+Run: .venv/bin/python -m benchmarks.embed_speed --device cpu --num_images 256 --num_texts 256
+     .venv/bin/python -m benchmarks.embed_speed --device cuda --num_images 20000 --num_texts 20000
 Appends a section to benchmarks/results/embed_speed.md (command, hardware, numbers).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmrec.content.images import decode_jpegs_to_pixels, load_rgb  # noqa: E402
-from mmrec.content.inputs import item_text  # noqa: E402
-from mmrec.content.models import autocast  # noqa: E402
+from benchmarks.common import hardware
+from mmrec.content.images import decode_jpegs_to_pixels, load_rgb
+from mmrec.content.inputs import item_text
+from mmrec.content.models import autocast
 
 SIZES = [(500, 500), (500, 375), (375, 500), (320, 320)]  # typical Amazon product image sizes
 
@@ -147,24 +145,6 @@ def bench_images(
     return {"end_to_end": e2e, "decode_only": decode, "encode_only": encode}
 
 
-def hardware(device: torch.device) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hw = (
-        f"CPU {cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__}, "
-        f"torch threads {torch.get_num_threads()}"
-    )
-    if device.type == "cuda":
-        hw += f", GPU {torch.cuda.get_device_name(device)}"
-    return hw
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         else "PIL + CLIP transform, threads"
     )
     cmd = "python " + " ".join(
-        [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+        ["-m", "benchmarks.embed_speed", *(argv if argv is not None else sys.argv[1:])]
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     with out.open("a") as f:
         f.write(
             f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {device.type}\n\n"
-            f"`{cmd}`\n\n{hardware(device)}; decoder: {decoder}; batch {args.batch_size}; "
+            f"`{cmd}`\n\n{hardware(device.type)}; decoder: {decoder}; batch {args.batch_size}; "
             f"{args.num_images} images (mean {mb:.0f} KiB), {args.num_texts} texts; "
             f"{'bf16 autocast' if device.type == 'cuda' else 'float32'}\n\n"
             "| texts/s | images/s end to end | images/s decode only | images/s encode only |\n"

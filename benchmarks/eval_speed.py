@@ -1,6 +1,6 @@
 """Full-ranking evaluation speed/memory: mmrec.evaluation vs torchmetrics' RetrievalNormalizedDCG.
 
-Run from the repo root:  .venv/bin/python benchmarks/eval_speed.py
+Run from the repo root:  .venv/bin/python -m benchmarks.eval_speed
 Writes benchmarks/results/eval_speed.md. Each case runs in its own process so its peak RSS is
 its own. Vectors are random (D = 64, tie-free scores); on Beauty 2014 the users' real histories
 (leave-one-out: last item = target, all earlier items excluded) are used when ../shared/data
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -22,11 +21,10 @@ from pathlib import Path
 import torch
 from torchmetrics.retrieval import RetrievalNormalizedDCG
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mmrec.evaluation import rank_targets  # noqa: E402
-from mmrec.evaluation.metrics import RankingMetrics, per_user_metrics  # noqa: E402
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import hardware
+from mmrec.evaluation import rank_targets
+from mmrec.evaluation.metrics import RankingMetrics, per_user_metrics
 
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon2014-beauty" / "interactions.tsv"
 
@@ -135,21 +133,6 @@ def run_case(case: str, tm_users: int) -> dict:
     }
 
 
-def hardware() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return (
-        f"{cpu}, nproc={subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()}, "
-        f"torch threads={torch.get_num_threads()}, torch {torch.__version__}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=["all", "beauty", "million"], default="all")
@@ -171,7 +154,8 @@ def main() -> None:
     for case in ("beauty", "million"):
         cmd = [
             sys.executable,
-            __file__,
+            "-m",
+            "benchmarks.eval_speed",
             "--case",
             case,
             "--tm-users-beauty",
@@ -186,7 +170,7 @@ def main() -> None:
         "# Evaluation speed: exact full ranking (mmrec) vs torchmetrics "
         "RetrievalNormalizedDCG(top_k=10)",
         "",
-        "Command: `.venv/bin/python benchmarks/eval_speed.py`  ",
+        "Command: `.venv/bin/python -m benchmarks.eval_speed`  ",
         f"Hardware: {hardware()}  ",
         "Random D=64 vectors (tie-free scores; user = random-strength multiple of its target's "
         "vector + noise); history items excluded; one target per user. mmrec time = "

@@ -6,8 +6,8 @@ clipping and optimizer; the plain loop has no Lightning. Validation and checkpoi
 in both, so the numbers compare training epochs only. The first epoch of each is warm-up and
 not counted.
 
-    python benchmarks/train_speed.py --device cpu --epochs 3
-    python benchmarks/train_speed.py --device cuda --epochs 4   # GPU
+    python -m benchmarks.train_speed --device cpu --epochs 3
+    python -m benchmarks.train_speed --device cuda --epochs 4   # GPU
 Writes (appends a section to) benchmarks/results/train_speed.md.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, hardware
+
 CONFIG = REPO / "configs" / "beauty2014" / "sasrec.yaml"
 
 
@@ -150,11 +150,7 @@ def main() -> int:
 
     mm = sum(timer.times[1:]) / max(len(timer.times) - 1, 1)
     pt = sum(plain[1:]) / max(len(plain) - 1, 1)
-    name = (
-        torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    )
+    name = hardware(args.device)
     row = (
         f"| {args.device} ({name}) | {'bf16-mixed' if bf16 else '32'} | {steps} | "
         f"{mm:.2f} | {pt:.2f} | {mm / pt:.2f}x |"

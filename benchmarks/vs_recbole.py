@@ -20,8 +20,8 @@ release needs numpy<2 and setuptools<81)::
     python -m venv .recbole-venv
     .recbole-venv/bin/pip install torch==2.14.1 "numpy<2" "setuptools<81" recbole==1.2.1
     mmrec prepare --config configs/data/beauty2014.yaml        # once: data/beauty2014
-    python benchmarks/vs_recbole.py --recbole_python .recbole-venv/bin/python --device cpu
-    python benchmarks/vs_recbole.py --recbole_python .recbole-venv/bin/python --device cuda
+    python -m benchmarks.vs_recbole --recbole_python .recbole-venv/bin/python --device cpu
+    python -m benchmarks.vs_recbole --recbole_python .recbole-venv/bin/python --device cuda
 
 Appends a section to benchmarks/results/vs_recbole.md with the command that made it.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import subprocess
@@ -43,7 +42,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, hardware
+
 CONFIG = REPO / "configs" / "beauty2014" / "sasrec.yaml"
 TSV = REPO.parent / "shared" / "data" / "amazon2014-beauty" / "interactions.tsv"
 
@@ -281,12 +281,8 @@ def main(argv: list[str] | None = None) -> None:
         recbole_rows.append(run_recbole(args, batch_size))
         results.append(recbole_rows[-1])
         print(json.dumps(results[-1]), flush=True)
-    device = (
-        torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    )
-    cmd = "python benchmarks/vs_recbole.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    device = hardware(args.device)
+    cmd = "python -m benchmarks.vs_recbole " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [
         f"\n## {args.device}: {device}\n",
         f"Command: `{cmd}`\n",
