@@ -1,39 +1,18 @@
-"""Interaction cleaning with polars: dense id codes, duplicates, repeats, iterative k-core, ids,
-splits."""
+"""Interaction cleaning on the narrow columns (numpy arrays of every input row): duplicates,
+repeats, iterative k-core, ids in order of first appearance, output order, splits."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from mmrec.data.errors import DataError
+from mmrec.data.ingest import Ingested
 
-
-def encode_ids(frame: pl.DataFrame, column: str, code: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Replaces the string id ``column`` by a dense uint32 ``code``, so later work is on integers.
-
-    The codes come from a 64-bit hash of the id; collisions are ruled out, not assumed away
-    (every hash's smallest and largest string must be equal; otherwise another seed is tried).
-
-    Returns:
-        The frame with ``code`` instead of ``column``, and the table ``code -> column``.
-    """
-    for seed in (0, 1, 2):
-        hashed = pl.col(column).hash(seed)
-        table = frame.group_by(hashed.alias("_h")).agg(
-            pl.col(column).min().alias("lo"), pl.col(column).max().alias("hi")
-        )
-        if table.select((pl.col("lo") == pl.col("hi")).all()).item():
-            table = table.with_row_index(code).select(code, "_h", pl.col("lo").alias(column))
-            keyed = (
-                frame.with_columns(hashed.alias("_h"))
-                .drop(column)
-                .join(table.select("_h", code), on="_h", how="left", maintain_order="left")
-            )
-            return keyed.drop("_h"), table.drop("_h")
-    raise DataError(
-        f"hash collision between {column} values with three seeds; please report this input"
-    )
+SPLIT_NAMES = ("train", "valid", "test")
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
@@ -44,114 +23,190 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         items: Dense item codes ``[R]``.
         k: Minimum number of interactions of every kept user and item.
     """
-    alive = np.ones(len(users), dtype=bool)
-    while True:
-        u_count = np.bincount(users[alive], minlength=int(users.max(initial=0)) + 1)
-        i_count = np.bincount(items[alive], minlength=int(items.max(initial=0)) + 1)
-        keep = alive & (u_count[users] >= k) & (i_count[items] >= k)
-        if keep.sum() == alive.sum():
-            return keep
-        alive = keep
-
-
-def clean_interactions(
-    frame: pl.DataFrame, *, kcore: int, keep_repeats: bool, dropped: dict[str, int]
-) -> pl.DataFrame:
-    """Drops exact duplicates, repeats (unless kept) and k-core misses; sorts by (timestamp, row).
-
-    ``frame`` has ``row`` (file order), ``u``/``i`` dense id codes, ``timestamp``, ``rating`` and
-    ``review``. Exact duplicates are rows equal in user, item, timestamp, rating and review: the
-    first is kept (``duplicate``). With ``keep_repeats=False`` only the earliest (timestamp,
-    then file order) row of each (user, item) pair stays (``repeat``). Then the iterative k-core
-    (``kcore``). Every dropped row is counted in ``dropped``.
-    """
-    frame = frame.sort("timestamp", maintain_order=True)  # stable: equal timestamps keep file order
-    pair = pl.col("u").cast(pl.UInt64) * (1 << 32) + pl.col("i").cast(pl.UInt64)
-    frame = frame.with_columns(pair.alias("_pair"))
-    frame = frame.with_columns(pl.col("_pair").is_first_distinct().alias("_first"))
-    # exact duplicates can only be among rows of repeated pairs: compare full rows there only
-    repeated = frame.filter(pl.col("_pair").is_duplicated())
-    dup_rows = repeated.filter(
-        ~pl.struct("_pair", "timestamp", "rating", "review").is_first_distinct()
-    ).select("row")
-    dropped["duplicate"] = dup_rows.height
-    if keep_repeats:
-        frame = frame.join(dup_rows, on="row", how="anti", maintain_order="left")
-    else:
-        dropped["repeat"] = frame.height - int(frame["_first"].sum()) - dup_rows.height
-        frame = frame.filter(pl.col("_first"))
-    frame = frame.drop("_first", "_pair")
-    if kcore:
-        n = frame.height
-        frame = frame.filter(
-            pl.Series(kcore_mask(frame["u"].to_numpy(), frame["i"].to_numpy(), kcore))
+    u_len, i_len = int(users.max(initial=0)) + 1, int(items.max(initial=0)) + 1
+    mask = np.zeros(len(users), dtype=bool)
+    rows = np.arange(len(users), dtype=np.uint32 if len(users) < 2**32 else np.int64)
+    while True:  # each round works on the rows still alive only
+        keep = (np.bincount(users, minlength=u_len)[users] >= k) & (
+            np.bincount(items, minlength=i_len)[items] >= k
         )
-        dropped["kcore"] = n - frame.height
-    if frame.height == 0:
+        if keep.all():
+            mask[rows] = True
+            return mask
+        rows, users, items = rows[keep], users[keep], items[keep]
+
+
+def drop_duplicates(
+    u: np.ndarray,
+    i: np.ndarray,
+    fetch: Callable[[str, np.ndarray], np.ndarray],
+    *,
+    keep_repeats: bool,
+    dropped: dict[str, int],
+) -> np.ndarray:
+    """Rows ``[R]`` (bool) that survive the duplicate and repeat rules.
+
+    Exact duplicates are rows equal in user, item, timestamp, rating and review text (compared
+    by a 64-bit hash): the earliest (time, then file order) stays (``duplicate``). With
+    ``keep_repeats=False`` only the earliest row of each (user, item) pair stays (the others:
+    ``repeat``). Works on sorted values, never on a hash table of all rows, and reads time,
+    rating and review hash for the rows of repeated (user, item) pairs only: memory stays a few
+    bytes per row.
+
+    Args:
+        u: User codes ``[R]`` in file order.
+        i: Item codes ``[R]``.
+        fetch: (column, ascending rows) -> the values of ``ts`` (unix seconds), ``rating``
+            (float32, NaN where absent) and ``rh`` (review hash) of those rows.
+        keep_repeats: Keep repeated (user, item) pairs that are not exact duplicates.
+        dropped: Counts per reason, updated.
+    """
+    pair = (u.astype(np.uint64) << np.uint64(32)) | i.astype(np.uint64)
+    ordered = pl.Series(pair).sort().to_numpy()
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    in_twice = pl.Series(pair).is_in(pl.Series(np.unique(twice)).implode())
+    repeated = np.flatnonzero(in_twice.to_numpy())
+    sub = pl.DataFrame(
+        {
+            "row": repeated,
+            "pair": pair[repeated],
+            "ts": fetch("ts", repeated),
+            "rating": pl.Series(fetch("rating", repeated)).fill_nan(None),
+            "rh": fetch("rh", repeated),
+        }
+    ).sort("pair", "ts", "row")
+    first = sub["pair"].is_first_distinct()
+    dup = ~sub.select(pl.struct("pair", "ts", "rating", "rh").is_first_distinct()).to_series()
+    dropped["duplicate"] = int(dup.sum())
+    gone = sub.filter(dup if keep_repeats else ~first)["row"].to_numpy()
+    if not keep_repeats:
+        dropped["repeat"] = len(gone) - dropped["duplicate"]
+    keep = np.ones(len(pair), dtype=bool)
+    keep[gone] = False
+    return keep
+
+
+def apply_kcore(
+    keep: np.ndarray, u: np.ndarray, i: np.ndarray, k: int, dropped: dict[str, int]
+) -> None:
+    """Iterative k-core over the rows still in ``keep`` (updated in place; ``kcore`` counted)."""
+    if not k:
+        return
+    mask = kcore_mask(u[keep], i[keep], k)
+    dropped["kcore"] = int(len(mask) - mask.sum())
+    keep[keep] = mask
+
+
+def require_rows(keep: np.ndarray, kcore: int, dropped: dict[str, int]) -> None:
+    if not keep.any():
         raise DataError(
             f"no interactions left after cleaning (dropped: {dropped}); "
             f"lower --kcore (now {kcore}) or check the input files"
         )
-    return frame
 
 
-def assign_ids(
-    frame: pl.DataFrame, users: pl.DataFrame, items: pl.DataFrame
-) -> tuple[pl.DataFrame, ...]:
-    """Users 0..U-1 and items 1..N in order of first appearance in the input files, then sorts by
-    (user_idx, timestamp, file row): ties keep the file's order, never the item id.
+def first_appearance_ids(
+    codes: np.ndarray, rows: np.ndarray, num_codes: int, offset: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids numbered in order of first appearance among the kept rows.
 
     Args:
-        frame: Cleaned interactions sorted by (timestamp, row), with ``u``/``i`` codes.
-        users: ``u`` -> ``user_id`` (from ``encode_ids``).
-        items: ``i`` -> ``item_id``.
+        codes: The kept rows' codes ``[K]``.
+        rows: The kept rows' input positions ``[K]`` (file order).
+        num_codes: Number of codes.
+        offset: First id (0 for users, 1 for items).
 
     Returns:
-        The frame with ``user_idx``/``item_idx`` (int32), the user table and the item table.
+        The id of each kept row ``[K]`` (int32) and the code of each id ``[n]``.
     """
-
-    def order(key: str, name: str, offset: int) -> tuple[pl.DataFrame, pl.Series]:
-        first = frame.group_by(key).agg(pl.col("row").min()).sort("row")
-        codes = first[key].to_numpy()
-        lookup = np.zeros(int(codes.max()) + 1, dtype=np.int32)
-        lookup[codes] = np.arange(offset, offset + len(codes), dtype=np.int32)
-        table = pl.DataFrame({name: lookup[codes], key: first[key]})
-        return table, pl.Series(name, lookup[frame[key].to_numpy()])
-
-    (u_idx, user_col), (i_idx, item_col) = order("u", "user_idx", 0), order("i", "item_idx", 1)
-    frame = frame.with_columns(user_col, item_col)
-    frame = frame.sort("user_idx", maintain_order=True)  # stable on the (timestamp, row) order
-    users = u_idx.join(users, on="u", how="left").sort("user_idx").select("user_idx", "user_id")
-    items = i_idx.join(items, on="i", how="left").sort("item_idx").select("item_idx", "item_id")
-    return frame, users, items
+    first = np.full(num_codes, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, rows)
+    present = np.flatnonzero(first < np.iinfo(np.int64).max)
+    by_id = present[np.argsort(first[present], kind="stable")]
+    lookup = np.zeros(num_codes, dtype=np.int32)
+    lookup[by_id] = np.arange(offset, offset + len(by_id), dtype=np.int32)
+    return lookup[codes], by_id
 
 
-def split_column(protocol: str, valid_ts: int | None, test_ts: int | None) -> pl.Expr:
-    """The ``split`` column (train/valid/test) for a frame sorted by (user_idx, timestamp, row).
+def output_order(user_idx: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The permutation ``[K]`` that sorts rows (given in file order) by (user_idx, timestamp),
+    ties in file order (a stable sort: never by item id)."""
+    lo, hi = (int(ts.min()), int(ts.max())) if len(ts) else (0, 0)
+    if hi - lo < 2**32:  # one 64-bit key: user in the high half, time in the low half
+        key = (user_idx.astype(np.uint64) << np.uint64(32)) | (ts - lo).astype(np.uint64)
+        frame = pl.DataFrame({"key": key}).with_row_index("row")
+        del key
+        return frame.sort("key", maintain_order=True)["row"].to_numpy()  # polars: threaded
+    return np.lexsort((ts, user_idx))  # lexsort is stable too
+
+
+def split_codes(
+    protocol: str, user_idx: np.ndarray, ts: np.ndarray, valid_ts: int | None, test_ts: int | None
+) -> np.ndarray:
+    """The split of each row ``[K]`` (uint8 index into ``SPLIT_NAMES``) of rows sorted by
+    (user_idx, timestamp, file order).
 
     ``loo``: per user the last event is test, the second last valid, the rest train (users with
     fewer than 3 events: all train). ``temporal``: events at/after ``test_ts`` are test,
     [``valid_ts``, ``test_ts``) valid, earlier ones train.
     """
     if protocol == "temporal":
-        return (
-            pl.when(pl.col("timestamp") >= test_ts)
-            .then(pl.lit("test"))
-            .when(pl.col("timestamp") >= valid_ts)
-            .then(pl.lit("valid"))
-            .otherwise(pl.lit("train"))
-        )
-    u = pl.col("user_idx")
-    last = u != u.shift(-1, fill_value=-1)
-    second = ~last & (u != u.shift(-2, fill_value=-1))
-    # a row's user has >= 3 events iff some window of 3 consecutive rows around it has one user
-    many = ((u == u.shift(2)) | (u.shift(1) == u.shift(-1)) | (u == u.shift(-2))).fill_null(False)
-    return (
-        pl.when(~many)
-        .then(pl.lit("train"))
-        .when(last)
-        .then(pl.lit("test"))
-        .when(second)
-        .then(pl.lit("valid"))
-        .otherwise(pl.lit("train"))
-    )
+        return (ts >= valid_ts).astype(np.uint8) + (ts >= test_ts).astype(np.uint8)
+    n = len(user_idx)
+    last = np.ones(n, dtype=bool)
+    last[:-1] = user_idx[1:] != user_idx[:-1]
+    second = np.zeros(n, dtype=bool)
+    second[:-1] = last[1:] & ~last[:-1]
+    many = np.bincount(user_idx)[user_idx] >= 3
+    return (second & many).astype(np.uint8) + 2 * (last & many).astype(np.uint8)
+
+
+@dataclass
+class Cleaned:
+    """The kept rows in output order (sorted by user_idx, timestamp, file order).
+
+    Attributes:
+        rows: Input row of each output row ``[K]`` (int64).
+        user_idx: ``[K]`` int32, users 0..U-1 in order of first appearance.
+        item_idx: ``[K]`` int32, items 1..N in order of first appearance.
+        ts: ``[K]`` int64 unix seconds.
+        rating: ``[K]`` float32, NaN where absent.
+        user_codes: The user code of each user_idx ``[U]``.
+        item_codes: The item code of each item_idx - 1 ``[N]``.
+    """
+
+    rows: np.ndarray
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    ts: np.ndarray
+    rating: np.ndarray
+    user_codes: np.ndarray
+    item_codes: np.ndarray
+
+
+def clean_ingested(
+    data: Ingested, *, kcore: int, keep_repeats: bool, dropped: dict[str, int]
+) -> Cleaned:
+    """Duplicates, repeats and k-core on the ingested rows; ids; the output order.
+
+    Memory: user and item codes of every input row (8 bytes a row) plus sort buffers; time and
+    rating are read back for repeated pairs and kept rows only, the review text never (its
+    hash, for repeated pairs only).
+    """
+    u, i = data.column("u"), data.column("i")
+    keep = drop_duplicates(u, i, data.take, keep_repeats=keep_repeats, dropped=dropped)
+    apply_kcore(keep, u, i, kcore, dropped)
+    require_rows(keep, kcore, dropped)
+    rows = np.flatnonzero(keep)
+    del keep
+    user_idx, user_codes = first_appearance_ids(u[rows], rows, data.users, 0)
+    del u
+    item_idx, item_codes = first_appearance_ids(i[rows], rows, data.items, 1)
+    del i
+    ts, rating = data.take("ts", rows), data.take("rating", rows)
+    order = output_order(user_idx, ts)
+    return Cleaned(
+        rows[order], user_idx[order], item_idx[order], ts[order], rating[order], user_codes,
+        item_codes,
+    )  # fmt: skip

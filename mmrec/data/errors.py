@@ -17,12 +17,14 @@ class BadLines:
     Args:
         path: The file the lines come from.
         total: Number of data lines (rows) in the file, good and bad.
+        truncated: The message of a gzip file that ends early (its tail is one bad line).
     """
 
     path: str
     total: int = 0
     counts: Counter = field(default_factory=Counter)
     examples: list[tuple[int, str]] = field(default_factory=list)
+    truncated: str | None = None
 
     def add(self, reason: str, line: int, message: str) -> None:
         """Counts one bad ``line`` (1-based) under ``reason``; keeps the first 5 messages."""
@@ -51,10 +53,11 @@ class BadLines:
         if not self.num_bad:
             return
         frac = self.num_bad / max(self.total, 1)
+        lead = f"{self.truncated} " if self.truncated else ""
         if frac > max_bad_fraction:
             raise DataError(
-                f"{self.describe()}. That is {frac:.2%} of the file, more than max_bad_fraction="
-                f"{max_bad_fraction:.2%}: fix the file (or the column mapping), or raise "
-                "--max_bad_fraction to skip these lines."
+                f"{lead}{self.describe()}. That is {frac:.2%} of the file, more than "
+                f"max_bad_fraction={max_bad_fraction:.2%}: fix the file (or the column mapping), "
+                "or raise --max_bad_fraction to skip these lines."
             )
-        print(f"mmrec prepare: skipped {self.describe()}")
+        print(f"mmrec prepare: {lead}skipped {self.describe()}")

@@ -6,7 +6,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,27 +17,30 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
 from mmrec.calendar import DAY, to_unix
-from mmrec.data.batch import event_columns
-from mmrec.data.clean import assign_ids, clean_interactions, encode_ids, split_column
+from mmrec.data.clean import Cleaned, clean_ingested, split_codes
 from mmrec.data.errors import BadLines, DataError
+from mmrec.data.ingest import ingest
 from mmrec.data.items import (
     ITEM_SCHEMA,
     META_KEYS,
     merge_item_sources,
     read_item_text,
-    read_meta_lines,
     read_meta_table,
 )
+from mmrec.data.metalines import read_meta_lines
+from mmrec.data.outputs import write_interactions, write_parquet
 from mmrec.data.readers import (
     AMAZON2014_REVIEW_KEYS,
     Amazon2023Reader,
     JsonReviewsReader,
-    RawInteractions,
+    ReadStats,
     TableReader,
+    TimeWindow,
 )
 from mmrec.data.sources import fetch
 
@@ -55,7 +61,9 @@ class PrepareConfig:
         source: Input format: ``amazon2014`` (reviews_*_5.json.gz + meta_*.json.gz),
             ``amazon2018`` (*_5.json.gz + meta_*.json.gz), ``amazon2023`` (*.jsonl(.gz) +
             meta_*.jsonl(.gz), or the benchmark *.{train,valid,test}.csv(.gz)) or ``tabular``
-            (csv/tsv/parquet through ``columns``).
+            (csv/tsv/parquet through ``columns``). Amazon files of any size are read in
+            bounded memory; their reviews dated before 1995 or after today are dropped
+            (``time_out_of_range``); timestamps in milliseconds are recognised value by value.
         out: Dataset folder to write (interactions/items/users parquet, meta.json, report/).
         category: Amazon category as in the official file names (Beauty, Gift_Cards, All_Beauty);
             needed to download and recorded in meta.json.
@@ -84,6 +92,9 @@ class PrepareConfig:
             last_out_w_his benchmark CSVs instead of the raw review file.
         overwrite: Replace a finished dataset in ``out`` prepared from other inputs/settings.
         report: Write the trend report (report/trends.png, top items per month).
+        review_text: Keep each review's text in interactions.parquet (``review`` column, for
+            review-text features); off, the column is null and the text is only hashed to tell
+            exact duplicates from repeats (less disk, less time).
     """
 
     source: Literal["amazon2014", "amazon2018", "amazon2023", "tabular"] | None = None
@@ -103,13 +114,15 @@ class PrepareConfig:
     benchmark: bool = False
     overwrite: bool = False
     report: bool = True
+    review_text: bool = False
 
 
 #: Source -> builder of its interaction reader (a table, not a string switch in the pipeline).
+#: Amazon reviews were written between 1995 and today: other times are dropped and counted.
 READERS: dict[str, Callable[[PrepareConfig], object]] = {
-    "amazon2014": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS),
-    "amazon2018": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS),
-    "amazon2023": lambda cfg: Amazon2023Reader(),
+    "amazon2014": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS, TimeWindow.amazon()),
+    "amazon2018": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS, TimeWindow.amazon()),
+    "amazon2023": lambda cfg: Amazon2023Reader(TimeWindow.amazon()),
     "tabular": lambda cfg: TableReader(cfg.columns),
 }
 TABLE_KEYS = {name: (name,) for name in ITEM_SCHEMA}
@@ -177,11 +190,18 @@ def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None
 
 
 _NOT_SETTINGS = ("out", "reviews", "meta", "item_text", "download_dir", "overwrite", "report")
+#: Settings added after folders were first fingerprinted: left out while at their default, so a
+#: folder prepared before they existed stays valid.
+_LATER_SETTINGS = {"review_text": False}
 
 
 def settings(cfg: PrepareConfig) -> dict:
     """The settings that decide what a folder holds (stored in meta.json as ``settings``)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_SETTINGS}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in _NOT_SETTINGS and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])
+    }
 
 
 def input_identity(files: list[Path]) -> list[dict]:
@@ -222,7 +242,10 @@ def _differences(old: dict, cfg: PrepareConfig, files: list[Path]) -> list[str]:
 def build_items(
     items: pl.DataFrame, cfg: PrepareConfig, meta: Path | None
 ) -> tuple[pl.DataFrame, dict]:
-    """The item table (one row per item 1..N) joined with cleaned metadata and item text."""
+    """The item table (one row per item 1..N) joined with cleaned metadata and item text.
+
+    Official metadata files are read for the kept items only (``metalines.read_meta_lines``).
+    """
     info: dict = {}
     sources = []
     if meta is not None:
@@ -230,19 +253,17 @@ def build_items(
             sources.append(read_meta_table(meta, META_KEYS.get(cfg.source, TABLE_KEYS)))
         else:
             bad = BadLines(str(meta))
-            sources.append(read_meta_lines(meta, META_KEYS[cfg.source], bad))
+            sources.append(read_meta_lines(meta, META_KEYS[cfg.source], bad, items["item_id"]))
             bad.check(cfg.max_bad_fraction)
             info["meta_skipped"] = bad.num_bad
     if cfg.item_text:
         sources.append(read_item_text(cfg.item_text))
-    table, info["items_without_meta"] = merge_item_sources(items, sources)
+    quality: dict = {}
+    table, info["items_without_meta"] = merge_item_sources(items, sources, quality)
+    if quality:
+        info["meta_duplicate_records"] = quality["duplicate_records"]
+        info["item_fields"] = {k: quality[k] for k in ("markup_only", "invalid_utf8")}
     return table, info
-
-
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
 
 
 def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
@@ -268,22 +289,56 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
+    for stale in out.glob(".scratch-*"):  # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
 
+    if cfg.report:  # import the plotting library while the input is read
+        from mmrec.data.report import preload
+
+        threading.Thread(target=preload, daemon=True).start()
     bar = tqdm(total=5, desc="prepare", disable=not progress, leave=False)
     bar.set_postfix_str("reading")
-    raw = READERS[cfg.source](cfg).read(reviews, cfg.max_bad_fraction)
-    bar.update()
-    bar.set_postfix_str("cleaning")
-    input_rows, dropped = raw.input_rows, dict(raw.dropped)
-    frame, users, items = _clean(raw, cfg, dropped, valid_ts, test_ts)
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out) as scratch:
+        stats, reader = ReadStats(), READERS[cfg.source](cfg)
+        data = ingest(reader, reviews, cfg.max_bad_fraction, stats, Path(scratch), cfg.review_text)
+        input_rows, dropped = stats.input_rows, dict(stats.dropped)
+        bar.update()
+        bar.set_postfix_str("cleaning")
+        kept = clean_ingested(data, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped)
+        split = split_codes(cfg.split, kept.user_idx, kept.ts, valid_ts, test_ts)
+        info = _meta_info(cfg, kept, split, input_rows, dropped)
+        bar.update()
+        bar.set_postfix_str("writing")
+        users = pl.DataFrame(
+            {
+                "user_idx": np.arange(len(kept.user_codes), dtype=np.int32),
+                "user_id": data.user_ids(kept.user_codes),
+            }
+        )
+        items = pl.DataFrame(
+            {
+                "item_idx": np.arange(1, len(kept.item_codes) + 1, dtype=np.int32),
+                "item_id": data.item_ids(kept.item_codes),
+            }
+        )
+        write_interactions(out / "interactions.parquet", kept, split, data)
+        del kept, split
+    write_parquet(users, out / "users.parquet")
+    del users
     bar.update()
     bar.set_postfix_str("items")
     items, item_info = build_items(items, cfg, meta)
+    write_parquet(items, out / "items.parquet")
+    items = items.select("item_idx", "item_id", "title")  # what the report needs
     bar.update()
-    _write_tables(out, frame, items, users, cfg.report, bar)
+    if cfg.report:
+        bar.set_postfix_str("report")
+        from mmrec.data.report import write_trend_report
+
+        write_trend_report(pl.scan_parquet(out / "interactions.parquet"), items, out / "report")
+    bar.update()
     bar.close()
 
-    info = _meta_info(cfg, frame, users.height, items.height, input_rows, dropped)
     info |= {**item_info, "inputs": [str(f) for f in files], "fingerprint": fingerprint}
     info |= {"settings": settings(cfg), "input_files": input_identity([Path(f) for f in files])}
     info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -295,7 +350,56 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         f"{info['num_interactions']:,} interactions from {input_rows:,} rows (dropped: {shown}) "
         f"in {time.perf_counter() - start:.1f}s"
     )
+    _log_item_quality(info)
     return out
+
+
+def _log_item_quality(info: dict) -> None:
+    """One line on the metadata quirks met (meta.json ``item_fields``), when there were some."""
+    quirks = [
+        f"{what}: {', '.join(f'{k}={v}' for k, v in counts.items() if v)}"
+        for what, counts in info.get("item_fields", {}).items()
+        if any(counts.values())
+    ]
+    if info.get("meta_duplicate_records"):
+        quirks.append(f"duplicate_records: {info['meta_duplicate_records']} dropped")
+    if quirks:
+        _log(f"item metadata fields: {'; '.join(quirks)} (meta.json: item_fields)")
+
+
+def _meta_info(
+    cfg: PrepareConfig, kept: Cleaned, split: np.ndarray, input_rows: int, dropped: dict[str, int]
+) -> dict:
+    """meta.json up to ``keep_repeats``: settings, counts, dropped rows, time range, splits."""
+    ts = kept.ts
+    counts = np.bincount(split, minlength=3)
+    split_info: dict = {
+        "protocol": cfg.split,
+        "counts": {name: int(counts[k]) for k, name in enumerate(SPLITS)},
+    }
+    if cfg.split == "temporal":
+        split_info |= {
+            "valid_start": cfg.valid_start,
+            "test_start": cfg.test_start,
+            "valid_start_ts": _parse_time("valid_start", cfg.valid_start),
+            "test_start_ts": _parse_time("test_start", cfg.test_start),
+        }
+    return {
+        "source": cfg.source,
+        "version": FORMAT_VERSION,
+        "mmrec_version": _mmrec_version(),
+        "category": cfg.category,
+        "num_users": len(kept.user_codes),
+        "num_items": len(kept.item_codes),
+        "num_interactions": len(ts),
+        "input_rows": input_rows,
+        "dropped": dropped,
+        "time_granularity": "day" if not np.any(ts % DAY) else "second",
+        "time_range": [int(ts.min()), int(ts.max())],
+        "split": split_info,
+        "kcore": cfg.kcore,
+        "keep_repeats": cfg.keep_repeats,
+    }
 
 
 def _input_files(cfg: PrepareConfig, reviews: list[Path], meta: Path | None) -> list[Path]:
@@ -349,97 +453,6 @@ def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, files: list[Pat
     elif out.exists() and any(out.iterdir()):
         _log(f"{out} has no meta.json (an incomplete earlier run): preparing it again")
     return False
-
-
-def _clean(
-    raw: RawInteractions,
-    cfg: PrepareConfig,
-    dropped: dict[str, int],
-    valid_ts: int | None,
-    test_ts: int | None,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Interactions (the columns of DESIGN.md), users and items of the reader's output.
-
-    The interaction columns: ``user_idx``, the per-event columns of
-    ``mmrec.data.batch.EVENT_FIELDS`` (``item_idx``, ``timestamp``, ``rating``...),
-    ``review``, ``split``. Rows dropped while cleaning are counted in ``dropped``.
-    """
-    frame, user_ids = encode_ids(raw.frame.with_row_index("row"), "user_id", "u")
-    raw.frame = None  # free the string columns early (peak memory)
-    frame, item_ids = encode_ids(frame, "item_id", "i")
-    frame = clean_interactions(
-        frame, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped
-    )
-    frame, users, items = assign_ids(frame, user_ids, item_ids)
-    split = split_column(cfg.split, valid_ts, test_ts).alias("split")
-    frame = frame.select("user_idx", *event_columns(), "review", split)
-    return frame, users, items
-
-
-def _write_tables(
-    out: Path,
-    frame: pl.DataFrame,
-    items: pl.DataFrame,
-    users: pl.DataFrame,
-    report: bool,
-    bar: tqdm,
-) -> None:
-    """The three parquet files (atomically each), then the trend report when asked for."""
-    bar.set_postfix_str("writing")
-    _write_parquet(frame, out / "interactions.parquet")
-    _write_parquet(items, out / "items.parquet")
-    _write_parquet(users, out / "users.parquet")
-    bar.update()
-    if report:
-        bar.set_postfix_str("report")
-        from mmrec.data.report import write_trend_report
-
-        write_trend_report(frame, items, out / "report")
-    bar.update()
-
-
-def _meta_info(
-    cfg: PrepareConfig,
-    frame: pl.DataFrame,
-    num_users: int,
-    num_items: int,
-    input_rows: int,
-    dropped: dict[str, int],
-) -> dict:
-    """meta.json up to ``keep_repeats``: settings, counts, dropped rows, time range, splits."""
-    stats = frame.select(
-        pl.col("timestamp").min().alias("min"),
-        pl.col("timestamp").max().alias("max"),
-        (pl.col("timestamp") % DAY == 0).all().alias("day"),
-    ).row(0, named=True)
-    counts = frame.group_by("split").len()
-    split_info: dict = {
-        "protocol": cfg.split,
-        "counts": {s: int(counts.filter(pl.col("split") == s)["len"].sum()) for s in SPLITS},
-    }
-    if cfg.split == "temporal":
-        split_info |= {
-            "valid_start": cfg.valid_start,
-            "test_start": cfg.test_start,
-            "valid_start_ts": _parse_time("valid_start", cfg.valid_start),
-            "test_start_ts": _parse_time("test_start", cfg.test_start),
-        }
-    return {
-        "source": cfg.source,
-        "version": FORMAT_VERSION,
-        "mmrec_version": _mmrec_version(),
-        "category": cfg.category,
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_interactions": frame.height,
-        "input_rows": input_rows,
-        "dropped": dropped,
-        "time_granularity": "day" if stats["day"] else "second",
-        "time_range": [stats["min"], stats["max"]],
-        "split": split_info,
-        "kcore": cfg.kcore,
-        "keep_repeats": cfg.keep_repeats,
-    }
 
 
 def build_parser():

@@ -1,107 +1,186 @@
-"""Low-level reading of raw files: gzip with clear errors, JSON lines, csv/tsv/parquet tables."""
+"""Low-level reading of raw files: JSON lines frame by frame in bounded memory (decoded in bulk,
+bad lines found and counted), csv/tsv/parquet tables, small files whole."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from mmrec.data.errors import BadLines, DataError
+from mmrec.data.lines import LineBlocks, LineScan, require_file
+
+_SMALL = 64  # lines checked one by one when a frame does not decode in bulk
 
 OPTIONAL = ("rating", "review")
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """Content of ``path``, gunzipped if it ends in ``.gz``; clear errors when it cannot be read."""
+    """Content of ``path``, gunzipped if it ends in ``.gz``; clear errors when it cannot be read.
+
+    For small files (tables, item text); line files of any size are read by ``LineBlocks``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"{path}: file not found; check the path (or leave it unset to download it)"
-        )
+    require_file(path)
     if path.suffix != ".gz":
         return path.read_bytes()
-    chunks: list[bytes] = []
-    try:
-        with gzip.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                chunks.append(chunk)
-    except EOFError:
-        lines = sum(c.count(b"\n") for c in chunks)
-        raise DataError(
-            f"{path}: truncated gzip file, it ends abruptly after line {lines}; the download was "
-            "probably interrupted: delete the file and download it again."
-        ) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as err:
-        raise DataError(f"{path}: not a valid gzip file ({err}); download it again.") from None
-    return b"".join(chunks)
+    blocks = LineBlocks(path)
+    data = b"".join(b.data for b in blocks)
+    if blocks.truncated:
+        raise DataError(blocks.truncation_message())
+    return data
 
 
-def _require_data(path: Path, data: bytes) -> None:
-    if not data.strip():
+#: What ``json_line_frames`` runs on each decoded frame, in its worker threads: the frame and
+#: a ``BadLines`` for the bad rows it finds -> the frame to yield.
+Transform = Callable[[pl.DataFrame, BadLines], pl.DataFrame]
+
+
+def json_line_frames(
+    path: str | Path,
+    keys: dict[str, str],
+    bad: BadLines,
+    *,
+    typed: dict[str, pl.DataType] | None = None,
+    transform: Transform | None = None,
+) -> Iterator[pl.DataFrame]:
+    """Selected keys of a JSON-lines file (``.gz`` or plain), frame by frame, in bounded memory.
+
+    Each frame has one column per ``keys`` entry plus ``line`` (1-based line number). Values are
+    read as ``typed`` says (our column -> dtype; the others as text, numbers too); a frame that
+    does not fit those types is read again as text, so that the caller can report non-numeric
+    values line by line. The lines of a frame are decoded in bulk (polars); when that fails, a
+    Python loop finds the malformed lines (counted in ``bad`` as ``malformed``) and polars
+    decodes the rest. Blank lines are skipped. A truncated gzip file yields its complete lines,
+    then counts its tail as one ``truncated`` bad line (``bad.truncated`` says where it ends).
+
+    Two threads decode frames (and run ``transform`` on them) while polars scans the next
+    lines; frames come out in file order and the bad lines are booked in file order.
+
+    Args:
+        path: ``.json``/``.jsonl`` file, optionally ``.gz``.
+        keys: Output column -> JSON key.
+        bad: Collects the bad lines of this file; its ``total`` counts the data lines.
+        typed: Output column -> dtype tried first (e.g. Int64 timestamps).
+        transform: Applied to each decoded frame in the worker threads (e.g. checks and
+            conversions that count bad rows in the ``BadLines`` they get).
+    """
+    path = Path(path)
+    text = {key: pl.String for key in dict.fromkeys(keys.values())}
+    first = dict(text)
+    for name, dtype in (typed or {}).items():
+        if name in keys:
+            first[keys[name]] = dtype
+    out = [pl.col(key).alias(name) for name, key in keys.items()]
+
+    def work(frame: pl.DataFrame) -> tuple[Decoded, pl.DataFrame, BadLines]:
+        decoded = decode_json_lines(path, frame, (first, text))
+        rows, found = decoded.rows.select(*out, "line"), BadLines(str(path))
+        if transform is not None and rows.height:
+            rows = transform(rows, found)
+        return decoded, rows, found
+
+    lines = LineScan(path)
+    with ThreadPoolExecutor(2) as pool:
+        pending: deque = deque()
+        for frame in lines:
+            pending.append(pool.submit(work, frame))
+            while pending and (len(pending) > 4 or pending[0].done()):
+                yield from _book(*pending.popleft().result(), bad)
+        while pending:
+            yield from _book(*pending.popleft().result(), bad)
+    if lines.truncated:
+        bad.add("truncated", lines.last_line + 1, "the file ends here, in the middle of a line")
+        bad.total += 1
+        bad.truncated = lines.message
+    elif bad.total == 0:
         raise DataError(
             f"{path}: the file is empty (no data lines); check the path or download it again."
         )
 
 
-def read_json_lines(path: str | Path, keys: dict[str, str], bad: BadLines) -> pl.DataFrame:
-    """Reads selected keys of a JSON-lines file as strings, plus ``line`` (1-based line number).
+def _book(
+    decoded: Decoded, rows: pl.DataFrame, found: BadLines, bad: BadLines
+) -> Iterator[pl.DataFrame]:
+    """Books one frame's lines and bad lines (in line order), then yields its rows."""
+    bad.total += decoded.lines
+    examples = sorted([(line, message) for _, line, message in decoded.bad] + found.examples)
+    bad.examples.extend(examples[: max(0, 5 - len(bad.examples))])
+    bad.counts.update(reason for reason, _, _ in decoded.bad)
+    bad.counts.update(found.counts)
+    if rows.height:
+        yield rows
 
-    Fast path: polars ``read_ndjson``. When polars rejects the file, a Python loop finds the
-    malformed lines (counted in ``bad`` as ``malformed``) and polars reads the rest. Blank lines
-    are ignored. Values are read as text (numbers too) so that the caller can report
-    non-numeric values line by line.
 
-    Args:
-        path: ``.json``/``.jsonl`` file, optionally ``.gz``.
-        keys: Output column -> JSON key.
-        bad: Collects the bad lines of this file; its ``total`` is set to the data lines.
-    """
-    path = Path(path)
-    data = read_bytes(path)
-    _require_data(path, data)
-    schema = {key: pl.String for key in dict.fromkeys(keys.values())}
-    rename = {key: name for name, key in keys.items()}
-    simple = b"\n\n" not in data and b"\n\r\n" not in data and not data[:1].isspace()
-    frame = None
-    if simple:
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames of one file (their dtypes may differ: a text fallback) as one frame."""
+    if len(frames) == 1:
+        return frames[0]
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+@dataclass
+class Decoded:
+    """A batch of decoded JSON lines: the rows (with ``line``), the data lines it had, and its
+    bad lines as ``(reason, line, message)``."""
+
+    rows: pl.DataFrame
+    lines: int
+    bad: list[tuple[str, int, str]]
+
+
+def decode_json_lines(path: Path, frame: pl.DataFrame, schemas: tuple[dict, ...]) -> Decoded:
+    """``frame``'s ``text`` lines decoded as JSON objects with the first of ``schemas`` (key ->
+    dtype) that fits every line, plus ``line``. When none fits, the frame is decoded with the
+    last schema (values that are lists or objects become their JSON text) in halves until the
+    halves decode or are small; the lines of a small half that does not decode are parsed one
+    by one and the malformed ones reported (``malformed``). Empty lines and lines of spaces are
+    blank, not data."""
+    if frame["text"].null_count():
+        frame = frame.filter(pl.col("text").is_not_null())
+    for schema in schemas:
         try:
-            frame = pl.read_ndjson(io.BytesIO(data), schema=schema)
-            frame = frame.with_row_index("line", offset=1)
+            rows = frame["text"].str.json_decode(pl.Struct(schema))
         except pl.exceptions.PolarsError:
-            frame = None
-    if frame is None:
-        good, numbers = [], []
-        for number, line in enumerate(data.split(b"\n"), start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                ok = isinstance(json.loads(line), dict)
-                err = "not a JSON object"
-            except ValueError as exc:
-                ok, err = False, f"malformed JSON ({exc})"
-            if ok:
-                good.append(line)
-                numbers.append(number)
-            else:
-                bad.add("malformed", number, err)
-        bad.total = len(good) + bad.counts["malformed"]
+            continue
+        if rows.null_count() == 0:  # a line "null" decodes to null: not an object
+            return Decoded(rows.struct.unnest().with_columns(frame["line"]), frame.height, [])
+        break
+    if frame.height > _SMALL:
+        half = frame.height // 2
+        parts = [decode_json_lines(path, p, schemas[-1:]) for p in (frame[:half], frame[half:])]
+        rows = pl.concat([p.rows for p in parts], how="vertical_relaxed")
+        return Decoded(rows, sum(p.lines for p in parts), [b for p in parts for b in p.bad])
+    good, numbers, bad = [], [], []
+    for number, line in zip(frame["line"], frame["text"], strict=True):
+        if not line.strip():
+            continue
         try:
-            frame = (
-                pl.read_ndjson(io.BytesIO(b"\n".join(good)), schema=schema)
-                if good
-                else pl.DataFrame(schema=schema)
-            )
-        except pl.exceptions.PolarsError as exc:
-            raise DataError(f"{path}: cannot read the JSON lines ({exc})") from None
-        frame = frame.with_columns(pl.Series("line", numbers, dtype=pl.UInt32))
-    else:
-        bad.total = frame.height
-    return frame.select(pl.col(k).alias(rename[k]) for k in schema).with_columns(frame["line"])
+            ok = isinstance(json.loads(line), dict)
+            err = "not a JSON object"
+        except ValueError as exc:
+            ok, err = False, f"malformed JSON ({exc})"
+        if ok:
+            good.append(line)
+            numbers.append(number)
+        else:
+            bad.append(("malformed", number, err))
+    text = schemas[-1]
+    lines = len(good) + len(bad)
+    if not good:
+        return Decoded(pl.DataFrame(schema={**text, "line": pl.UInt64}), lines, bad)
+    try:
+        rows = pl.read_ndjson(io.BytesIO("\n".join(good).encode()), schema=text)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{path}: cannot read the JSON lines ({exc})") from None
+    rows = rows.with_columns(pl.Series("line", numbers, dtype=pl.UInt64))
+    return Decoded(rows, lines, bad)
 
 
 def read_delimited(

@@ -1,20 +1,26 @@
 """Readers of raw interaction files: Amazon 2014/2018/2023 reviews, 2023 benchmark CSVs, tabular
-files."""
+files. Every reader yields its rows frame by frame (bounded memory for the JSON-lines files)."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
 
+from mmrec.calendar import DAY, to_unix
 from mmrec.data.batch import EventField, stored_fields
 from mmrec.data.errors import BadLines, DataError
-from mmrec.data.rawfiles import read_bytes, read_delimited, read_json_lines
+from mmrec.data.rawfiles import json_line_frames, read_bytes, read_delimited
 
 __all__ = [
     "RawInteractions",
+    "ReadStats",
+    "TimeWindow",
     "normalize",
     "read_bytes",
     "JsonReviewsReader",
@@ -38,6 +44,41 @@ def extra_fields() -> list[EventField]:
     return [f for f in stored_fields() if f.column not in _PARSED]
 
 
+@dataclass(frozen=True)
+class TimeWindow:
+    """The times a review can have: ``[start, end)`` unix seconds.
+
+    Rows outside it are dropped and counted as ``time_out_of_range`` (with the bad lines of
+    their file). ``amazon()`` is the window of the Amazon review data: from 1995-01-01 (Amazon
+    opened in July 1995) to the end of the day of the prepare (UTC).
+    """
+
+    start: int
+    end: int
+
+    @classmethod
+    def amazon(cls, now: datetime | None = None) -> TimeWindow:
+        today = (now or datetime.now(timezone.utc)).date()
+        return cls(to_unix("1995-01-01"), to_unix(today + timedelta(days=1)))
+
+    def describe(self) -> str:
+        last = datetime.fromtimestamp(self.end - DAY, timezone.utc).date()
+        first = datetime.fromtimestamp(self.start, timezone.utc).date()
+        return f"{first} .. {last}"
+
+
+@dataclass
+class ReadStats:
+    """What a reader has read so far: data rows (bad ones included) and rows skipped by reason."""
+
+    input_rows: int = 0
+    dropped: Counter = field(default_factory=Counter)
+
+    def add(self, bad: BadLines) -> None:
+        self.input_rows += bad.total
+        self.dropped.update(bad.counts)
+
+
 @dataclass
 class RawInteractions:
     """What a reader returns.
@@ -55,12 +96,19 @@ class RawInteractions:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def normalize(frame: pl.DataFrame, bad: BadLines) -> pl.DataFrame:
+#: Absolute values at or above this are milliseconds (in seconds they would be after year 5000;
+#: in milliseconds 1e11 is 1973), decided value by value.
+MS_THRESHOLD = 1e11
+
+
+def normalize(frame: pl.DataFrame, bad: BadLines, window: TimeWindow | None = None) -> pl.DataFrame:
     """Checks and converts a raw frame (REQUIRED/OPTIONAL columns + ``line``) to the reader output.
 
     Rows with a missing user/item/timestamp (``missing_field``), an unreadable timestamp
-    (``bad_timestamp``) or a non-numeric rating (``bad_rating``) are counted in ``bad`` and
-    removed. Timestamps become unix seconds; milliseconds (values above 1e11) are detected.
+    (``bad_timestamp``), a time outside ``window`` (``time_out_of_range``) or a non-numeric
+    rating (``bad_rating``) are counted in ``bad`` and removed. Timestamps become unix seconds;
+    a value is milliseconds when its magnitude is at least ``MS_THRESHOLD``, decided per value
+    (a file may mix both units).
     """
     for name in ("user_id", "item_id", "review"):
         if name not in frame.columns:
@@ -76,17 +124,30 @@ def normalize(frame: pl.DataFrame, bad: BadLines) -> pl.DataFrame:
     }
     missing = flags["user_id"] | flags["item_id"] | flags["timestamp"]
     bad_ts = ~missing & pl.col("timestamp").is_null()
+    outside = pl.lit(False)
+    if window is not None:
+        ts = pl.col("timestamp")
+        outside = ~missing & ~bad_ts & ((ts < window.start) | (ts >= window.end))
     bad_rating = (
-        ~missing & ~bad_ts & pl.col("_rating_raw").is_not_null() & pl.col("rating").is_null()
+        ~missing
+        & ~bad_ts
+        & ~outside
+        & pl.col("_rating_raw").is_not_null()
+        & pl.col("rating").is_null()
     )
-    frame = frame.with_columns(
-        missing.alias("_missing"), bad_ts.alias("_bad_ts"), bad_rating.alias("_bad_rating")
-    )
-    counts = frame.select(pl.col("_missing", "_bad_ts", "_bad_rating").sum()).row(0)
+    checks = {
+        "missing_field": missing,
+        "bad_timestamp": bad_ts,
+        "time_out_of_range": outside,
+        "bad_rating": bad_rating,
+    }
+    frame = frame.with_columns(expr.alias(f"_{reason}") for reason, expr in checks.items())
+    names = [f"_{reason}" for reason in checks]
+    counts = frame.select(pl.col(names).sum()).row(0)
     if sum(counts):
-        offenders = frame.filter(
-            pl.col("_missing") | pl.col("_bad_ts") | pl.col("_bad_rating")
-        ).head(5)
+        any_bad = pl.any_horizontal(names)
+        room = max(0, 5 - len(bad.examples))
+        offenders = frame.filter(any_bad).head(room)
         offenders = offenders.with_columns(
             pl.concat_str(
                 [pl.when(expr).then(pl.lit(name)) for name, expr in flags.items()],
@@ -96,21 +157,22 @@ def normalize(frame: pl.DataFrame, bad: BadLines) -> pl.DataFrame:
             pl.col("_ts_raw", "_rating_raw").cast(pl.String),
         )
         for row in offenders.iter_rows(named=True):
-            if row["_missing"]:
-                bad.examples.append((row["line"], f"missing required field(s) {row['_which']}"))
-            elif row["_bad_ts"]:
-                bad.examples.append(
-                    (row["line"], f"timestamp {row['_ts_raw']!r} is neither a number nor a date")
+            if row["_missing_field"]:
+                message = f"missing required field(s) {row['_which']}"
+            elif row["_bad_timestamp"]:
+                message = f"timestamp {row['_ts_raw']!r} is neither a number nor a date"
+            elif row["_time_out_of_range"]:
+                message = (
+                    f"timestamp {row['_ts_raw']!r} is outside {window.describe()} "
+                    "(before 1995 or after the day of the prepare)"
                 )
             else:
-                bad.examples.append((row["line"], f"rating {row['_rating_raw']!r} is not a number"))
-        del bad.examples[5:]
-        for reason, count in zip(
-            ("missing_field", "bad_timestamp", "bad_rating"), counts, strict=True
-        ):
+                message = f"rating {row['_rating_raw']!r} is not a number"
+            bad.examples.append((row["line"], message))
+        for reason, count in zip(checks, counts, strict=True):
             if count:
                 bad.counts[reason] += count
-        frame = frame.filter(~(pl.col("_missing") | pl.col("_bad_ts") | pl.col("_bad_rating")))
+        frame = frame.filter(~any_bad)
     extra = [
         pl.col(f.column).cast(f.polars_dtype, strict=False)
         if f.column in frame.columns
@@ -152,11 +214,16 @@ def _seconds(frame: pl.DataFrame) -> pl.DataFrame:
         frame = frame.with_columns(
             raw.cast(pl.Datetime("us")).dt.epoch("s").cast(pl.Float64).alias("timestamp")
         )
+    elif dtype.is_integer():  # exact: no float rounding of millisecond values
+        ts = raw.cast(pl.Int64, strict=False)
+        ms = ts.abs() >= int(MS_THRESHOLD)
+        seconds = pl.when(ms).then(ts // 1000).otherwise(ts)
+        return frame.with_columns(seconds.cast(pl.Float64).alias("timestamp"))
     else:
         frame = frame.with_columns(raw.cast(pl.Float64, strict=False).alias("timestamp"))
     value = pl.col("timestamp").fill_nan(None)
-    is_ms = (frame.select(value.abs().max()).item() or 0) > 1e11
-    return frame.with_columns(((value // 1000) if is_ms else value.floor()).alias("timestamp"))
+    seconds = pl.when(value.abs() >= MS_THRESHOLD).then(value // 1000).otherwise(value.floor())
+    return frame.with_columns(seconds.alias("timestamp"))
 
 
 def _rating(frame: pl.DataFrame) -> pl.DataFrame:
@@ -174,39 +241,83 @@ def _rating(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-class JsonReviewsReader:
-    """Reads official review JSON-lines files (one JSON object a line, ``.gz`` or plain).
+class Reader:
+    """A reader of interaction files: ``frames`` yields the normalized rows (the columns of
+    ``RawInteractions.frame``) frame by frame in file order, counting into a ``ReadStats``;
+    each file's bad lines are checked against ``max_bad_fraction`` when the file ends.
+
+    Args:
+        window: Times outside it are dropped (``time_out_of_range``); None: any time.
+    """
+
+    def __init__(self, window: TimeWindow | None = None) -> None:
+        self.window = window
+
+    def frames(
+        self,
+        paths: list[Path],
+        max_bad_fraction: float,
+        stats: ReadStats,
+        transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> Iterator[pl.DataFrame]:
+        """The normalized rows, frame by frame; ``transform`` (thread-safe) is applied to each
+        normalized frame, in the reader's worker threads where it has some."""
+        raise NotImplementedError
+
+    def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
+        """Every row at once (small inputs, tests)."""
+        stats = ReadStats()
+        frames = list(self.frames(paths, max_bad_fraction, stats))
+        return RawInteractions(pl.concat(frames), stats.input_rows, dict(stats.dropped))
+
+
+class JsonReviewsReader(Reader):
+    """Reads official review JSON-lines files (one JSON object a line, ``.gz`` or plain), in
+    blocks of lines: memory does not grow with the file.
 
     Args:
         keys: Our column -> JSON key, e.g. ``{"user_id": "reviewerID", "item_id": "asin", ...}``.
+        window: Times outside it are dropped (``time_out_of_range``); None: any time.
     """
 
-    def __init__(self, keys: dict[str, str]) -> None:
-        self.keys = keys
+    def __init__(self, keys: dict[str, str], window: TimeWindow | None = None) -> None:
+        super().__init__(window)
+        self.keys = keys | {f.column: f.column for f in extra_fields() if f.column not in keys}
 
-    def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
-        frames, total, dropped = [], 0, {}
+    def frames(
+        self,
+        paths: list[Path],
+        max_bad_fraction: float,
+        stats: ReadStats,
+        transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> Iterator[pl.DataFrame]:
+        typed = {"timestamp": pl.Int64, "rating": pl.Float64}
+
+        def check(frame: pl.DataFrame, found: BadLines) -> pl.DataFrame:
+            frame = normalize(frame, found, self.window)
+            return transform(frame) if transform is not None else frame
+
         for path in paths:
             bad = BadLines(str(path))
-            frame = normalize(read_json_lines(path, self.keys, bad), bad)
+            yield from json_line_frames(path, self.keys, bad, typed=typed, transform=check)
             bad.check(max_bad_fraction)
-            frames.append(frame)
-            total += bad.total
-            for k, v in bad.counts.items():
-                dropped[k] = dropped.get(k, 0) + v
-        return RawInteractions(pl.concat(frames), total, dropped)
+            stats.add(bad)
 
 
-class TableReader:
-    """Reads csv/tsv/parquet interaction tables through a column mapping.
+class TableReader(Reader):
+    """Reads csv/tsv/parquet interaction tables through a column mapping (a table is read whole).
 
     Args:
         columns: Our column (``user_id``, ``item_id``, ``timestamp``, ``rating``, ``review``,
             ``extra_fields()`` columns) -> the file's column. Unmapped optional columns are
             looked up under our own name.
+        window: Times outside it are dropped (``time_out_of_range``); None: any time.
     """
 
-    def __init__(self, columns: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, columns: dict[str, str] | None = None, window: TimeWindow | None = None
+    ) -> None:
+        super().__init__(window)
         self.optional = (*OPTIONAL, *(f.column for f in extra_fields()))
         unknown = set(columns or {}) - set(REQUIRED) - set(self.optional)
         if unknown:
@@ -220,18 +331,21 @@ class TableReader:
         """Files in the order their rows are concatenated (the given order)."""
         return paths
 
-    def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
-        frames, total, dropped = [], 0, {}
+    def frames(
+        self,
+        paths: list[Path],
+        max_bad_fraction: float,
+        stats: ReadStats,
+        transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> Iterator[pl.DataFrame]:
         for path in self.order(paths):
             raw = read_delimited(path, self.columns, optional=self.optional)
             bad = BadLines(str(path), total=raw.height)
-            frame = normalize(raw, bad)
+            frame = normalize(raw, bad, self.window)
+            del raw
             bad.check(max_bad_fraction)
-            frames.append(frame)
-            total += bad.total
-            for k, v in bad.counts.items():
-                dropped[k] = dropped.get(k, 0) + v
-        return RawInteractions(pl.concat(frames), total, dropped)
+            stats.add(bad)
+            yield transform(frame) if transform is not None else frame
 
 
 class BenchmarkCsvReader(TableReader):
@@ -244,14 +358,15 @@ class BenchmarkCsvReader(TableReader):
     redundant with that order and is not read. Timestamps are milliseconds (converted).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: TimeWindow | None = None) -> None:
         super().__init__(
             {
                 "user_id": "user_id",
                 "item_id": "parent_asin",
                 "rating": "rating",
                 "timestamp": "timestamp",
-            }
+            },
+            window,
         )
 
     def order(self, paths: list[Path]) -> list[Path]:
@@ -277,21 +392,25 @@ AMAZON2023_REVIEW_KEYS = {
 }
 
 
-class Amazon2023Reader:
-    """2023 reviews: raw ``*.jsonl(.gz)`` files, or benchmark ``*.{train,valid,test}.csv(.gz)``."""
+class Amazon2023Reader(Reader):
+    """2023 reviews: raw ``*.jsonl(.gz)`` files, or benchmark ``*.{train,valid,test}.csv(.gz)``.
 
-    def read(self, paths: list[Path], max_bad_fraction: float) -> RawInteractions:
+    Args:
+        window: Times outside it are dropped (``time_out_of_range``); None: any time.
+    """
+
+    def frames(
+        self,
+        paths: list[Path],
+        max_bad_fraction: float,
+        stats: ReadStats,
+        transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    ) -> Iterator[pl.DataFrame]:
         csvs = [p for p in paths if re.search(r"\.csv(\.gz)?$", p.name)]
         jsonl = [p for p in paths if p not in csvs]
-        parts = []
         if csvs:
-            parts.append(BenchmarkCsvReader().read(csvs, max_bad_fraction))
+            reader = BenchmarkCsvReader(self.window)
+            yield from reader.frames(csvs, max_bad_fraction, stats, transform)
         if jsonl:
-            parts.append(JsonReviewsReader(AMAZON2023_REVIEW_KEYS).read(jsonl, max_bad_fraction))
-        dropped: dict[str, int] = {}
-        for part in parts:
-            for k, v in part.dropped.items():
-                dropped[k] = dropped.get(k, 0) + v
-        return RawInteractions(
-            pl.concat([p.frame for p in parts]), sum(p.input_rows for p in parts), dropped
-        )
+            reader = JsonReviewsReader(AMAZON2023_REVIEW_KEYS, self.window)
+            yield from reader.frames(jsonl, max_bad_fraction, stats, transform)

@@ -7,12 +7,14 @@ from pathlib import Path
 import polars as pl
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = 1_000_000  # above any year * 100 + month
 
 
 def trend_tables(
-    interactions: pl.DataFrame, items: pl.DataFrame, top_k: int = 5
+    interactions: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, top_k: int = 5
 ) -> dict[str, pl.DataFrame]:
-    """Counts per month, per weekday and the ``top_k`` items of every month.
+    """Counts per month, per weekday and the ``top_k`` items of every month, in bounded memory
+    (a LazyFrame, e.g. a scan of interactions.parquet, is streamed).
 
     Args:
         interactions: ``item_idx``, ``timestamp`` (unix seconds) at least.
@@ -28,39 +30,41 @@ def trend_tables(
     month_text = pl.format(
         "{}-{}", pl.col("month") // 100, (pl.col("month") % 100).cast(pl.String).str.zfill(2)
     )
-    per_month = (
-        events.group_by("month")
-        .agg(pl.len().alias("interactions"))
-        .sort("month")
-        .with_columns(month_text.alias("month"))
-    )
-    per_weekday = (
-        events.group_by("weekday")
-        .agg(pl.len().alias("interactions"))
-        .join(
-            pl.LazyFrame({"weekday": range(1, 8)}, schema={"weekday": pl.Int8}),
-            on="weekday",
-            how="right",
-        )
-        .sort("weekday")
+    per_month = events.group_by("month").agg(pl.len().alias("interactions"))
+    per_weekday = events.group_by("weekday").agg(pl.len().alias("interactions"))
+    # (item, month) counted on one integer key: the streaming group-by stays small
+    key = pl.col("item_idx").cast(pl.Int64) * _MONTHS + pl.col("month")
+    counts = events.group_by(key.alias("key")).agg(pl.len().alias("interactions"))
+    month, weekday, counts = pl.collect_all([per_month, per_weekday, counts], engine="streaming")
+    month = month.sort("month").with_columns(month_text.alias("month"))
+    weekday = (
+        pl.DataFrame({"weekday": range(1, 8)}, schema={"weekday": pl.Int8})
+        .join(weekday, on="weekday", how="left")
         .select(
             pl.col("weekday").replace_strict(dict(enumerate(WEEKDAYS, 1)), return_dtype=pl.String),
             pl.col("interactions").fill_null(0),
         )
     )
+    counts = counts.select(
+        (pl.col("key") % _MONTHS).cast(pl.Int32).alias("month"),
+        (pl.col("key") // _MONTHS).cast(pl.Int32).alias("item_idx"),
+        "interactions",
+    )
+    # the top_k of a month are at or above its k-th largest count: sort those only
+    cut = counts.group_by("month").agg(pl.col("interactions").top_k(top_k).min().alias("_cut"))
     top = (
-        events.group_by("month", "item_idx")
-        .agg(pl.len().alias("interactions"))
+        counts.join(cut, on="month")
+        .filter(pl.col("interactions") >= pl.col("_cut"))
         .sort(["month", "interactions", "item_idx"], descending=[False, True, False])
         .group_by("month", maintain_order=True)
         .head(top_k)
         .with_columns(pl.int_range(pl.len()).over("month").add(1).alias("rank"))
-        .join(items.lazy().select("item_idx", "item_id", "title"), on="item_idx", how="left")
+        .join(items.select("item_idx", "item_id", "title"), on="item_idx", how="left")
         .select("month", "rank", "item_idx", "item_id", "title", "interactions")
         .sort("month", "rank")
         .with_columns(month_text.alias("month"))
     )
-    month, weekday, top = pl.collect_all([per_month, per_weekday, top])
+    del counts
     if month.height:  # every calendar month between the first and the last, empty ones as 0
         first, last = (
             int(v[:4]) * 12 + int(v[5:]) - 1 for v in (month["month"][0], month["month"][-1])
@@ -74,8 +78,15 @@ def trend_tables(
     return {"per_month": month, "per_weekday": weekday, "top_items": top}
 
 
+def preload() -> None:
+    """Imports matplotlib's Agg canvas (about 0.6 s): ``mmrec prepare`` runs this in a thread
+    while it reads the input, so the report does not wait for it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+
 def write_trend_report(
-    interactions: pl.DataFrame,
+    interactions: pl.DataFrame | pl.LazyFrame,
     items: pl.DataFrame,
     out_dir: str | Path,
     top_k: int = 5,

@@ -11,6 +11,8 @@ import pytest
 from mmrec.data.errors import DataError
 from mmrec.data.prepare import PrepareConfig, main, prepare_dataset
 
+T0 = 1_300_000_000  # 2011-03-13: Amazon review times before 1995 or in the future are dropped
+
 
 def _review(user: str, item: str, ts: int, rating=5.0) -> str:
     return json.dumps(
@@ -27,7 +29,7 @@ def _review(user: str, item: str, ts: int, rating=5.0) -> str:
 def _good_lines(n_users: int = 40) -> list[str]:
     """``n_users`` users x 3 items, 120 valid 2018-style review lines."""
     return [
-        _review(f"U{u}", f"I{(u + j) % 7}", 86400 * (u + j + 1))
+        _review(f"U{u}", f"I{(u + j) % 7}", T0 + 86400 * (u + j + 1))
         for u in range(n_users)
         for j in range(3)
     ]
@@ -77,7 +79,7 @@ def test_malformed_json_over_threshold_is_an_error(tmp_path):
 
 def test_missing_required_field(tmp_path):
     lines = _good_lines()
-    lines[6] = json.dumps({"reviewerID": "U1", "overall": 5.0, "unixReviewTime": 86400})  # no asin
+    lines[6] = json.dumps({"reviewerID": "U1", "overall": 5.0, "unixReviewTime": T0})  # no asin
     path = _write(tmp_path / "r.json", lines)
     out = prepare_dataset(_cfg(tmp_path, path, max_bad_fraction=0.02), progress=False)
     assert json.loads((out / "meta.json").read_text())["dropped"]["missing_field"] == 1
@@ -97,7 +99,7 @@ def test_truncated_gzip(tmp_path):
 
 def test_non_numeric_rating(tmp_path, capsys):
     lines = _good_lines()
-    lines[0] = _review("U0", "I0", 86400, rating="five")
+    lines[0] = _review("U0", "I0", T0, rating="five")
     path = _write(tmp_path / "r.json", lines)
     with pytest.raises(DataError, match=r"line 1: rating 'five' is not a number"):
         prepare_dataset(_cfg(tmp_path, path, max_bad_fraction=0.0), progress=False)

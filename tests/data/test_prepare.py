@@ -378,16 +378,33 @@ def test_real_2018_files(shared_data, tmp_path, category, kcore):
     assert min(counts) >= kcore
 
 
-def test_encode_ids_round_trip_and_kcore_mask_matches_naive():
+def test_ingest_codes_round_trip_and_kcore_mask_matches_naive(tmp_path):
     import numpy as np
 
-    from mmrec.data.clean import encode_ids, kcore_mask
+    from mmrec.data.clean import kcore_mask
+    from mmrec.data.ingest import Ingest
 
-    frame = pl.DataFrame({"user_id": ["b", "ä", "b", "c", "ä"], "x": [1, 2, 3, 4, 5]})
-    keyed, table = encode_ids(frame, "user_id", "u")
-    assert keyed.columns == ["x", "u"] and keyed["x"].to_list() == [1, 2, 3, 4, 5]
-    back = keyed.join(table, on="u", maintain_order="left")["user_id"].to_list()
-    assert back == ["b", "ä", "b", "c", "ä"] and table.height == 3
+    sink = Ingest(tmp_path, keep_review=False)
+    for users in (["b", "ä", "b"], ["c", "ä"]):  # two frames: the codes carry over
+        n = len(users)
+        sink.add(
+            sink.encode(
+                pl.DataFrame(
+                    {
+                        "user_id": users,
+                        "item_id": ["x"] * n,
+                        "timestamp": [1] * n,
+                        "rating": [None] * n,
+                        "review": [None] * n,
+                    },
+                    schema_overrides={"rating": pl.Float32, "review": pl.String},
+                )
+            )
+        )
+    data = sink.finish()
+    codes = data.column("u")
+    assert codes.tolist() == [0, 1, 0, 2, 1] and data.users == 3  # single thread: file order
+    assert data.user_ids(codes).to_list() == ["b", "ä", "b", "c", "ä"]
 
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 60, 400), rng.zipf(1.5, 400) % 40
@@ -403,3 +420,11 @@ def test_encode_ids_round_trip_and_kcore_mask_matches_naive():
         alive = keep
     mask = kcore_mask(users, items, 4)
     assert set(np.flatnonzero(mask)) == alive and 0 < len(alive) < 400
+
+
+def test_review_text_setting_keeps_older_folders_valid():
+    from mmrec.data.prepare import settings
+
+    base = PrepareConfig(source="tabular", kcore=0)
+    assert "review_text" not in settings(base)  # same fingerprint as before the option existed
+    assert settings(dataclasses.replace(base, review_text=True))["review_text"] is True

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from mmrec.data.errors import BadLines
-from mmrec.data.items import META_KEYS, clean_items, read_item_text, read_meta_lines
+from mmrec.data.items import META_KEYS, clean_items, read_item_text
+from mmrec.data.metalines import read_meta_lines
 from mmrec.data.prepare import PrepareConfig, prepare_dataset
 from mmrec.data.readers import BenchmarkCsvReader, TableReader
 
@@ -56,6 +57,7 @@ def test_2014_reviews_and_python_literal_metadata(tmp_path):
             kcore=0,
             out=str(tmp_path / "o"),
             report=False,
+            review_text=True,
         ),
         progress=False,
     )

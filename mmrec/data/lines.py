@@ -1,0 +1,210 @@
+"""Reading text files line by line in bounded memory: gzip or plain, through polars' streaming
+scan, with Python's zlib where polars stops (a truncated or corrupt gzip file)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from mmrec.data.errors import DataError
+
+
+def require_file(path: Path) -> None:
+    """DataError naming ``path`` when it is not a file."""
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found; check the path (or leave it unset to download it)"
+        )
+
+
+@dataclass
+class Block:
+    """Whole lines of a file: ``data`` (bytes, ends with a newline unless it is the file's last
+    line) and the 1-based number of its first line."""
+
+    data: bytes
+    first_line: int
+
+    @property
+    def num_lines(self) -> int:
+        """Lines in ``data`` (blank ones included)."""
+        return self.data.count(b"\n") + (not self.data.endswith(b"\n"))
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class LineBlocks:
+    """Iterates a text file (``.gz`` or plain) as blocks of whole lines, in bounded memory.
+
+    A gzip stream that ends early (an interrupted download) or turns corrupt does not raise:
+    every complete line before that point is yielded, then ``truncated`` is set with
+    ``last_line`` (the last complete line) and ``tail`` (the partial line after it), so that the
+    caller treats the rest like other bad lines. A file that is not gzip at all raises DataError.
+
+    Args:
+        path: The file.
+        block_bytes: About this many decompressed bytes per block (whole lines).
+    """
+
+    def __init__(self, path: str | Path, block_bytes: int = 1 << 25) -> None:
+        self.path = Path(path)
+        require_file(self.path)
+        self.block_bytes = block_bytes
+        self.truncated: str | None = None  # why the stream ended early
+        self.last_line = 0
+        self.tail = b""
+
+    def truncation_message(self) -> str:
+        """The one message of a truncated or corrupt gzip file (names the last good line)."""
+        return (
+            f"{self.path}: truncated gzip file, it ends abruptly after line {self.last_line} "
+            f"(the last complete line; {self.truncated}); the download was probably "
+            "interrupted: delete the file and download it again."
+        )
+
+    def __iter__(self) -> Iterator[Block]:
+        chunks = self._gunzip() if self.path.suffix == ".gz" else self._plain()
+        line, rest = 1, b""
+        for chunk in chunks:
+            data = rest + chunk if rest else chunk
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            rest = data[cut:]
+            block = Block(data[:cut] if rest else data, line)
+            line += block.data.count(b"\n")
+            self.last_line = line - 1
+            yield block
+        if self.truncated is not None:
+            self.tail = rest
+        elif rest:
+            self.last_line = line
+            yield Block(rest, line)
+
+    def _plain(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as fh:
+            while chunk := fh.read(self.block_bytes):
+                yield chunk
+
+    def _gunzip(self) -> Iterator[bytes]:
+        """Decompressed pieces of about ``block_bytes``; sets ``truncated`` on an early end."""
+        with open(self.path, "rb") as fh:
+            head = fh.read(2)
+            if not head:
+                return
+            if head != _GZIP_MAGIC:
+                raise DataError(
+                    f"{self.path}: not a valid gzip file (it does not start with the gzip "
+                    "signature); download it again."
+                )
+            fh.seek(0)
+            unz, fed = zlib.decompressobj(31), False
+            out: list[bytes] = []
+            size = 0
+            while not self.truncated and (raw := fh.read(1 << 22)):
+                while raw:
+                    try:
+                        piece = unz.decompress(raw)
+                    except zlib.error as err:
+                        self.truncated = f"corrupt data: {err}"
+                        break
+                    fed, raw = True, b""
+                    out.append(piece)
+                    size += len(piece)
+                    if unz.eof:  # a member ends; another may follow (concatenated gzip)
+                        raw = unz.unused_data.lstrip(b"\x00")
+                        unz, fed = zlib.decompressobj(31), False
+                if size >= self.block_bytes:
+                    yield b"".join(out)
+                    out, size = [], 0
+            if fed and not unz.eof and not self.truncated:
+                self.truncated = "the gzip stream stops before its end marker"
+            if out:
+                yield b"".join(out)
+
+
+class LineScan:
+    """The lines of a text file (``.gz`` or plain) as small frames of ``line`` (1-based number)
+    and ``text`` (null for an empty line), in bounded memory.
+
+    Fast path: polars' streaming CSV scan with one column and no quoting (polars decompresses
+    and splits in its own threads while the caller works on the previous frame; invalid UTF-8
+    becomes U+FFFD). If polars fails midway (a truncated or corrupt gzip file), the lines after
+    the last one yielded come from ``LineBlocks`` (Python zlib), which reads every complete line
+    and then sets ``truncated``/``last_line``/``message``.
+
+    Args:
+        path: The file.
+        columns: Columns computed from ``text`` inside the scan (in polars' threads, in
+            parallel with the caller), e.g. an id match that selects lines.
+    """
+
+    #: Lines per frame (about: polars may cut a frame short). Small frames keep polars' scan
+    #: and the caller's work on a frame overlapping, and memory low.
+    BATCH = 8192
+
+    def __init__(self, path: str | Path, columns: dict[str, pl.Expr] | None = None) -> None:
+        self.path = Path(path)
+        require_file(self.path)
+        self.columns = columns or {}
+        self.truncated = False
+        self.last_line = 0
+        self.message = ""
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        done = 0
+        try:
+            if self.path.suffix == ".gz":
+                with open(self.path, "rb") as fh:
+                    head = fh.read(2)
+                if head and head != _GZIP_MAGIC:
+                    raise DataError(
+                        f"{self.path}: not a valid gzip file (it does not start with the gzip "
+                        "signature); download it again."
+                    )
+            scan = pl.scan_csv(
+                self.path,
+                has_header=False,
+                separator="\x1f",  # never unescaped in valid JSON: a line is one field
+                quote_char=None,
+                schema={"text": pl.String},
+                encoding="utf8-lossy",
+                truncate_ragged_lines=True,
+            )
+            scan = scan.with_row_index("line", offset=1).with_columns(**self.columns)
+            for batch in scan.collect_batches(engine="streaming", chunk_size=self.BATCH):
+                yield batch.with_columns(pl.col("line").cast(pl.UInt64))
+                done += batch.height
+            self.last_line = done
+            return
+        except (pl.exceptions.PolarsError, OSError):
+            pass  # read the rest (and find where the file breaks) with Python's zlib
+        yield from self._python(done)
+
+    def _python(self, skip: int) -> Iterator[pl.DataFrame]:
+        """Lines after the first ``skip``, from ``LineBlocks``."""
+        blocks = LineBlocks(self.path)
+        for block in blocks:
+            first, n = block.first_line, block.num_lines
+            if first + n - 1 <= skip:
+                continue
+            text = block.data.decode("utf-8", "replace").split("\n")
+            if block.data.endswith(b"\n"):
+                text.pop()
+            lines = pl.Series("text", text, dtype=pl.String).str.strip_suffix("\r")
+            frame = pl.DataFrame(
+                {"line": pl.int_range(first, first + n, dtype=pl.UInt64, eager=True), "text": lines}
+            ).with_columns(pl.when(pl.col("text") != "").then(pl.col("text")).alias("text"))
+            frame = frame.filter(pl.col("line") > skip).with_columns(**self.columns)
+            for lo in range(0, frame.height, self.BATCH):
+                yield frame.slice(lo, self.BATCH)
+        self.last_line = blocks.last_line
+        if blocks.truncated is not None:
+            self.truncated = True
+            self.message = blocks.truncation_message()

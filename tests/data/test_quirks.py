@@ -1,0 +1,204 @@
+"""One test per quirk of real raw files: HTML debris as a whole field, mixed timestamp units and
+impossible times, a gzip file cut in half, invalid UTF-8 in metadata, several metadata records
+for one ASIN."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from mmrec.data.errors import DataError
+from mmrec.data.prepare import PrepareConfig, prepare_dataset
+from mmrec.data.synthetic_raw import FRAGMENT_TITLE
+
+T0 = 1_400_000_000  # 2014-05-13
+DAY = 86400
+
+
+def _review_2018(user: str, item: str, ts: int, text: str = "ok") -> str:
+    return json.dumps(
+        {"overall": 5.0, "reviewerID": user, "asin": item, "unixReviewTime": ts, "reviewText": text}
+    )
+
+
+def _reviews(path: Path, items: list[str], users: int = 6) -> Path:
+    """Every user reviews every item, one day apart: a 2-core set that keeps all of them."""
+    lines = [
+        _review_2018(f"U{u}", item, T0 + DAY * (u * len(items) + k))
+        for u in range(users)
+        for k, item in enumerate(items)
+    ]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    return path
+
+
+def _prepare(tmp_path: Path, reviews: Path, meta: Path | None = None, **kw) -> tuple[Path, dict]:
+    cfg = PrepareConfig(
+        **{
+            "source": "amazon2018",
+            "reviews": str(reviews),
+            "meta": str(meta) if meta else None,
+            "out": str(tmp_path / "out"),
+            "kcore": 2,
+            "report": False,
+            **kw,
+        }
+    )
+    out = prepare_dataset(cfg, progress=False)
+    return out, json.loads((out / "meta.json").read_text())
+
+
+def _meta_2018(asin: str, **fields) -> dict:
+    return {
+        "category": ["Beauty & Personal Care", "Skin Care"],
+        "description": [f"Description of {asin}."],
+        "title": f"Title {asin}",
+        "brand": f"Brand {asin}",
+        "image": [f"http://i/{asin}.jpg"],
+        "price": "$5.00",
+        "asin": asin,
+        **fields,
+    }
+
+
+def _write_meta(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    return path
+
+
+def test_markup_only_title_is_missing_counted_and_text_falls_back(tmp_path):
+    """A 2018 title that is only a cut-off tag becomes null (counted per field), and the item
+    text that `mmrec embed` reads is built from the other fields, not the same debris."""
+    from mmrec.content.inputs import ItemText
+
+    items = ["A1", "A2", "A3"]
+    reviews = _reviews(tmp_path / "r_5.json.gz", items)
+    meta = _write_meta(
+        tmp_path / "meta.json.gz",
+        [
+            json.dumps(_meta_2018("A1", title=FRAGMENT_TITLE)).encode(),
+            json.dumps(_meta_2018("A2", title="<div><span></span></div>", brand="&nbsp;")).encode(),
+            json.dumps(_meta_2018("A3", title="Soap &amp; <b>Oud</b>")).encode(),
+        ],
+    )
+    out, info = _prepare(tmp_path, reviews, meta)
+    table = pl.read_parquet(out / "items.parquet").sort("item_id")
+    assert table["title"].to_list() == [None, None, "Soap & Oud"]
+    assert table["brand"].to_list() == ["Brand A1", None, "Brand A3"]
+    assert info["item_fields"]["markup_only"] == {
+        "title": 2,
+        "description": 0,
+        "categories": 0,
+        "brand": 1,
+    }
+    texts = dict(zip(table["item_idx"].to_list(), table["item_id"].to_list(), strict=True))
+    built = {texts[k + 1]: t for k, t in enumerate(ItemText().load(out))}
+    assert built["A1"] == (
+        "Brand: Brand A1. Categories: Beauty & Personal Care > Skin Care. Description of A1."
+    )
+    assert "span" not in built["A1"] and built["A1"] != built["A2"]
+    assert built["A3"].startswith("Soap & Oud. Brand: Brand A3.")
+
+
+def test_mixed_timestamp_units_are_decided_per_value(tmp_path, capsys):
+    """10% milliseconds among seconds: every event keeps its real date (none in 1970); times
+    before 1995 or after the day of the prepare are dropped under their own reason."""
+    rows = []
+    for k in range(200):
+        seconds = T0 + k * 3600
+        ts = seconds * 1000 + 123 if k % 10 == 0 else seconds
+        rows.append({"user_id": f"U{k % 5}", "parent_asin": f"P{k % 7}", "timestamp": ts})
+    future = int(datetime.now(timezone.utc).timestamp()) + 3 * DAY
+    rows += [
+        {"user_id": "U1", "parent_asin": "P1", "timestamp": 86400 * 3},  # 1970
+        {"user_id": "U1", "parent_asin": "P2", "timestamp": 788_918_400_000},  # 1995-01-01 ms
+        {"user_id": "U2", "parent_asin": "P1", "timestamp": future},
+    ]
+    path = tmp_path / "Mixed.jsonl"
+    path.write_text("".join(json.dumps({"rating": 4.0, **r}) + "\n" for r in rows))
+    cfg = {"source": "amazon2023", "kcore": 0, "keep_repeats": True, "max_bad_fraction": 0.02}
+    out, info = _prepare(tmp_path, path, **cfg)
+    ts = pl.read_parquet(out / "interactions.parquet")["timestamp"]
+    assert ts.min() >= 788_918_400 and ts.max() < future
+    assert sorted(ts.to_list()) == sorted([T0 + k * 3600 for k in range(200)] + [788_918_400])
+    assert info["dropped"]["time_out_of_range"] == 2
+    assert info["num_interactions"] + sum(info["dropped"].values()) == info["input_rows"] == 203
+    printed = capsys.readouterr().out
+    assert "line 201: timestamp '259200' is outside 1995-01-01 .. " in printed
+    assert "line 203: timestamp" in printed
+    with pytest.raises(DataError, match=r"time_out_of_range=2"):
+        _prepare(tmp_path, path, **(cfg | {"max_bad_fraction": 0.0, "out": str(tmp_path / "o")}))
+
+
+def test_truncated_gzip_keeps_readable_lines_and_names_the_last_good_one(tmp_path, capsys):
+    """A gzip file cut in half: every complete line is read, the rest counts as one bad line
+    (``truncated``) under --max_bad_fraction, and the message names the last good line."""
+    lines = [_review_2018(f"U{k % 40}", f"I{k % 30}", T0 + k, "x" * (k % 50)) for k in range(3000)]
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    path = tmp_path / "Cut_5.json.gz"
+    path.write_bytes(data[: len(data) // 2])
+    readable = zlib.decompressobj(31).decompress(data[: len(data) // 2]).count(b"\n")
+    assert 100 < readable < 3000
+    out, info = _prepare(tmp_path, path, kcore=0, keep_repeats=True)
+    assert info["dropped"] == {"truncated": 1, "duplicate": 0}
+    assert info["input_rows"] == readable + 1 and info["num_interactions"] == readable
+    printed = capsys.readouterr().out
+    assert f"Cut_5.json.gz: truncated gzip file, it ends abruptly after line {readable} " in printed
+    assert f"line {readable + 1}: the file ends here" in printed
+    with pytest.raises(DataError, match=rf"ends abruptly after line {readable} .*download it"):
+        _prepare(tmp_path, path, max_bad_fraction=0.0, out=str(tmp_path / "o2"))
+
+
+def test_invalid_utf8_in_metadata_is_counted_per_field(tmp_path):
+    reviews = _reviews(tmp_path / "r_5.json.gz", ["A1", "A2", "A3"])
+    good = json.dumps(_meta_2018("A3")).encode()
+    meta = _write_meta(
+        tmp_path / "meta.json.gz",
+        [
+            json.dumps(_meta_2018("A1", title="Caf@ Noir")).encode().replace(b"@", b"\xe9"),
+            json.dumps(_meta_2018("A2", description=["Bad @ byte"]))
+            .encode()
+            .replace(b"@", b"\xff"),
+            good,
+        ],
+    )
+    out, info = _prepare(tmp_path, reviews, meta)
+    table = pl.read_parquet(out / "items.parquet").sort("item_id")
+    assert table["title"].to_list() == ["Caf\ufffd Noir", "Title A2", "Title A3"]
+    assert table["description"][1] == "Bad \ufffd byte"
+    assert info["item_fields"]["invalid_utf8"] == {
+        "title": 1,
+        "description": 1,
+        "categories": 0,
+        "brand": 0,
+    }
+    assert info["items_without_meta"] == 0 and info["meta_skipped"] == 0
+
+
+def test_several_metadata_records_for_one_asin_keep_the_most_complete(tmp_path, capsys):
+    """The stated rule: the record with the most non-empty fields wins, the first in the file
+    among equals; the others are counted."""
+    reviews = _reviews(tmp_path / "r_5.json.gz", ["A1", "A2"])
+    sparse = {"asin": "A1", "title": "Sparse"}
+    meta = _write_meta(
+        tmp_path / "meta.json.gz",
+        [
+            json.dumps(sparse).encode(),
+            json.dumps(_meta_2018("A1", title="Complete")).encode(),
+            json.dumps(_meta_2018("A1", title="Complete too, later")).encode(),
+            json.dumps(_meta_2018("A2", title=FRAGMENT_TITLE)).encode(),  # title empty: 5 fields
+            json.dumps(_meta_2018("A2", title="Named", brand="")).encode(),  # brand empty: 5
+        ],
+    )
+    out, info = _prepare(tmp_path, reviews, meta)
+    table = pl.read_parquet(out / "items.parquet").sort("item_id")
+    assert table["title"].to_list() == ["Complete", None]  # A2: a tie, the first record
+    assert table["brand"].to_list() == ["Brand A1", "Brand A2"]
+    assert info["meta_duplicate_records"] == 3
+    assert "duplicate_records: 3 dropped" in capsys.readouterr().out
