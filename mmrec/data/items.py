@@ -181,6 +181,38 @@ def read_item_text(path: str | Path) -> pl.DataFrame:
     )
 
 
+def read_item_attributes(path: str | Path) -> pl.DataFrame:
+    """Reads a table of categorical item attributes: ``item_id`` (from a column ``asin``,
+    ``parent_asin`` or ``item_id``) and ``attributes`` (space-separated values; a list column
+    is joined), one row per item (the first row of an id wins)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; check --item_attributes")
+    try:
+        if ".parquet" in path.suffixes:
+            frame = pl.read_parquet(path)
+        else:
+            sep = "\t" if ".tsv" in path.suffixes else ","
+            source = io.BytesIO(read_bytes(path)) if path.suffix == ".gz" else path
+            frame = pl.read_csv(source, separator=sep, infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"{path}: cannot read the attribute table ({exc})") from None
+    id_col = next((c for c in ("asin", "parent_asin", "item_id") if c in frame.columns), None)
+    if id_col is None or "attributes" not in frame.columns:
+        raise DataError(
+            f"{path}: needs an item id column (asin, parent_asin or item_id) and an "
+            f"'attributes' column; its columns are {frame.columns}"
+        )
+    values = pl.col("attributes")
+    if frame.schema["attributes"] == pl.List(pl.String):
+        values = values.list.join(" ")
+    return (
+        frame.select(pl.col(id_col).cast(pl.String).alias("item_id"), values.cast(pl.String))
+        .with_columns(pl.col("attributes").str.strip_chars().replace("", None))
+        .unique("item_id", keep="first", maintain_order=True)
+    )
+
+
 _TAG = re.compile(r"<[A-Za-z/!][^>]*>")  # a tag, comment or doctype
 _OPEN_TAG = re.compile(r"<[A-Za-z/!][^<>]*$")  # a tag cut off at the end of the field
 

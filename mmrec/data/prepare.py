@@ -29,6 +29,7 @@ from mmrec.data.items import (
     ITEM_SCHEMA,
     META_KEYS,
     merge_item_sources,
+    read_item_attributes,
     read_item_text,
     read_meta_table,
 )
@@ -82,6 +83,11 @@ class PrepareConfig:
             (required) and rating, review (optional), e.g. '{"user_id": "reviewerID"}'.
         item_text: Optional item title file, one item a line: ``<item_id> <title words...>``
             (e.g. item_title_keywords.txt); fills titles missing from ``meta``.
+        item_attributes: Optional table (tsv/csv/parquet) of categorical item attributes: an
+            item id column (``asin``, ``parent_asin`` or ``item_id``) and an ``attributes``
+            column of space-separated values (ids or names), e.g. S3-Rec's Beauty
+            item_attributes.tsv; written to items.parquet as ``attributes`` for the
+            ``AttributeEncoder``.
         max_bad_fraction: Bad lines (malformed, missing fields, non-numeric values) of a file
             above this fraction are an error; below it they are skipped and counted.
         download_dir: Where downloads go (default ``data/raw/<source>``).
@@ -108,6 +114,7 @@ class PrepareConfig:
     test_start: str | None = None
     columns: dict[str, str] | None = None
     item_text: str | None = None
+    item_attributes: str | None = None
     max_bad_fraction: float = 0.01
     download_dir: str | None = None
     keep_repeats: bool = False
@@ -189,7 +196,10 @@ def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None
     return reviews, meta
 
 
-_NOT_SETTINGS = ("out", "reviews", "meta", "item_text", "download_dir", "overwrite", "report")
+_NOT_SETTINGS = (
+    "out", "reviews", "meta", "item_text", "item_attributes", "download_dir", "overwrite",
+    "report",
+)  # fmt: skip
 #: Settings added after folders were first fingerprinted: left out while at their default, so a
 #: folder prepared before they existed stays valid.
 _LATER_SETTINGS = {"review_text": False}
@@ -260,6 +270,10 @@ def build_items(
         sources.append(read_item_text(cfg.item_text))
     quality: dict = {}
     table, info["items_without_meta"] = merge_item_sources(items, sources, quality)
+    if cfg.item_attributes:
+        attributes = read_item_attributes(cfg.item_attributes)
+        table = table.join(attributes, on="item_id", how="left")
+        info["items_without_attributes"] = int(table["attributes"].null_count())
     if quality:
         info["meta_duplicate_records"] = quality["duplicate_records"]
         info["item_fields"] = {k: quality[k] for k in ("markup_only", "invalid_utf8")}
@@ -403,8 +417,10 @@ def _meta_info(
 
 
 def _input_files(cfg: PrepareConfig, reviews: list[Path], meta: Path | None) -> list[Path]:
-    """Every input file (reviews, metadata, item text), each checked to exist."""
-    files = [*reviews, *(p for p in (meta, cfg.item_text and Path(cfg.item_text)) if p)]
+    """Every input file (reviews, metadata, item text and attributes), each checked to exist."""
+    extra = (meta, cfg.item_text and Path(cfg.item_text))
+    extra += (cfg.item_attributes and Path(cfg.item_attributes),)
+    files = [*reviews, *(p for p in extra if p)]
     for f in files:
         if not Path(f).is_file():
             raise DataError(f"{f}: file not found; check the path")

@@ -300,6 +300,8 @@ def test_real_beauty_2014(shared_data, tmp_path):
             str(folder / "interactions.tsv"),
             "--item_text",
             str(folder / "item_title_keywords.txt"),
+            "--item_attributes",
+            str(folder / "item_attributes.tsv"),
         ]
     )
     out = prepare_dataset(cfg, progress=False)
@@ -335,6 +337,12 @@ def test_real_beauty_2014(shared_data, tmp_path):
     )
     assert meta["items_without_meta"] == 0 and items["title"].null_count() == untitled == 1
     assert os.path.getsize(out / "report" / "trends.png") > 1000
+    # S3-Rec's attribute ids (brand and category nodes) of every item, matched by ASIN
+    attrs = pl.read_csv(folder / "item_attributes.tsv", separator="\t", infer_schema=False)
+    assert meta["items_without_attributes"] == 0
+    joined = items.join(attrs, left_on="item_id", right_on="asin", suffix="_tsv")
+    assert len(joined) == 12101 and (joined["attributes"] == joined["attributes_tsv"]).all()
+    assert (joined["item_idx"].cast(pl.String) == joined["item_idx_tsv"]).all()
 
 
 @pytest.mark.shared_data
@@ -428,3 +436,35 @@ def test_review_text_setting_keeps_older_folders_valid():
     base = PrepareConfig(source="tabular", kcore=0)
     assert "review_text" not in settings(base)  # same fingerprint as before the option existed
     assert settings(dataclasses.replace(base, review_text=True))["review_text"] is True
+
+
+def test_item_attributes_table(tmp_path):
+    reviews = tmp_path / "r.csv"
+    reviews.write_text(
+        "user,item,ts\n"
+        + "".join(f"u{u},i{i},{86400 * (u + i + 1)}\n" for u in range(4) for i in range(3))
+    )
+    attrs = tmp_path / "attrs.tsv"
+    attrs.write_text("asin\tattributes\ni0\t7 8\ni1\t  \ni0\t9\nzz\t1\n")
+    cfg = PrepareConfig(
+        source="tabular",
+        out=str(tmp_path / "o"),
+        reviews=str(reviews),
+        columns={"user_id": "user", "item_id": "item", "timestamp": "ts"},
+        kcore=0,
+        report=False,
+        item_attributes=str(attrs),
+    )
+    out = prepare_dataset(cfg, progress=False)
+    items = pl.read_parquet(out / "items.parquet").sort("item_idx")
+    assert items["attributes"].to_list() == ["7 8", None, None]  # first row of i0 wins
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["items_without_attributes"] == 2
+    assert [f["file"] for f in meta["input_files"]] == ["r.csv", "attrs.tsv"]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("asin\tbrand\ni0\tx\n")
+    with pytest.raises(DataError, match="needs an item id column .* and an 'attributes' column"):
+        prepare_dataset(
+            dataclasses.replace(cfg, out=str(tmp_path / "o2"), item_attributes=str(bad)),
+            progress=False,
+        )
