@@ -150,3 +150,29 @@ def test_experiment_and_tune_configs_parse_and_resolve(path, monkeypatch):
             for part in key.split("."):
                 node = node[part]
             assert node == value, key
+
+
+@pytest.mark.parametrize("path", DATA_CONFIGS, ids=lambda p: p.name)
+def test_data_config_names_every_setting(path):
+    """Naming a data config (``--data.prepare configs/data/X.yaml``) must replace the settings
+    of a base config, not merge with them: so each file sets every setting."""
+    import dataclasses
+
+    from mmrec.data.prepare import PrepareConfig
+
+    written = set(yaml.safe_load(path.read_text()))
+    needed = {f.name for f in dataclasses.fields(PrepareConfig)}
+    assert needed - written <= {"out", "overwrite", "report", "download_dir"}
+
+
+def test_beauty_config_on_another_category_keeps_no_beauty_settings():
+    from mmrec.cli import resolve_config
+
+    args = [
+        f"--config={CONFIGS / 'beauty2014' / 'sasrec.yaml'}",
+        f"--data.prepare={CONFIGS / 'data' / 'gift_cards2018.yaml'}",
+    ]
+    prepare = resolve_config(args)["data"]["prepare"]
+    assert prepare["source"] == "amazon2018" and prepare["category"] == "Gift_Cards"
+    assert prepare["columns"] is None and prepare["item_attributes"] is None
+    assert prepare["item_text"] is None and prepare["kcore"] == 5
