@@ -57,12 +57,6 @@ node with torchrun (or SLURM `srun`), MASTER_ADDR/MASTER_PORT/NODE_RANK set (and
 when the launcher has no job id of its own).
 """
 
-#: Model options that only change evaluation: given with --ckpt_path, they apply to the
-#: checkpoint's model; every other model option comes from the checkpoint.
-EVAL_OPTIONS = ("ks", "test_slices", "predict_k", "exclude_history")
-#: Model options the CLI links from the data; checked against the checkpoint, not copied.
-LINKED = ("num_items", "num_users", "data_dir", "time_granularity", "max_len")
-
 
 def _cli_class():
     """Build the LightningCLI subclass (imports Lightning lazily, so `mmrec --help` is fast)."""
@@ -71,6 +65,13 @@ def _cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+    from mmrec.checkpoints import (
+        EVAL_OPTIONS,
+        LINKED,
+        check_command_line,
+        check_components,
+        check_data,
+    )
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.module import MMRecModule
     from mmrec.runs import (
@@ -148,8 +149,8 @@ def _cli_class():
             self.ckpt_hparams = hparams
             if not hparams or command == "run":
                 return
-            _check_components(hparams, cfg.model.get("trusted_modules") or [])
-            _check_command_line(cfg.model, hparams, sys.argv[1:])
+            check_components(hparams, cfg.model.get("trusted_modules") or [])
+            check_command_line(cfg.model, hparams, sys.argv[1:])
             skip = (*EVAL_OPTIONS, *LINKED)
             keep = {k: v for k, v in hparams.items() if k not in skip and not k.startswith("_")}
             self.config = self.parser.parse_object({command: {"model": keep}}, self.config)
@@ -165,7 +166,7 @@ def _cli_class():
 
         def after_instantiate_classes(self) -> None:
             if self.ckpt_hparams:
-                _check_data(self.ckpt_hparams, self.datamodule, self.config_init)
+                check_data(self.ckpt_hparams, self.datamodule, self.config_init)
 
         def instantiate_trainer(self, **kwargs):
             config_logger = self._get(self.config_init, "trainer", default={}).get("logger")
@@ -216,84 +217,6 @@ def _cli_class():
         "callbacks": [RandomState()],  # exact resume from --ckpt_path last
     }
     return MMRecCLI, MMRecModule, AmazonDataModule, trainer_defaults
-
-
-def _check_components(hparams: dict, trusted: list[str]) -> None:
-    """Refuse a checkpoint's component specs before jsonargparse imports anything they name."""
-    from mmrec.config import check_spec
-    from mmrec.encoders.base import EventEncoder, ItemEncoder
-    from mmrec.fusion import Fusion
-    from mmrec.losses import Loss
-    from mmrec.sequence import SequenceHead
-
-    bases = {"fusion": Fusion, "sequence": SequenceHead, "loss": Loss}
-    try:
-        for i, spec in enumerate(hparams.get("item_encoders") or []):
-            check_spec(spec, ItemEncoder, f"item_encoders[{i}]", trusted)
-        for i, spec in enumerate(hparams.get("event_encoders") or []):
-            check_spec(spec, EventEncoder, f"event_encoders[{i}]", trusted)
-        for slot, base in bases.items():
-            if hparams.get(slot) is not None:
-                check_spec(hparams[slot], base, slot, trusted)
-    except (ImportError, TypeError) as err:
-        raise ConfigError(f"checkpoint refused: {err}") from None
-
-
-def _given_model_options(argv: list[str]) -> set[str]:
-    """Model constructor arguments named on the command line (``--model.d_model 64``)."""
-    names = set()
-    for arg in argv:
-        if arg.startswith("--model."):
-            names.add(arg[len("--model.") :].split("=", 1)[0].split(".", 1)[0])
-    return names
-
-
-def _plain(value: Any) -> Any:
-    """A parsed option as plain data (Namespaces to dicts, tuples to lists) for comparison."""
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _check_command_line(model_cfg: Any, hparams: dict, argv: list[str]) -> None:
-    """An architecture option given on the command line must agree with the checkpoint."""
-    for name in sorted(_given_model_options(argv) - set(EVAL_OPTIONS)):
-        if name in LINKED:
-            raise ConfigError(
-                f"--model.{name} cannot be set with --ckpt_path: it comes from the data "
-                f"(set --data.{name})"
-            )
-        if name not in hparams:
-            continue
-        given, saved = _plain(model_cfg.get(name)), _plain(hparams[name])
-        if given != saved:
-            raise ConfigError(
-                f"--model.{name} {given!r} differs from the checkpoint's {saved!r}; with "
-                f"--ckpt_path the model is the checkpoint's: drop --model.{name} (only the "
-                f"evaluation options {', '.join(EVAL_OPTIONS)} may change)"
-            )
-
-
-def _check_data(hparams: dict, dm: Any, config: Any) -> None:
-    """The project's own "wrong checkpoint?" check, before torch reports a size mismatch."""
-    for name, now in (("num_items", dm.num_items), ("num_users", dm.num_users)):
-        saved = hparams.get(name)
-        if saved is not None and int(saved) != int(now):
-            raise ConfigError(
-                f"wrong checkpoint? it was trained on {saved} {name[4:]}, the data in "
-                f"{dm.data_dir} has {now}: pass the checkpoint of this dataset, or the "
-                "dataset of this checkpoint (--data.data_dir)"
-            )
-    saved_len = hparams.get("max_len")
-    if saved_len is not None and int(saved_len) != int(dm.max_len):
-        raise ConfigError(
-            f"the checkpoint was trained with max_len {saved_len}, --data.max_len is "
-            f"{dm.max_len}: set --data.max_len {saved_len}"
-        )
 
 
 class _NoTips(logging.Filter):

@@ -4,30 +4,22 @@ whole catalogue."""
 from __future__ import annotations
 
 import functools
-import math
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 
 from mmrec.config import ConfigError, component_spec, instantiate
 from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.fusion import Fusion, SumFusion
 from mmrec.losses import FullSoftmaxCE, Loss
+from mmrec.optim import lr_factor, split_decay
 from mmrec.sequence import GPT2Sequence, SequenceHead
 
 _COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
 _NOT_SAVED = (*_COMPONENTS, "trusted_modules")
-
-#: Module types whose ``weight`` gets weight decay; every other parameter (embeddings, norms,
-#: biases, free vectors and gates) does not. Decided by type, so renaming an attribute never
-#: changes training. GPT-2's ``Conv1D`` is a linear layer with transposed weights.
-DECAYED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, Conv1D)
 
 
 class MMRecModule(L.LightningModule):
@@ -52,7 +44,8 @@ class MMRecModule(L.LightningModule):
         sequence: The sequence head, a ``SequenceHead`` (default: GPT2Sequence()).
         loss: Training loss (default: FullSoftmaxCE).
         lr: Peak learning rate of AdamW.
-        weight_decay: AdamW weight decay on the weights of linear layers (``DECAYED_TYPES``);
+        weight_decay: AdamW weight decay on the weights of linear layers
+            (``mmrec.optim.DECAYED_TYPES``);
             embeddings, norms, biases and free vectors are not decayed.
         warmup_steps: Linear learning-rate warm-up steps.
         lr_min_ratio: After warm-up: None keeps the learning rate constant; a ratio ``r``
@@ -326,48 +319,17 @@ class MMRecModule(L.LightningModule):
             self._write_slices(self.test_slice_metrics)
 
     def _write_per_user(self) -> None:
-        """``test_per_user.parquet`` in the log folder: one row per test user (``user_idx``,
-        ``user_id``, ``num_targets``, ``first_rank``, and every metric of the test table), for
-        paired significance tests (``mmrec experiment``) or one's own analysis. Kept as
-        ``self.per_user`` (a polars DataFrame) too; under DDP rank 0 gathers every shard."""
-        from mmrec.evaluation.metrics import per_user_table
+        """``test_per_user.parquet`` (see :func:`mmrec.evaluation.outputs.write_per_user`);
+        also kept as ``self.per_user``."""
+        from mmrec.evaluation.outputs import write_per_user
 
-        users = torch.cat([u for u, _ in self._test_users]) if self._test_users else None
-        if users is None:
-            return
-        width = max(r.shape[1] for _, r in self._test_users)
-        ranks = torch.cat(
-            [
-                torch.nn.functional.pad(r, (0, width - r.shape[1]), value=float("inf"))
-                for _, r in self._test_users
-            ]
-        )
-        self._test_users = []
-        if self._trainer is None:
-            self.per_user = per_user_table(users, ranks, self.ks)
-            return
-        if self.trainer.world_size > 1:
-            shards = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(shards, (users, ranks))
-            width = max(r.shape[1] for _, r in shards)
-            users = torch.cat([u for u, _ in shards])
-            ranks = torch.cat(
-                [
-                    torch.nn.functional.pad(r, (0, width - r.shape[1]), value=float("inf"))
-                    for _, r in shards
-                ]
-            )
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective
-        data_dir = self.hparams.get("data_dir")
-        self.per_user = per_user_table(users, ranks, self.ks, data_dir)
-        if self.trainer.is_global_zero:
-            out.mkdir(parents=True, exist_ok=True)
-            self.per_user.write_parquet(out / "test_per_user.parquet")
+        rows, self._test_users = self._test_users, []
+        self.per_user = write_per_user(rows, self.ks, self._trainer, self.hparams.get("data_dir"))
 
     def _write_slices(self, slices: nn.Module) -> None:
-        """Log HR/NDCG@10 (and users) per slice; rank 0 writes the CSV table and the month plot
-        and logs both to W&B when a W&B logger is on."""
-        from mmrec.evaluation.slices import plot_metric_by_month, write_slices_csv
+        """Log HR/NDCG@10 (and users) per slice; the table and month plot are written by
+        :func:`mmrec.evaluation.outputs.write_slices`."""
+        from mmrec.evaluation.outputs import write_slices
 
         results = {k: float(v) for k, v in slices.compute().items()}
         slices.reset()
@@ -381,18 +343,8 @@ class MMRecModule(L.LightningModule):
             if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))
         }
         self.log_dict(shown, sync_dist=False)
-        if self._trainer is None:
-            return
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective
-        if not self.trainer.is_global_zero:
-            return
-        table = write_slices_csv(results, out / "test_slices.csv")
-        plot = None
-        try:
-            plot = plot_metric_by_month(results, out / "test_ndcg_by_month.png", f"ndcg@{k}")
-        except ValueError as err:  # no dated targets (e.g. synthetic data without timestamps)
-            rank_zero_info(f"test_ndcg_by_month.png not drawn: {err}")
-        _log_to_wandb(self.trainer, table, plot)
+        if self._trainer is not None:
+            write_slices(results, self.trainer, f"ndcg@{k}")
 
     def on_predict_epoch_start(self) -> None:
         self._eval_item_vecs = None
@@ -435,46 +387,3 @@ class MMRecModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
-
-
-def lr_factor(step: int, warmup: int, total: int | None, ratio: float | None) -> float:
-    """Learning-rate multiplier at optimiser step ``step``: linear warm-up over ``warmup``
-    steps, then 1 (``ratio`` None) or a cosine from 1 to ``ratio`` at step ``total``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if ratio is None or total is None or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _log_to_wandb(trainer: L.Trainer, table: Path, plot: Path | None) -> None:
-    """The slice table and the month plot, to every W&B logger of the trainer."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, WandbLogger):
-            continue
-        import polars as pl
-
-        frame = pl.read_csv(table)
-        logger.log_table("test/slices", columns=frame.columns, data=frame.rows())
-        if plot is not None:
-            logger.log_image("test/ndcg_by_month", images=[str(plot)])
-
-
-def split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Trainable parameters with and without weight decay, decided by module type.
-
-    The ``weight`` of a module of one of :data:`DECAYED_TYPES` is decayed; everything else
-    (embedding tables, norms, biases, vectors and gates owned directly by a module) is not.
-    """
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            is_decayed = isinstance(module, DECAYED_TYPES) and name == "weight"
-            (decay if is_decayed else no_decay).append(p)
-    return decay, no_decay

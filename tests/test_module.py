@@ -280,7 +280,7 @@ def test_weight_decay_by_module_type_not_by_name():
     from mmrec.encoders.base import EventEncoder
     from mmrec.encoders.rating import RatingEncoder
     from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
-    from mmrec.module import split_decay
+    from mmrec.optim import split_decay
 
     class Renamed(EventEncoder):  # attribute names that the old name rule got wrong
         def build(self, ctx):
@@ -406,7 +406,7 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
 
 
 def test_learning_rate_schedule():
-    from mmrec.module import lr_factor
+    from mmrec.optim import lr_factor
 
     assert [lr_factor(s, 4, None, None) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
     cosine = [lr_factor(s, 0, 100, 0.1) for s in (0, 50, 100, 200)]
@@ -415,7 +415,7 @@ def test_learning_rate_schedule():
 
 
 def test_cosine_schedule_ends_at_its_ratio(dataset, tmp_path):
-    from mmrec.module import lr_factor
+    from mmrec.optim import lr_factor
 
     dm = _dm(dataset)
     model = _model(dm, lr=0.01, lr_min_ratio=0.1, warmup_steps=1)
