@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import hardware
-from mmrec.content.images import decode_jpegs_to_pixels, load_rgb
+from mmrec.content.decode import decode_jpegs_to_pixels, load_rgb
 from mmrec.content.inputs import item_text
 from mmrec.content.models import autocast
 

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from mmrec.content.decode import MAX_PIXELS
 from mmrec.content.features import (
     fingerprint,
     load_tensors,
@@ -23,7 +24,7 @@ from mmrec.content.features import (
     save_tensors,
     write_features,
 )
-from mmrec.content.images import MAX_PIXELS, ImageFetcher
+from mmrec.content.images import ImageFetcher
 from mmrec.content.inputs import ItemImage, ItemText, Modality, ReviewText
 from mmrec.content.models import ContentModel, ModelLoadError, build_content_model
 

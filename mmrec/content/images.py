@@ -1,37 +1,35 @@
-"""Item images: fetching (http(s) URLs to public hosts, local files on request, timeouts, retries,
-size and type checks, a checksummed disk cache), decoding (pixel limit, PIL checks, batched
-torchvision JPEG decoding with CLIP's preprocessing), embedding."""
+"""Item images: fetching (http(s) URLs to public hosts, see urls.py; local files on request;
+timeouts, retries, size and type checks; a checksummed disk cache) and embedding (decoding in
+decode.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import http.client
-import ipaddress
 import json
 import os
 import re
-import socket
-import struct
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from PIL.Image import Image as PILImage
-    from torch import Tensor
+from mmrec.content.decode import (
+    MAX_PIXELS,
+    check_decodable,
+)
+from mmrec.content.urls import Refused, UrlPolicy, opener, resolve_host
 
-    from mmrec.content.models import ImageContentModel
+if TYPE_CHECKING:
+    pass
 
 #: Every outcome an image fetch can have; ``ok`` is the only success.
 REASONS = (
@@ -56,9 +54,6 @@ TRANSIENT = frozenset({"timeout", "http_error", "error"})
 #: Outcomes decided by this run's settings (``allow_local``) and DNS, never cached as failures.
 UNCACHED = TRANSIENT | {"refused"}
 
-#: Default pixel limit: PIL's own warning threshold (``PIL.Image.MAX_IMAGE_PIXELS``, about
-#: 89.5 megapixels; a 3000x3000 product photo has 9).
-MAX_PIXELS = 89_478_485
 
 _MAGIC = (
     b"\xff\xd8\xff",  # JPEG
@@ -81,186 +76,6 @@ def looks_like_image(head: bytes) -> bool:
 def url_key(url: str) -> str:
     """Cache key of a URL: its SHA-256 hex digest."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------- which URLs may be fetched
-def resolve_host(host: str) -> list[str]:
-    """The addresses ``host`` resolves to with the system resolver (an IP literal: itself).
-
-    Raises:
-        OSError: The name cannot be resolved (``socket.gaierror``).
-    """
-    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def is_public_address(address: str) -> bool:
-    """Whether an IPv4/IPv6 address is a public unicast one: not loopback, private (RFC 1918,
-    unique-local), link-local, multicast, reserved, unspecified or shared (CGNAT); IPv4 mapped
-    into IPv6 (``::ffff:a.b.c.d``, 6to4) is judged by the IPv4 address it carries."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped if ip.ipv4_mapped is not None else ip.sixtofour
-        if embedded is not None:
-            return is_public_address(str(embedded))
-    return ip.is_global and not (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-class _Refused(urllib.error.URLError):
-    """A hop of a fetch that the ``UrlPolicy`` refuses (raised inside urllib, caught by the
-    fetcher and counted as ``refused``)."""
-
-
-class UrlPolicy:
-    """Which URLs one fetch may reach, checked for the URL and again for every redirect target.
-
-    Only http(s) URLs whose host resolves to public addresses (``is_public_address``) pass;
-    with ``allow_local`` also ``file://`` URLs, bare paths and hosts on loopback, private or
-    link-local addresses. The addresses each approved host resolved to are kept, and the
-    connection goes to one of them (``connect``): a second DNS answer (DNS rebinding) is
-    never used. Through a proxy from the environment (``http_proxy``...) the proxy resolves
-    the host, so only the check applies.
-
-    Args:
-        resolver: Host name -> its addresses (``resolve_host``; tests inject a stub).
-        allow_local: Also allow local files and non-public hosts.
-    """
-
-    def __init__(
-        self, resolver: Callable[[str], Sequence[str]] = resolve_host, allow_local: bool = False
-    ) -> None:
-        self.resolver = resolver
-        self.allow_local = allow_local
-        self.addresses: dict[str, list[str]] = {}  # approved host -> its checked addresses
-        self.proxy_hosts = {
-            urllib.parse.urlsplit(p if "://" in p else f"http://{p}").hostname or ""
-            for k, p in urllib.request.getproxies().items()
-            if k != "no"
-        }
-
-    def refusal(self, url: str) -> str | None:
-        """Why ``url`` may not be fetched, or None (its host's addresses are then kept).
-
-        Raises:
-            OSError: The host cannot be resolved (DNS failure, offline): not a refusal.
-        """
-        parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme in ("", "file"):
-            return None if self.allow_local else "local file (allow_local is off)"
-        if scheme not in ("http", "https"):
-            return f"URL scheme {scheme!r} (only http and https are fetched)"
-        host = urllib.parse.unquote(parts.hostname or "")  # as urllib connects to it
-        if not host:
-            return "no host in the URL"
-        addresses = [str(a) for a in self.resolver(host)]
-        if not addresses:
-            raise OSError(f"{host} resolves to no address")
-        if not self.allow_local:
-            inside = [a for a in addresses if not is_public_address(a)]
-            if inside:
-                return (
-                    f"host {host} resolves to the non-public address {inside[0]} (loopback, "
-                    "private, link-local, multicast or reserved; allow_local is off)"
-                )
-        self.addresses[host.lower()] = addresses
-        return None
-
-    def connect(
-        self,
-        address: tuple[str, int],
-        timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
-    ) -> socket.socket:
-        """``socket.create_connection`` for ``http.client``: to an address checked for this
-        host by ``refusal`` (or to a proxy from the environment), never a fresh DNS answer."""
-        host, port = address
-        checked = self.addresses.get(host.lower())
-        if checked is None:
-            if host.lower() in self.proxy_hosts:
-                return socket.create_connection(address, timeout, source_address)
-            raise _Refused(f"connection to {host}, a host that was not checked")
-        err: OSError = OSError(f"no address for {host}")
-        for ip in checked:
-            try:
-                return socket.create_connection((ip, port), timeout, source_address)
-            except OSError as e:
-                err = e
-        raise err
-
-
-class _PinnedConnections:
-    """Mixin for urllib's HTTP(S) handlers: connections connect through ``UrlPolicy.connect``."""
-
-    def __init__(self, policy: UrlPolicy) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def do_open(self, http_class, req, **http_conn_args):  # urllib's handler API
-        def connection(host: str, **kw) -> http.client.HTTPConnection:
-            conn = http_class(host, **kw)
-            # http.client opens its socket with this attribute (socket.create_connection)
-            conn._create_connection = self.policy.connect
-            return conn
-
-        return super().do_open(connection, req, **http_conn_args)  # type: ignore[misc]
-
-
-class _PinnedHTTPHandler(_PinnedConnections, urllib.request.HTTPHandler):
-    pass
-
-
-class _PinnedHTTPSHandler(_PinnedConnections, urllib.request.HTTPSHandler):
-    pass
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to a URL the ``UrlPolicy`` allows (each hop is checked)."""
-
-    def __init__(self, policy: UrlPolicy) -> None:
-        self.policy = policy
-
-    def http_error_302(self, req, fp, code, msg, headers):  # urllib's handler API
-        location = headers.get("location") or headers.get("uri")
-        if location:  # urllib itself would follow ftp:// and refuse file:// as an HTTP error
-            scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, location)).scheme
-            if scheme.lower() not in ("http", "https"):
-                fp.close()
-                raise _Refused(f"redirect to {location}: URL scheme {scheme!r}")
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # urllib's handler API
-        refused = self.policy.refusal(newurl)
-        if refused is not None:
-            fp.close()
-            raise _Refused(f"redirect to {newurl}: {refused}")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _opener(policy: UrlPolicy) -> urllib.request.OpenerDirector:
-    """urllib's default http(s) opener (proxies from the environment, redirects, errors), with
-    every hop checked and pinned by ``policy``; no ftp, file or data handlers."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(),
-        urllib.request.UnknownHandler(),
-        _PinnedHTTPHandler(policy),
-        _PinnedHTTPSHandler(policy),
-        urllib.request.HTTPDefaultErrorHandler(),
-        _CheckedRedirects(policy),
-        urllib.request.HTTPErrorProcessor(),
-    ):
-        opener.add_handler(handler)
-    return opener
 
 
 @dataclass
@@ -520,7 +335,7 @@ class ImageFetcher:
         req = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
         deadline = time.monotonic() + self.timeout
         try:
-            with _opener(policy).open(req, timeout=self.timeout) as resp:
+            with opener(policy).open(req, timeout=self.timeout) as resp:
                 ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                 if ctype and not ctype.startswith("image/") and ctype != "application/octet-stream":
                     return FetchResult(url, "not_image", None, f"Content-Type {ctype}")
@@ -549,8 +364,8 @@ class ImageFetcher:
         except TimeoutError as e:
             return FetchResult(url, "timeout", None, str(e) or "timed out", retryable=True)
         except urllib.error.URLError as e:
-            refusal = e if isinstance(e, _Refused) else e.reason  # a redirect or connection
-            if isinstance(refusal, _Refused):
+            refusal = e if isinstance(e, Refused) else e.reason  # a redirect or connection
+            if isinstance(refusal, Refused):
                 return FetchResult(url, "refused", None, str(refusal.reason))
             if isinstance(e.reason, TimeoutError):
                 return FetchResult(url, "timeout", None, str(e.reason) or "timed out", True)
@@ -611,240 +426,3 @@ def amazon_full_size(url: str) -> str:
     if "amazon" not in host and "ssl-images" not in host:
         return url
     return _AMAZON_MODIFIER.sub("", url)
-
-
-# ---------------------------------------------------------------- decoding
-def decode_errors() -> tuple[type[BaseException], ...]:
-    """What PIL raises for a bad image file: unidentified or truncated (``OSError``), broken
-    chunks (``SyntaxError``, ``struct.error``, ``EOFError``), bad headers (``ValueError``,
-    ``TypeError``, ``IndexError``, ``ZeroDivisionError``) and decompression bombs. Callers count
-    such files as ``corrupt``; anything else is a bug and propagates."""
-    from PIL import Image
-
-    return (
-        OSError,
-        SyntaxError,
-        struct.error,
-        EOFError,
-        ValueError,
-        TypeError,
-        IndexError,
-        ZeroDivisionError,
-        Image.DecompressionBombError,
-    )
-
-
-class TooManyPixels(ValueError):
-    """An image declares more than ``max_pixels`` pixels (a possible decompression bomb); it
-    is never decoded. A ``ValueError``, so callers that catch ``decode_errors()`` skip it."""
-
-
-@contextmanager
-def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Iterator[PILImage]:
-    """``PIL.Image.open`` (the header only: nothing decoded yet) that refuses images of more
-    than ``max_pixels`` pixels with ``TooManyPixels``; PIL's global limit is left as it is."""
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-    except Image.DecompressionBombError as e:  # above twice PIL's own limit
-        raise TooManyPixels(str(e)) from None
-    with im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise TooManyPixels(
-                f"{width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}"
-            )
-        yield im
-
-
-def check_decodable(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[str, str] | None:
-    """None when PIL fully decodes the file, else ``(reason, detail)``: ``too_many_pixels``
-    (nothing decoded) or ``corrupt``."""
-    try:
-        with open_image(path, max_pixels) as im:
-            im.load()
-        return None
-    except TooManyPixels as e:
-        return "too_many_pixels", str(e)
-    except decode_errors() as e:
-        return "corrupt", f"{type(e).__name__}: {e}"
-
-
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> PILImage:
-    """Decode an image file into an RGB ``PIL.Image``.
-
-    Raises:
-        TooManyPixels: More than ``max_pixels`` pixels (checked before decoding).
-        Exception: One of ``decode_errors()`` for a corrupt file.
-    """
-    with open_image(path, max_pixels) as im:
-        return im.convert("RGB")
-
-
-def is_jpeg(data: bytes) -> bool:
-    """JPEG signature check, used to route files to ``torchvision.io.decode_jpeg``."""
-    return data[:3] == b"\xff\xd8\xff"
-
-
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` of a JPEG from its frame headers (SOF markers), nothing decoded; the
-    largest when a file has several. None when the markers before the first scan cannot be
-    read or a dimension is 0 (defined later by a DNL marker): let PIL decide then."""
-    size: tuple[int, int] | None = None
-    i = 2  # after SOI
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length: TEM, RSTn, SOI
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: all frame headers seen
-            break
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in _SOF:
-            if i + 9 > len(data):
-                return None
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            if not width or not height:
-                return None
-            if size is None or width * height > size[0] * size[1]:
-                size = (width, height)
-        i += 2 + length
-    return size
-
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def decode_jpegs_to_pixels(
-    datas: Sequence[bytes], resolution: int, device: str = "cuda", max_pixels: int = MAX_PIXELS
-):
-    """Batch-decode JPEG bytes with ``torchvision.io.decode_jpeg`` (nvjpeg on CUDA) and apply
-    CLIP's preprocessing on the device: bicubic resize of the short side, centre crop, normalise.
-
-    Returns ``(pixels [n_ok, 3, R, R] float32, ok [n] bool)``: files that fail to decode are
-    left out and marked False (decode them with PIL to find out why), and so are files whose
-    frame header (``jpeg_size``) is unreadable or declares more than ``max_pixels`` pixels:
-    those are never handed to the decoder.
-    """
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2 import functional as F
-
-    sizes = [jpeg_size(d) for d in datas]
-    fits = [s is not None and s[0] * s[1] <= max_pixels for s in sizes]
-    fitting = [d for d, f in zip(datas, fits, strict=True) if f]
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in fitting]
-    try:
-        decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device) if raw else []
-    except RuntimeError:  # one bad file fails the batch: decode one by one
-        decoded = []
-        for r in raw:
-            try:
-                decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                decoded.append(None)
-    it = iter(decoded)
-    imgs = [next(it) if f else None for f in fits]
-    ok = torch.tensor([im is not None for im in imgs], dtype=torch.bool)
-    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-    good = [im for im in imgs if im is not None]
-    out = torch.empty(len(good), 3, resolution, resolution, device=device)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(good):  # same-size images are resized as one batch
-        groups.setdefault(tuple(im.shape[-2:]), []).append(i)
-    for idx in groups.values():
-        x = torch.stack([good[i] for i in idx])  # [g, 3, H, W] uint8
-        x = F.resize(x, [resolution], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
-        x = F.center_crop(x, [resolution, resolution])
-        out[torch.tensor(idx, device=device)] = (x.float() / 255.0 - mean) / std
-    return out, ok
-
-
-# ---------------------------------------------------------------- embedding
-def embed_images(
-    model: ImageContentModel,
-    fetcher: ImageFetcher,
-    urls: Sequence[Sequence[str] | None],
-    batch_size: int,
-    gpu_decode: bool,
-) -> tuple[Tensor, Tensor, Counter, list[dict]]:
-    """Fetch, decode and encode the images of some items (``urls``: each item's URLs).
-
-    Decoding of batch k+1 overlaps encoding of batch k. Returns ``(features [n, D],
-    present [n], counts per reason, failures)``; items whose image is missing or unusable get
-    a zero row and present False, and are counted under their reason (``corrupt`` when the
-    file cannot be decoded, ``too_many_pixels`` when its header declares more than
-    ``fetcher.max_pixels``: checked before any decoding, on the GPU path too).
-    """
-    import torch
-
-    results: list[FetchResult] = fetcher.fetch_many(urls)
-    res = model.image_resolution
-    bad_image = decode_errors()
-
-    def prep(r: FetchResult) -> Tensor | None:
-        try:
-            return model.preprocess(load_rgb(r.path, fetcher.max_pixels))
-        except TooManyPixels as e:  # never decoded; counted and reported
-            r.reason, r.detail = "too_many_pixels", str(e)
-            return None
-        except bad_image as e:  # counted under "corrupt" and reported, never fatal
-            r.reason, r.detail = "corrupt", f"{type(e).__name__}: {e}"
-            return None
-
-    out = torch.zeros(len(results), model.feature_dim)  # [n, D]
-    present = torch.zeros(len(results), dtype=torch.bool)
-    ok_idx = [i for i, r in enumerate(results) if r.reason == "ok"]
-
-    def load(idx: list[int], pool: ThreadPoolExecutor) -> tuple[list[int], Tensor | None]:
-        """Decode + preprocess one batch: ``(rows, pixels [len(rows), 3, R, R])``."""
-        rows: list[int] = []
-        parts: list[Tensor] = []
-        if gpu_decode:  # JPEGs: nvjpeg batch decode + resize on the device
-            datas = list(pool.map(lambda i: Path(results[i].path).read_bytes(), idx))
-            jpg = [(i, d) for i, d in zip(idx, datas, strict=True) if is_jpeg(d)]
-            if jpg:
-                px, ok = decode_jpegs_to_pixels(
-                    [d for _, d in jpg], res, str(model.device), fetcher.max_pixels
-                )
-                rows += [i for (i, _), k in zip(jpg, ok.tolist(), strict=True) if k]
-                parts.append(px)
-            done = set(rows)
-            idx = [i for i in idx if i not in done]  # non-JPEG or failed: PIL decides
-        cpu = list(zip(idx, pool.map(lambda i: prep(results[i]), idx), strict=True))
-        cpu = [(i, px) for i, px in cpu if px is not None]
-        if cpu:
-            rows += [i for i, _ in cpu]
-            parts.append(torch.stack([px for _, px in cpu]).to(model.device, non_blocking=True))
-        return rows, (torch.cat(parts) if parts else None)
-
-    batches = [ok_idx[s : s + batch_size] for s in range(0, len(ok_idx), batch_size)]
-    workers = max(1, fetcher.num_workers)
-    with ThreadPoolExecutor(workers) as pool, ThreadPoolExecutor(1) as loader:
-        nxt = loader.submit(load, batches[0], pool) if batches else None
-        for k in range(len(batches)):  # decode batch k+1 while batch k is encoded
-            rows, pixels = nxt.result()
-            if k + 1 < len(batches):
-                nxt = loader.submit(load, batches[k + 1], pool)
-            if rows:
-                out[rows] = model.encode_images(pixels)
-                present[rows] = True
-    counts = Counter(r.reason for r in results)
-    failures = [
-        {"row": i, "url": r.url, "reason": r.reason, "detail": r.detail}
-        for i, r in enumerate(results)
-        if r.reason != "ok"
-    ]
-    return out, present, counts, failures

@@ -200,7 +200,7 @@ class ItemImage(Modality):
             raise ValueError("embedding images needs an ImageFetcher: ItemImage(fetcher)")
 
     def embed(self, model: ContentModel, inputs: list, batch_size: int) -> Embedded:
-        from mmrec.content.images import embed_images
+        from mmrec.content.decode import embed_images
 
         self.check_embeddable(model)
         assert self.fetcher is not None  # checked above

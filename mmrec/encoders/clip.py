@@ -147,7 +147,8 @@ class CLIPImageEncoder(_CLIPEncoder):
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
         """``(pixels [N+1, 3, R, R] float16, present [N+1])``; items whose cached image cannot
         be decoded are counted and named in a warning and get the missing vector."""
-        from mmrec.content.images import ImageFetcher, decode_errors, load_rgb
+        from mmrec.content.decode import decode_errors, load_rgb
+        from mmrec.content.images import ImageFetcher
 
         fetcher = ImageFetcher(self.image_cache or data_dir / "features" / "image_cache")
         urls = ItemImage().load(data_dir)

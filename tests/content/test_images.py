@@ -10,18 +10,9 @@ import socket
 import pytest
 import torch
 
-from mmrec.content.images import (
-    MAX_PIXELS,
-    FetchReport,
-    ImageFetcher,
-    UrlPolicy,
-    amazon_full_size,
-    decode_jpegs_to_pixels,
-    embed_images,
-    is_public_address,
-    jpeg_size,
-    looks_like_image,
-)
+from mmrec.content.decode import MAX_PIXELS, decode_jpegs_to_pixels, embed_images, jpeg_size
+from mmrec.content.images import FetchReport, ImageFetcher, amazon_full_size, looks_like_image
+from mmrec.content.urls import UrlPolicy, is_public_address
 from tests.content.helpers import (
     SLOW_S,
     ImageServer,
