@@ -82,6 +82,12 @@ def significance(
     return rows
 
 
+def _header(metric: str) -> str:
+    """``ndcg@10`` -> ``NDCG@10``, ``mrr`` -> ``MRR``."""
+    name, at, k = metric.partition("@")
+    return f"{name.upper()}{at}{k}"
+
+
 def _p(value: float) -> str:
     return "<1e-4" if value < 1e-4 else f"{value:.4f}"
 
@@ -107,7 +113,7 @@ def write_report(
         + (f"; overrides for all: `{' '.join(cfg.overrides)}`" if cfg.overrides else ""),
         "",
         "| variant | "
-        + " | ".join(m.upper() if "@" not in m else m for m in cfg.metrics)
+        + " | ".join(_header(m) for m in cfg.metrics)
         + " | best val NDCG@10 | epochs | train s | what it adds |",
         "|---" * (len(cfg.metrics) + 5) + "|",
     ]
