@@ -342,14 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_help()
         print(f"mmrec: unknown command {argv[0]!r}", file=sys.stderr)
         return 2
-    from mmrec.parsing import user_error_types
+    from mmrec.parsing import exit_status
 
-    try:
-        run_lightning(argv)
-    except user_error_types() as err:
-        print(f"mmrec {argv[0]}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(f"mmrec {argv[0]}", lambda: run_lightning(argv))
 
 
 if __name__ == "__main__":

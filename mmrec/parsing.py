@@ -94,3 +94,14 @@ def parse_settings(settings: type, parser: Any, argv: list[str] | None) -> Any:
 
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     return settings(**{f.name: args[f.name] for f in dataclasses.fields(settings)})
+
+
+def exit_status(prog: str, run: Any) -> int:
+    """Call ``run()``; 0 when it returns, 2 with one line ``<prog>: error: <message>`` on
+    stderr when it raises an error whose message tells the user what to change."""
+    try:
+        run()
+    except user_error_types() as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

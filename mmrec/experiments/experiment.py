@@ -295,30 +295,32 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, s
     return cfg, (files[-1] if files else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``mmrec experiment`` entry point; returns the exit code."""
+def run(cfg: ExperimentConfig, config_file: str | None) -> None:
+    """Plan the runs, train the missing ones (here, or in ``cfg.jobs`` processes) and write
+    the tables."""
     from mmrec.experiments.report import write_report
-    from mmrec.parsing import user_error_types
 
-    cfg, config_file = config_from_args(sys.argv[1:] if argv is None else argv)
     here = Path(config_file).parent if config_file else Path()
     store = ResultStore(cfg.store)
-    try:
-        runs = plan(cfg, here)
-        if cfg.train and cfg.jobs > 1:
-            run_jobs(cfg, here)
-        elif cfg.train:
-            execute(cfg, runs, store)
-        if cfg.report:
-            out = Path(cfg.out or Path("benchmarks") / "results" / cfg.name)
-            missing = write_report(cfg, runs, store, out, config_file)
-            print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
-            if missing:
-                print(f"mmrec experiment: {len(missing)} run(s) missing: " + ", ".join(missing))
-    except user_error_types() as err:
-        print(f"mmrec experiment: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    runs = plan(cfg, here)
+    if cfg.train and cfg.jobs > 1:
+        run_jobs(cfg, here)
+    elif cfg.train:
+        execute(cfg, runs, store)
+    if cfg.report:
+        out = Path(cfg.out or Path("benchmarks") / "results" / cfg.name)
+        missing = write_report(cfg, runs, store, out, config_file)
+        print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
+        if missing:
+            print(f"mmrec experiment: {len(missing)} run(s) missing: " + ", ".join(missing))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmrec experiment`` entry point; returns the exit code."""
+    from mmrec.parsing import exit_status
+
+    cfg, config_file = config_from_args(sys.argv[1:] if argv is None else argv)
+    return exit_status("mmrec experiment", lambda: run(cfg, config_file))
 
 
 if __name__ == "__main__":

@@ -218,15 +218,10 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     """``mmrec tune`` entry point; returns the exit code."""
-    from mmrec.parsing import parse_settings, user_error_types
+    from mmrec.parsing import exit_status, parse_settings
 
     cfg = parse_settings(TuneConfig, build_parser(), argv)
-    try:
-        tune(cfg)
-    except user_error_types() as err:
-        print(f"mmrec tune: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status("mmrec tune", lambda: tune(cfg))
 
 
 if __name__ == "__main__":
