@@ -214,16 +214,56 @@ def settings(cfg: PrepareConfig) -> dict:
     }
 
 
+_WHOLE_FILE_HASH = 256 << 20  # inputs up to this size are hashed whole
+_SAMPLES, _BLOCK = 16, 1 << 20  # larger ones: 16 blocks of 1 MiB spread over the file
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content: the whole file up to 256 MiB; above that, of its size and 16
+    blocks of 1 MiB spread evenly from the first byte to the last (multi-GB Amazon dumps are
+    identified in well under a second). A copy, a move or a fresh clone keeps the digest; an
+    edit changes it (above 256 MiB: an edit that keeps the size and misses every block would
+    not be seen)."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= _WHOLE_FILE_HASH:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            step = (size - _BLOCK) // (_SAMPLES - 1)
+            for i in range(_SAMPLES):
+                f.seek(i * step)
+                h.update(f.read(_BLOCK))
+    return h.hexdigest()[:32]
+
+
 def input_identity(files: list[Path]) -> list[dict]:
-    """Each input file's name, size and modification time (stored in meta.json)."""
+    """Each input file's name, size and content digest (stored in meta.json; the modification
+    time is kept for information only, since copies and clones change it)."""
     return [
-        {"file": p.name, "path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+        {
+            "file": p.name,
+            "path": str(p),
+            "size": p.stat().st_size,
+            "sha256": file_digest(p),
+            "mtime_ns": p.stat().st_mtime_ns,
+        }
         for p in files
     ]
 
 
-def _fingerprint(cfg: PrepareConfig, files: list[Path]) -> str:
-    stats = [(f["file"], f["size"], f["mtime_ns"]) for f in input_identity(files)]
+def _same_file(now: dict, then: dict) -> bool:
+    if now["file"] != then.get("file") or now["size"] != then.get("size"):
+        return False
+    if "sha256" in then:
+        return now["sha256"] == then["sha256"]
+    return now["mtime_ns"] == then.get("mtime_ns")  # meta.json of an mmrec before the digest
+
+
+def _fingerprint(cfg: PrepareConfig, identity: list[dict]) -> str:
+    stats = [(f["file"], f["size"], f["sha256"]) for f in identity]
     blob = json.dumps(
         {"params": settings(cfg), "files": stats, "format": FORMAT_VERSION},
         sort_keys=True,
@@ -232,8 +272,9 @@ def _fingerprint(cfg: PrepareConfig, files: list[Path]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _differences(old: dict, cfg: PrepareConfig, files: list[Path]) -> list[str]:
-    """What differs between a folder's meta.json and the requested settings and inputs."""
+def _differences(old: dict, cfg: PrepareConfig, identity: list[dict]) -> list[str]:
+    """What differs between a folder's meta.json and the requested settings and inputs
+    (empty: the same settings, format and input contents)."""
     if "settings" not in old:
         return ["the folder was prepared by an older mmrec that did not record its settings"]
     now, then = settings(cfg), old["settings"]
@@ -242,11 +283,15 @@ def _differences(old: dict, cfg: PrepareConfig, files: list[Path]) -> list[str]:
         for key in sorted(set(now) | set(then))
         if json.dumps(now.get(key), default=str) != json.dumps(then.get(key), default=str)
     ]
-    before = {(f["file"], f["size"], f["mtime_ns"]) for f in old.get("input_files", [])}
-    for f in input_identity(files):
-        if (f["file"], f["size"], f["mtime_ns"]) not in before:
+    if old.get("version") != FORMAT_VERSION:
+        out.append(f"format version {old.get('version')!r} -> {FORMAT_VERSION}")
+    before = old.get("input_files", [])
+    for f in identity:
+        if not any(_same_file(f, b) for b in before):
             out.append(f"input {f['path']} is not the file it was prepared from")
-    return out or ["the input files or the format version changed"]
+    if len(before) != len(identity):
+        out.append(f"{len(before)} input file(s) then, {len(identity)} now")
+    return out
 
 
 def build_items(
@@ -298,8 +343,9 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     out = Path(cfg.out)
     reviews, meta = _inputs(cfg, progress)
     files = _input_files(cfg, reviews, meta)
-    fingerprint = _fingerprint(cfg, [Path(f) for f in files])
-    if _up_to_date(out, fingerprint, cfg, [Path(f) for f in files]):
+    identity = input_identity([Path(f) for f in files])
+    fingerprint = _fingerprint(cfg, identity)
+    if _up_to_date(out, fingerprint, cfg, identity):
         return out
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
@@ -354,7 +400,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     bar.close()
 
     info |= {**item_info, "inputs": [str(f) for f in files], "fingerprint": fingerprint}
-    info |= {"settings": settings(cfg), "input_files": input_identity([Path(f) for f in files])}
+    info |= {"settings": settings(cfg), "input_files": identity}
     info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _check_counts(info, dropped)
     _write_meta(out, info)
@@ -445,9 +491,10 @@ def _write_meta(out: Path, info: dict) -> None:
     os.replace(tmp, out / "meta.json")
 
 
-def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, files: list[Path]) -> bool:
-    """True when ``out`` holds a finished dataset of this ``fingerprint`` (and no overwrite);
-    an error naming what differs when it holds another one and ``overwrite`` is off."""
+def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, identity: list[dict]) -> bool:
+    """True when ``out`` holds a finished dataset of these settings and input contents (and no
+    overwrite); an error naming what differs when it holds another one and ``overwrite`` is
+    off."""
     meta_json = out / "meta.json"
     if meta_json.exists():
         try:
@@ -458,10 +505,18 @@ def _up_to_date(out: Path, fingerprint: str, cfg: PrepareConfig, files: list[Pat
         if old.get("fingerprint") == fingerprint and not cfg.overwrite:
             _log(f"{out} is up to date (fingerprint {fingerprint})")
             return True
+        differences = _differences(old, cfg, identity)
+        if not differences and not cfg.overwrite:
+            # same settings and contents, other paths or times (a copy, a clone, an older
+            # meta.json format): record the inputs as they are now
+            old |= {"fingerprint": fingerprint, "input_files": identity}
+            _write_meta(out, old)
+            _log(f"{out} is up to date (inputs identical by content; fingerprint {fingerprint})")
+            return True
         if not cfg.overwrite:
             raise DataError(
                 f"{out} was prepared from other settings or inputs: "
-                f"{'; '.join(_differences(old, cfg, files))}. mmrec never uses a folder made "
+                f"{'; '.join(differences)}. mmrec never uses a folder made "
                 "with other settings: pass --overwrite true (in a training config: "
                 "--data.prepare.overwrite true) to prepare it again, or choose another folder "
                 "(--out, or --data.data_dir)"

@@ -413,14 +413,57 @@ def test_folder_is_prepared_then_checked_against_its_settings(tmp_path, capsys):
     assert AmazonDataModule(str(folder)).num_items == dm.num_items
 
 
-def test_changed_input_file_is_named(tmp_path):
+def test_changed_input_file_is_named(tmp_path, capsys):
     reviews = tmp_path / "reviews.json.gz"
-    reviews.write_bytes((SHIPPED / "Gift_Cards_5.json.gz").read_bytes())
+    original = (SHIPPED / "Gift_Cards_5.json.gz").read_bytes()
+    reviews.write_bytes(original)
     folder = tmp_path / "made"
     assert AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
+    stamp = (folder / "interactions.parquet").stat().st_mtime_ns
+    # a copy or a clone changes the modification time, not the content: still up to date
     os.utime(reviews, ns=(1, 1))
+    assert AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
+    assert (folder / "interactions.parquet").stat().st_mtime_ns == stamp
+    assert "is up to date" in capsys.readouterr().out
+    # meta.json of an mmrec before the digest (fingerprint of size and mtime): same size and
+    # mtime -> up to date, and the record is brought up to date
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["fingerprint"] = "0" * 16
+    del meta["input_files"][0]["sha256"]
+    meta["input_files"][0]["mtime_ns"] = 1
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
+    assert "inputs identical by content" in capsys.readouterr().out
+    assert "sha256" in json.loads((folder / "meta.json").read_text())["input_files"][0]
+    # the same size, one byte changed: another file
+    edited = bytearray(original)
+    edited[len(edited) // 2] ^= 0xFF
+    reviews.write_bytes(bytes(edited))
     with pytest.raises(DataError, match=rf"input {reviews} is not the file it was prepared from"):
         _ = AmazonDataModule(str(folder), prepare=_gift_cards(reviews=str(reviews))).num_items
+
+
+def test_digest_of_a_large_file_samples_it(tmp_path, monkeypatch):
+    from mmrec.data import prepare
+
+    monkeypatch.setattr(prepare, "_WHOLE_FILE_HASH", 1000)
+    monkeypatch.setattr(prepare, "_BLOCK", 10)
+    path = tmp_path / "big.bin"
+    data = bytearray(range(256)) * 20  # 5,120 bytes: 16 sampled blocks of 10 bytes
+    path.write_bytes(bytes(data))
+    digest = prepare.file_digest(path)
+    data[0] ^= 1  # the first byte is in the first block
+    path.write_bytes(bytes(data))
+    assert prepare.file_digest(path) != digest
+    data[0] ^= 1
+    data[5] ^= 1
+    data[5119] ^= 1  # the last byte is in the last block
+    path.write_bytes(bytes(data))
+    changed = prepare.file_digest(path)
+    assert changed != digest
+    data[50] ^= 1  # between blocks (step 340): not seen, as documented
+    path.write_bytes(bytes(data))
+    assert prepare.file_digest(path) == changed
 
 
 def test_item_train_counts(loo_dm):
