@@ -202,7 +202,10 @@ def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFra
 def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[Run]:
     """Run (this shard of) the runs without a stored result; returns those it ran."""
     index, count = (int(x) for x in cfg.shard.split("/"))
-    missing = [r for r in runs if store.get(r.key) is None][index::count]
+    # baselines first (seconds), then seed by seed: a stopped experiment has every variant's
+    # first seeds rather than every seed of the first variants
+    order = sorted(runs, key=lambda r: (r.baseline is None, r.seed))
+    missing = [r for r in order if store.get(r.key) is None][index::count]
     for i, run in enumerate(missing, 1):
         what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
         print(f"mmrec experiment: [{i}/{len(missing)}] {what} (key {run.key})", flush=True)

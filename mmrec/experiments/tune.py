@@ -173,6 +173,8 @@ def tune(cfg: TuneConfig) -> Any:
             n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs
         ),
     )
+    # trials of a process that was killed (no heartbeat for grace_period): FAIL, not RUNNING
+    optuna.storages.fail_stale_trials(study)
     done = len([t for t in study.trials if t.state.is_finished()])
     print(f"mmrec tune: study {cfg.name!r} in {url}: {done} finished trial(s) so far")
     study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
