@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,9 @@ class ExperimentConfig:
             split between them); the table is written when all are done.
         report: Write results.md/csv/png (off for the worker processes of ``jobs``).
         note: Free text added under the tables.
+        claims: Folder where the worker processes of ``jobs`` claim runs (one empty file per
+            run key): each takes the next unclaimed run, so none waits while runs are left.
+            Set by ``mmrec experiment`` for its workers; not needed by hand.
     """
 
     name: str
@@ -77,6 +81,7 @@ class ExperimentConfig:
     jobs: int = 1
     report: bool = True
     note: str = ""
+    claims: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,13 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
     # first seeds rather than every seed of the first variants
     order = sorted(runs, key=lambda r: (r.baseline is None, r.seed))
     missing = [r for r in order if store.get(r.key) is None][index::count]
+    done = []
     for i, run in enumerate(missing, 1):
+        if cfg.claims and not _claim(Path(cfg.claims), run.key):
+            continue  # another worker has it
+        if store.get(run.key) is not None:
+            continue
+        done.append(run)
         what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
         print(f"mmrec experiment: [{i}/{len(missing)}] {what} (key {run.key})", flush=True)
         if run.baseline is None:
@@ -224,7 +235,16 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         store.put(run.key, record, per_user)
-    return missing
+    return done
+
+
+def _claim(folder: Path, key: str) -> bool:
+    """Atomically claim run ``key`` for this process; False when another one claimed it."""
+    try:
+        os.close(os.open(folder / key, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _version() -> str:
@@ -241,8 +261,9 @@ def _absolute(entry: str, here: Path) -> str:
 
 
 def run_jobs(cfg: ExperimentConfig, here: Path) -> None:
-    """The missing runs in ``cfg.jobs`` worker processes (``--shard i/jobs``), each with its
-    share of the CPU threads; they read this exact configuration from a file in the store."""
+    """The missing runs (of this ``--shard``) in ``cfg.jobs`` worker processes, each with its
+    share of the CPU threads, each taking the next unclaimed run (``--claims``); they read
+    this exact configuration from a file in the store."""
     import yaml
 
     settings = dataclasses.asdict(cfg) | {"jobs": 1, "report": False}
@@ -254,6 +275,8 @@ def run_jobs(cfg: ExperimentConfig, here: Path) -> None:
     Path(cfg.store).mkdir(parents=True, exist_ok=True)
     jobs_file = Path(cfg.store) / f".jobs-{slug(cfg.name)}.yaml"
     jobs_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+    claims = Path(cfg.store) / f".claims-{slug(cfg.name)}-{os.getpid()}"
+    claims.mkdir()
     threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = [
@@ -264,13 +287,14 @@ def run_jobs(cfg: ExperimentConfig, here: Path) -> None:
                 "mmrec.cli",
                 "experiment",
                 f"--config={jobs_file}",
-                f"--shard={i}/{cfg.jobs}",
+                f"--claims={claims}",
             ],
             env=env,
         )  # fmt: skip
-        for i in range(cfg.jobs)
+        for _ in range(cfg.jobs)
     ]
     failed = [p.args for p in procs if p.wait() != 0]
+    shutil.rmtree(claims, ignore_errors=True)
     if failed:
         raise ConfigError(f"{len(failed)} of {cfg.jobs} worker processes failed (see above)")
 

@@ -145,3 +145,31 @@ def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, mo
             f"--trainer.default_root_dir={runs}"]  # fmt: skip
     assert main(args) == 0
     assert (runs / "tiny_tune_best" / "latest" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_workers_claim_runs_so_each_runs_once_and_seeds_go_first(tmp_path, monkeypatch):
+    from mmrec.experiments import experiment as ex
+    from mmrec.experiments.store import ResultStore
+
+    trained = []
+
+    def fake_train(run):
+        trained.append((run.variant, run.seed))
+        return {"metrics": {}}, pl.DataFrame({"user": [1]})
+
+    monkeypatch.setattr(ex, "train_and_test", fake_train)
+    monkeypatch.setattr(ex, "evaluate_baseline", lambda run, cfg: fake_train(run))
+    runs = [ex.Run(v, s, (), f"{v}-{s}") for v in ("a", "b") for s in (0, 1)]
+    runs.append(ex.Run("pop", 0, (), "pop-0", baseline="x.Pop"))
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "b-0").touch()  # another worker is training b seed 0
+    cfg = ex.ExperimentConfig(name="t", base=[], variants={}, claims=str(claims))
+    store = ResultStore(tmp_path / "store")
+    done = ex.execute(cfg, runs, store)
+    # baselines first, then seed by seed; the claimed run is left to its worker
+    assert trained == [("pop", 0), ("a", 0), ("a", 1), ("b", 1)]
+    assert [r.key for r in done] == ["pop-0", "a-0", "a-1", "b-1"]
+    assert sorted(p.name for p in claims.iterdir()) == ["a-0", "a-1", "b-0", "b-1", "pop-0"]
+    # a second worker over the same claims finds nothing left to do
+    assert ex.execute(cfg, runs, store) == [] and len(trained) == 4
