@@ -107,15 +107,16 @@ def write_report(
         "",
         f"Made by `{command}` from stored runs (`{cfg.store}`, one JSON per resolved config: "
         "a rerun trains nothing). Test split, best-validation checkpoint of each run, mean ± "
-        f"std over seeds {cfg.seeds} (baselines: deterministic, one run).",
+        f"std over the seeds of each row (configured: {cfg.seeds}; baselines: deterministic, "
+        "one run).",
         "",
         f"Base configs: {', '.join(f'`{b}`' for b in cfg.base)}"
         + (f"; overrides for all: `{' '.join(cfg.overrides)}`" if cfg.overrides else ""),
         "",
         "| variant | "
         + " | ".join(_header(m) for m in cfg.metrics)
-        + " | best val NDCG@10 | epochs | train s | what it adds |",
-        "|---" * (len(cfg.metrics) + 5) + "|",
+        + " | best val NDCG@10 | seeds | epochs | train s | what it adds |",
+        "|---" * (len(cfg.metrics) + 6) + "|",
     ]
     for variant, records in found.items():
         cells = [_mean_std([r["test"].get(m, math.nan) for r in records]) for m in cfg.metrics]
@@ -123,9 +124,10 @@ def write_report(
         epochs = "/".join(str(r.get("epochs", 0)) for r in records)
         secs = np.mean([r.get("train_seconds", 0.0) for r in records])
         what = cfg.baselines.get(variant) or " ".join(cfg.variants.get(variant) or []) or "base"
+        seeds = "—" if variant in cfg.baselines else ",".join(str(r["seed"]) for r in records)
         lines.append(
             f"| {variant} | " + " | ".join(cells)
-            + f" | {_mean_std(val) if val else '—'} | {epochs} | {secs:.0f} | `{what}` |"
+            + f" | {_mean_std(val) if val else '—'} | {seeds} | {epochs} | {secs:.0f} | `{what}` |"
         )  # fmt: skip
     if missing:
         lines += ["", f"Missing runs (not stored yet): {', '.join(missing)}."]

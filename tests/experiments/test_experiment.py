@@ -76,6 +76,7 @@ def test_experiment_stores_every_run_and_writes_the_tables(experiment):
     mean = (by["ID only", 0]["test"]["ndcg@10"] + by["ID only", 1]["test"]["ndcg@10"]) / 2
     row = next(line for line in md.splitlines() if line.startswith("| ID only |"))
     assert row.split(" | ")[2].startswith(f"{mean:.4f} ± ")  # NDCG@10 is the 2nd column
+    assert " | 0,1 | 2/2 | " in row  # the seeds behind the row and their epochs
     assert "| ndcg@10 | ID + time | " in md and "| hr@10 | popularity | " in md
     assert "| Some paper | 0.1 | 0.2 | no | no | a log |" in md
     assert (tmp / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
