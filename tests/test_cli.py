@@ -313,3 +313,39 @@ def test_tools_have_short_argument_errors(command, typo, meant, capfd):
         f"  {typo}: did you mean {meant}?",
         f"  see `mmrec {command} --help` for every option",
     ]
+
+
+def test_ema_weights_are_validated_saved_and_tested(trained, tmp_path):
+    """`--trainer.callbacks+=mmrec.runs.EMAWeights`: the checkpoint's state_dict holds the
+    averaged weights (the raw ones beside them for resuming), and `test` scores those."""
+    import torch
+
+    root, _, _ = trained
+    common = _common(root, tmp_path)
+    ema = ["--trainer.callbacks+=mmrec.runs.EMAWeights", "--trainer.callbacks.decay=0.9"]
+    assert main(["fit", *common, *ema, "--trainer.max_epochs=2"]) == 0
+    run = tmp_path / "quickstart" / "latest"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    averaged, raw = last["state_dict"], last["current_model_state"]
+    assert averaged.keys() == raw.keys()
+    key = next(k for k in averaged if k.endswith("embedding.weight"))
+    assert not torch.equal(averaged[key], raw[key])  # an average, not the last step's weights
+    # validation scored the averaged weights: the last logged val NDCG@10 is theirs
+    from mmrec.data.datamodule import AmazonDataModule
+    from mmrec.module import MMRecModule
+
+    model = MMRecModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert torch.equal(model.state_dict()[key], averaged[key])
+    dm = AmazonDataModule(str(root / "gift_cards"), max_len=model.hparams.max_len)
+    trainer = L.Trainer(
+        logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path
+    )
+    again = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    logged = _last_metrics(run.resolve() / "fit")
+    assert again["val/ndcg@10"] == pytest.approx(logged["val/ndcg@10"], abs=1e-6)
+    # and `mmrec test` of that checkpoint reports the same model's test metrics
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert main(["test", *common, f"--ckpt_path={ckpt}"]) == 0
+    tested = _last_metrics(run.resolve() / "test")
+    direct = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert tested["test/ndcg@10"] == pytest.approx(direct["test/ndcg@10"], abs=1e-6)
