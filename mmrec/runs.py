@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 RUN_ID_ENV = "MMREC_RUN_ID"
 """Environment variable that fixes the run id (set it when launching DDP with torchrun or
@@ -198,13 +198,7 @@ class RandomState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _ema_base() -> type:
-    from lightning.pytorch.callbacks import EMAWeightAveraging
-
-    return EMAWeightAveraging
-
-
-class EMAWeights(_ema_base()):
+class EMAWeights(EMAWeightAveraging):
     """Exponential moving average of the weights (Lightning's ``EMAWeightAveraging``), for
     mmrec models: validation, checkpoints (``state_dict``) and so ``test --ckpt_path best``
     use the averaged weights; the raw ones are kept in the checkpoint for resuming.
@@ -228,7 +222,6 @@ class EMAWeights(_ema_base()):
         super().__init__(
             use_buffers=False, decay=decay, update_starting_at_step=update_starting_at_step
         )
-        self.decay = decay
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
