@@ -56,6 +56,13 @@ class ExperimentConfig:
             split between them); the table is written when all are done.
         report: Write results.md/csv/png (off for the worker processes of ``jobs``).
         note: Free text added under the tables.
+        adopt: Run folders already trained with ``mmrec fit`` (``<root>/<name>/<time>``,
+            holding ``fit/config.yaml`` and ``checkpoints/best.ckpt``), for example probes of
+            a setting before it became the default: a folder whose saved config has the key
+            of a planned run without a stored result is tested with its best checkpoint and
+            stored, instead of training that run again. Its training time is the time from
+            writing ``fit/config.yaml`` to the last write of ``checkpoints/last.ckpt``.
+            A folder that matches no missing run is named and skipped.
         claims: Folder where the worker processes of ``jobs`` claim runs (one empty file per
             run key): each takes the next unclaimed run, so none waits while runs are left.
             Set by ``mmrec experiment`` for its workers; not needed by hand.
@@ -81,6 +88,7 @@ class ExperimentConfig:
     jobs: int = 1
     report: bool = True
     note: str = ""
+    adopt: list[str] = field(default_factory=list)
     claims: str | None = None
 
 
@@ -167,13 +175,8 @@ def train_and_test(run: Run) -> tuple[dict, pl.DataFrame]:
         raise ConfigError(f"{run.variant} seed {run.seed}: the fit saved no best checkpoint")
     best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"]
     test = run_lightning(["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"])
-    metrics = {
-        k.removeprefix("test/"): float(v)
-        for k, v in test.trainer.callback_metrics.items()
-        if k.startswith("test/") and "/slice/" not in k and "slice/" not in k
-    }
     record = {
-        "test": metrics,
+        "test": _test_metrics(test),
         "val_ndcg@10": float(ckpt.best_model_score),
         "best_epoch": int(best_epoch),
         "epochs": int(fit.trainer.current_epoch),
@@ -181,6 +184,84 @@ def train_and_test(run: Run) -> tuple[dict, pl.DataFrame]:
         "run_folder": str(fit.run.folder),
     }
     return record, test.model.per_user
+
+
+def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[Run]:
+    """Test and store the run folders of ``cfg.adopt`` whose saved config is a planned,
+    missing run (see :class:`ExperimentConfig`); returns the runs adopted."""
+    import torch
+    import yaml
+
+    from mmrec.cli import run_lightning
+
+    missing = {r.key: r for r in runs if r.baseline is None and store.get(r.key) is None}
+    adopted = []
+    for entry in cfg.adopt:
+        folder = Path(entry)
+        saved = folder / "fit" / "config.yaml"
+        best, last = folder / "checkpoints" / "best.ckpt", folder / "checkpoints" / "last.ckpt"
+        for needed in (saved, best, last):
+            if not needed.is_file():
+                raise ConfigError(
+                    f"adopt: {folder} is not a finished `mmrec fit` run folder ({needed} is "
+                    "missing); give folders like runs/<name>/<time>"
+                )
+        key = run_key(yaml.safe_load(saved.read_text()))
+        run = missing.pop(key, None)
+        if run is None:
+            stored = store.get(key)
+            why = (
+                f"its run ({stored['variant']} seed {stored['seed']}) is already stored"
+                if stored
+                else "its config is no run of this experiment (compare it with `mmrec fit "
+                "--print_config` and the experiment's settings)"
+            )
+            print(f"mmrec experiment: adopt: skipped {folder}: {why}", flush=True)
+            continue
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        monitor = [
+            v
+            for k, v in state["callbacks"].items()
+            if k.startswith("ModelCheckpoint") and v.get("best_model_score") is not None
+        ]
+        if not monitor:
+            raise ConfigError(f"adopt: {best} records no best validation score")
+        print(f"mmrec experiment: adopt: testing {run.variant} seed {run.seed} from {folder}")
+        test = run_lightning(["test", *run.args, f"--ckpt_path={best}"])
+        epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+        record = {
+            "test": _test_metrics(test),
+            "val_ndcg@10": float(monitor[0]["best_model_score"]),
+            "best_epoch": int(state["epoch"]),
+            "epochs": int(epochs),
+            "train_seconds": round(last.stat().st_mtime - saved.stat().st_mtime, 1),
+            "run_folder": str(folder),
+            "adopted": True,
+        }
+        store.put(run.key, _describe(record, run, cfg), test.model.per_user)
+        adopted.append(run)
+    return adopted
+
+
+def _test_metrics(test) -> dict[str, float]:
+    return {
+        k.removeprefix("test/"): float(v)
+        for k, v in test.trainer.callback_metrics.items()
+        if k.startswith("test/") and "/slice/" not in k and "slice/" not in k
+    }
+
+
+def _describe(record: dict, run: Run, cfg: ExperimentConfig) -> dict:
+    return record | {
+        "key": run.key,
+        "experiment": cfg.name,
+        "variant": run.variant,
+        "seed": run.seed,
+        "args": list(run.args),
+        "baseline": run.baseline,
+        "mmrec_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
@@ -224,17 +305,7 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
             record, per_user = train_and_test(run)
         else:
             record, per_user = evaluate_baseline(run, cfg)
-        record |= {
-            "key": run.key,
-            "experiment": cfg.name,
-            "variant": run.variant,
-            "seed": run.seed,
-            "args": list(run.args),
-            "baseline": run.baseline,
-            "mmrec_version": _version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        store.put(run.key, record, per_user)
+        store.put(run.key, _describe(record, run, cfg), per_user)
     return done
 
 
@@ -330,6 +401,8 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     here = Path(config_file).parent if config_file else Path()
     store = ResultStore(cfg.store)
     runs = plan(cfg, here)
+    if cfg.adopt and not cfg.claims:
+        adopt_runs(cfg, runs, store)
     if cfg.train and cfg.jobs > 1:
         run_jobs(cfg, here)
     elif cfg.train:

@@ -28,6 +28,7 @@ VOLATILE = (
     "data.prepare.download_dir",
     "model.trusted_modules",
     "ckpt_path",
+    "weights_only",  # how `fit` would load a checkpoint it resumes from, saved in config.yaml
 )
 
 

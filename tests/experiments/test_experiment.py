@@ -174,3 +174,56 @@ def test_workers_claim_runs_so_each_runs_once_and_seeds_go_first(tmp_path, monke
     assert sorted(p.name for p in claims.iterdir()) == ["a-0", "a-1", "b-0", "b-1", "pop-0"]
     # a second worker over the same claims finds nothing left to do
     assert ex.execute(cfg, runs, store) == [] and len(trained) == 4
+
+
+def test_adopted_fit_is_stored_as_the_planned_run_would_be(tmp_path, capsys):
+    """A run folder from `mmrec fit` with a planned run's settings (other name and root) is
+    tested and stored under that run's key, with what training it here would have stored."""
+    from mmrec.config import ConfigError
+    from mmrec.experiments import experiment as ex
+
+    config = {
+        "name": "adopt",
+        "base": [str(REPO / "configs" / "quickstart.yaml")],
+        "overrides": [*_data_overrides(tmp_path), "model.event_encoders=[]"],
+        "variants": {"ID only": []},
+        "seeds": [0],
+        "out": str(tmp_path / "out"),
+        "store": str(tmp_path / "store"),
+        "root": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "adopt.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    (run,) = ex.plan(ex.ExperimentConfig(**config))
+    by_hand = [a for a in run.args if not a.startswith(("--name=", "--trainer.default_root_dir="))]
+    for seed in (0, 1):  # seed 1 is no run of the experiment
+        assert main(["fit", *by_hand, f"--seed_everything={seed}", f"--data.seed={seed}",
+                     f"--name=probe{seed}", f"--trainer.default_root_dir={tmp_path / 'probes'}"]) == 0  # fmt: skip
+    (probe0,) = (tmp_path / "probes" / "probe0").glob("2*")
+    (probe1,) = (tmp_path / "probes" / "probe1").glob("2*")
+    args = ["experiment", f"--config={path}", "--train=false", f"--adopt=[{probe0}, {probe1}]"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"adopt: testing ID only seed 0 from {probe0}" in out
+    assert f"adopt: skipped {probe1}: its config is no run of this experiment" in out
+    assert "missing" not in out
+    adopted = json.loads((tmp_path / "store" / f"{run.key}.json").read_text())
+    assert adopted["adopted"] is True and adopted["run_folder"] == str(probe0)
+    assert adopted["epochs"] == 2 and adopted["best_epoch"] in (0, 1)
+    assert adopted["train_seconds"] > 0
+    # adopting it again is a no-op that says why
+    assert main(args) == 0
+    assert f"skipped {probe0}: its run (ID only seed 0) is already stored" in capsys.readouterr().out
+    # training the same run in the experiment gives the same figures (CPU runs are deterministic)
+    trained_store = tmp_path / "trained"
+    assert main(["experiment", f"--config={path}", f"--store={trained_store}"]) == 0
+    trained = json.loads((trained_store / f"{run.key}.json").read_text())
+    assert "adopted" not in trained and trained["epochs"] == adopted["epochs"]
+    assert trained["val_ndcg@10"] == pytest.approx(adopted["val_ndcg@10"], abs=1e-6)
+    for metric in ("ndcg@10", "hr@10", "mrr"):
+        assert trained["test"][metric] == pytest.approx(adopted["test"][metric], abs=1e-6)
+    users = pl.read_parquet(tmp_path / "store" / f"{run.key}.users.parquet")
+    assert users["ndcg@10"].mean() == pytest.approx(adopted["test"]["ndcg@10"], abs=1e-7)
+    with pytest.raises(ConfigError, match="is not a finished `mmrec fit` run folder"):
+        ex.adopt_runs(ex.ExperimentConfig(**config | {"adopt": [str(tmp_path)]}), [run],
+                      ex.ResultStore(tmp_path / "empty"))  # fmt: skip
