@@ -227,3 +227,87 @@ class EMAWeights(EMAWeightAveraging):
         if stage == "fit":
             pl_module.setup(stage)
         super().setup(trainer, pl_module, stage)
+
+
+class DecayOnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` whenever the monitored validation metric has
+    not improved for ``patience`` validations in a row, down to ``min_ratio`` times the
+    starting learning rate: one schedule rule for models that train for 20 or for 80 epochs,
+    where a cosine needs each model's length. Composes with ``model.warmup_steps`` and
+    ``model.lr_min_ratio`` (their scheduler's base rates are scaled too). Its state is saved in
+    checkpoints, so a resumed fit goes on with the same rate.
+
+    Use: ``--trainer.callbacks+=mmrec.runs.DecayOnPlateau --trainer.callbacks.patience=3``.
+
+    Args:
+        monitor: Validation metric to watch (logged by the module).
+        mode: ``max`` (ranking metrics) or ``min`` (losses).
+        factor: Multiplier in (0, 1) applied at each plateau.
+        patience: Validations without improvement before the rate is lowered; it must be
+            below early stopping's patience, or training stops first.
+        min_ratio: Floor of the rate, as a fraction of the starting rate.
+        min_delta: Least change that counts as an improvement.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/ndcg@10",
+        mode: str = "max",
+        factor: float = 0.3,
+        patience: int = 3,
+        min_ratio: float = 0.01,
+        min_delta: float = 0.0,
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"DecayOnPlateau: mode must be 'max' or 'min', got {mode!r}")
+        if not 0 < factor < 1:
+            raise ValueError(f"DecayOnPlateau: factor must be within (0, 1), got {factor}")
+        if patience < 1:
+            raise ValueError(f"DecayOnPlateau: patience must be at least 1, got {patience}")
+        if not 0 < min_ratio <= 1:
+            raise ValueError(f"DecayOnPlateau: min_ratio must be within (0, 1], got {min_ratio}")
+        self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
+        self.min_ratio, self.min_delta = min_ratio, min_delta
+        self.best: float | None = None
+        self.wait = 0
+        self.scale = 1.0  # current rate / starting rate
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"DecayOnPlateau: no metric {self.monitor!r} was logged; logged: "
+                f"{sorted(trainer.callback_metrics)}"
+            )
+        value = float(value)
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait < self.patience or self.scale <= self.min_ratio:
+            return
+        new_scale = max(self.scale * self.factor, self.min_ratio)
+        step = new_scale / self.scale
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= step
+        for config in trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "base_lrs"):
+                config.scheduler.base_lrs = [lr * step for lr in config.scheduler.base_lrs]
+        self.scale, self.wait = new_scale, 0
+        _print(
+            trainer,
+            f"DecayOnPlateau: {self.monitor} has not improved on {self.best:.4f} for "
+            f"{self.patience} validations; learning rate x{self.factor} "
+            f"(now {new_scale:g} of the starting rate)",
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait, "scale": self.scale}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best, self.wait = state_dict["best"], state_dict["wait"]
+        self.scale = state_dict["scale"]

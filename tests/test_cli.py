@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import lightning as L
@@ -349,3 +350,53 @@ def test_ema_weights_are_validated_saved_and_tested(trained, tmp_path):
     tested = _last_metrics(run.resolve() / "test")
     direct = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert tested["test/ndcg@10"] == pytest.approx(direct["test/ndcg@10"], abs=1e-6)
+
+
+def test_decay_on_plateau_lowers_the_rate_keeps_its_floor_and_resumes(trained, tmp_path):
+    """`--trainer.callbacks+=mmrec.runs.DecayOnPlateau`: with an impossible `min_delta` every
+    validation after the first is a plateau, so the rate is halved at each one down to the
+    floor, also under a warm-up scheduler (which would otherwise reset it); a resumed fit
+    goes on from the saved state."""
+    import torch
+
+    root, _, _ = trained
+    common = [*_common(root, tmp_path), "--model.warmup_steps=2"]
+    plateau = [
+        "--trainer.callbacks+=mmrec.runs.DecayOnPlateau",
+        "--trainer.callbacks.patience=1",
+        "--trainer.callbacks.factor=0.5",
+        "--trainer.callbacks.min_ratio=0.2",
+        "--trainer.callbacks.min_delta=1.0",
+    ]
+    assert main(["fit", *common, *plateau, "--trainer.max_epochs=3"]) == 0
+    last = tmp_path / "quickstart" / "latest" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    lr = state["hyper_parameters"]["lr"]
+    (saved,) = [v for k, v in state["callbacks"].items() if k.startswith("DecayOnPlateau")]
+    assert saved["scale"] == pytest.approx(0.25) and saved["wait"] == 0  # epochs 1 and 2
+    rates = [g["lr"] for g in state["optimizer_states"][0]["param_groups"]]
+    assert rates == pytest.approx([0.25 * lr] * len(rates))
+    # resumed for one more epoch: one more plateau, and the floor (0.2) stops the halving
+    assert main(["fit", *common, *plateau, "--trainer.max_epochs=4", f"--ckpt_path={last}"]) == 0
+    newest = max((tmp_path / "quickstart").glob("*/checkpoints/last.ckpt"),
+                 key=lambda p: p.stat().st_mtime)  # fmt: skip
+    state = torch.load(newest, weights_only=True)
+    assert state["epoch"] == 3
+    rates = [g["lr"] for g in state["optimizer_states"][0]["param_groups"]]
+    assert rates == pytest.approx([0.2 * lr] * len(rates))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"factor": 1.0}, "factor must be within (0, 1)"),
+        ({"patience": 0}, "patience must be at least 1"),
+        ({"mode": "up"}, "mode must be 'max' or 'min'"),
+        ({"min_ratio": 0.0}, "min_ratio must be within (0, 1]"),
+    ],
+)
+def test_decay_on_plateau_rejects_bad_settings(kwargs, message):
+    from mmrec.runs import DecayOnPlateau
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DecayOnPlateau(**kwargs)

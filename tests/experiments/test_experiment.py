@@ -197,8 +197,9 @@ def test_adopted_fit_is_stored_as_the_planned_run_would_be(tmp_path, capsys):
     (run,) = ex.plan(ex.ExperimentConfig(**config))
     by_hand = [a for a in run.args if not a.startswith(("--name=", "--trainer.default_root_dir="))]
     for seed in (0, 1):  # seed 1 is no run of the experiment
+        probe = [f"--name=probe{seed}", f"--trainer.default_root_dir={tmp_path / 'probes'}"]
         assert main(["fit", *by_hand, f"--seed_everything={seed}", f"--data.seed={seed}",
-                     f"--name=probe{seed}", f"--trainer.default_root_dir={tmp_path / 'probes'}"]) == 0  # fmt: skip
+                     *probe]) == 0  # fmt: skip
     (probe0,) = (tmp_path / "probes" / "probe0").glob("2*")
     (probe1,) = (tmp_path / "probes" / "probe1").glob("2*")
     args = ["experiment", f"--config={path}", "--train=false", f"--adopt=[{probe0}, {probe1}]"]
@@ -213,7 +214,8 @@ def test_adopted_fit_is_stored_as_the_planned_run_would_be(tmp_path, capsys):
     assert adopted["train_seconds"] > 0
     # adopting it again is a no-op that says why
     assert main(args) == 0
-    assert f"skipped {probe0}: its run (ID only seed 0) is already stored" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert f"skipped {probe0}: its run (ID only seed 0) is already stored" in again
     # training the same run in the experiment gives the same figures (CPU runs are deterministic)
     trained_store = tmp_path / "trained"
     assert main(["experiment", f"--config={path}", f"--store={trained_store}"]) == 0
