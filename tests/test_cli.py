@@ -400,3 +400,32 @@ def test_decay_on_plateau_rejects_bad_settings(kwargs, message):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         DecayOnPlateau(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "mode, values",
+    [
+        ("max", [0.1, 0.2, 0.15, 0.15, 0.3, 0.25, 0.25]),
+        ("min", [0.9, 0.8, 0.85, 0.85, 0.7, 0.75, 0.75]),
+    ],
+)
+def test_decay_on_plateau_resets_on_improvement_in_either_mode(mode, values):
+    """An improvement resets the count (validations 1 and 4 improve), so with patience 2 the
+    rate drops only after validations 3 and 6; `min` mode treats a lower value as better."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmrec.runs import DecayOnPlateau
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer = SimpleNamespace(sanity_checking=False, optimizers=[optimizer],
+                              lr_scheduler_configs=[], progress_bar_callback=None,
+                              callback_metrics={})  # fmt: skip
+    callback = DecayOnPlateau(mode=mode, factor=0.5, patience=2)
+    rates = []
+    for value in values:
+        trainer.callback_metrics = {"val/ndcg@10": torch.tensor(value)}
+        callback.on_validation_end(trainer, None)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
