@@ -79,6 +79,26 @@ class Projection(nn.Module):
         return self.net(x)
 
 
+def check_features(
+    file: Path, fp: dict[str, str], data_dir: str | Path, modality: Modality | None = None
+) -> None:
+    """Refuse a features ``file`` (fingerprint ``fp``) whose inputs in ``data_dir`` changed;
+    ``modality``: the one it must hold, None: the built-in one its fingerprint names.
+
+    Raises:
+        ValueError: Stale, another modality, or a modality that cannot be checked (random
+            test features: the message says to pass ``check_fingerprint=False``).
+    """
+    if modality is None:
+        modality = modality_named(fp.get("modality"))
+    if modality is None:
+        raise ValueError(
+            f"{file} holds {fp.get('modality')!r} features, which cannot be checked against "
+            f"{data_dir}: pass check_fingerprint=False to use them unchecked"
+        )
+    check_fresh(file, fp, modality, data_dir)
+
+
 class CachedFeatureEncoder(ItemEncoder):
     """Item-side encoder over frozen cached features ``[N+1, F]`` (row 0 = padding).
 
@@ -136,16 +156,7 @@ class CachedFeatureEncoder(ItemEncoder):
 
     def _check(self, file: Path, fp: dict[str, str], data_dir: str) -> None:
         """Refuse ``file`` when its inputs in ``data_dir`` changed (see ``check_fresh``)."""
-        if self.modality is not None:
-            modality: Modality | None = self.modality()
-        else:
-            modality = modality_named(fp.get("modality"))
-        if modality is None:
-            raise ValueError(
-                f"{file} holds {fp.get('modality')!r} features, which cannot be checked against "
-                f"{data_dir}: pass check_fingerprint=False to use them unchecked"
-            )
-        check_fresh(file, fp, modality, data_dir)
+        check_features(file, fp, data_dir, self.modality() if self.modality else None)
 
     @classmethod
     def example(
