@@ -99,6 +99,22 @@ def check_features(
     check_fresh(file, fp, modality, data_dir)
 
 
+def read_item_features(
+    ctx: BuildContext,
+    name: str,
+    path: str | None,
+    check_fingerprint: bool = True,
+    modality: Modality | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(features [N+1, F], present [N+1])`` of the item features file ``name`` (or ``path``)
+    of ``ctx``'s dataset, refused when stale (``check_features``; no dataset: not checked)."""
+    file = features_path(ctx.data_dir, name, path)
+    feats, present, fp = load_features(file, ctx.num_items + 1, ctx.data_dir)
+    if check_fingerprint and ctx.data_dir is not None:
+        check_features(file, fp, ctx.data_dir, modality)
+    return feats, present
+
+
 class CachedFeatureEncoder(ItemEncoder):
     """Item-side encoder over frozen cached features ``[N+1, F]`` (row 0 = padding).
 
@@ -144,19 +160,15 @@ class CachedFeatureEncoder(ItemEncoder):
 
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
-        file = features_path(ctx.data_dir, self.name, self.path)
-        feats, present, fp = load_features(file, ctx.num_items + 1, ctx.data_dir)
-        if self.check_fingerprint and ctx.data_dir is not None:  # no dataset: nothing to check
-            self._check(file, fp, ctx.data_dir)
+        modality = self.modality() if self.modality is not None else None
+        feats, present = read_item_features(
+            ctx, self.name, self.path, self.check_fingerprint, modality
+        )
         if self.normalize:
             feats = nn.functional.normalize(feats, dim=-1)
         self.register_buffer("features", feats, persistent=False)  # [N+1, F]
         self.register_buffer("present", present, persistent=False)  # [N+1]
         self._init_head(feats.shape[1], ctx.d_model)
-
-    def _check(self, file: Path, fp: dict[str, str], data_dir: str) -> None:
-        """Refuse ``file`` when its inputs in ``data_dir`` changed (see ``check_fresh``)."""
-        check_features(file, fp, data_dir, self.modality() if self.modality else None)
 
     @classmethod
     def example(

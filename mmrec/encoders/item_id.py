@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmrec.content.features import features_path, load_features, write_random_features
+from mmrec.content.features import write_random_features
 from mmrec.content.inputs import ItemText
 from mmrec.encoders.base import BuildContext, ItemEncoder
-from mmrec.encoders.features import check_features, write_example_items
+from mmrec.encoders.features import read_item_features, write_example_items
 
 
 def principal_init(
@@ -102,10 +102,9 @@ class ContentInitItemIdEncoder(ItemIdEncoder):
 
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
-        file = features_path(ctx.data_dir, self.init_from, self.init_path)
-        feats, present, fp = load_features(file, ctx.num_items + 1, ctx.data_dir)
-        if self.check_fingerprint and ctx.data_dir is not None:
-            check_features(file, fp, ctx.data_dir)
+        feats, present = read_item_features(
+            ctx, self.init_from, self.init_path, self.check_fingerprint
+        )
         with torch.no_grad():
             self.embedding.weight.copy_(principal_init(feats, present, ctx.d_model, self.init_std))
 
