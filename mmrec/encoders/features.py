@@ -115,6 +115,22 @@ def read_item_features(
     return feats, present
 
 
+def write_example_features(
+    tmp_path: Path, ctx: BuildContext, name: str, modality: Modality
+) -> BuildContext:
+    """Random ``features/<name>.safetensors`` under ``tmp_path`` for ``example`` hooks,
+    fingerprinted with the folder's item table (a tiny one is written when it has none) so
+    staleness checks run and pass; returns ``ctx`` pointed at that folder."""
+    folder = Path(tmp_path)
+    if not (folder / "items.parquet").is_file():
+        write_example_items(folder, ctx.num_items)
+    file = folder / "features" / f"{name}.safetensors"
+    write_random_features(file, ctx.num_items + 1, modality=modality, dataset=folder)
+    return BuildContext(
+        ctx.num_items, ctx.num_users, ctx.d_model, str(folder), ctx.time_granularity
+    )
+
+
 class CachedFeatureEncoder(ItemEncoder):
     """Item-side encoder over frozen cached features ``[N+1, F]`` (row 0 = padding).
 
@@ -178,15 +194,7 @@ class CachedFeatureEncoder(ItemEncoder):
         tests), fingerprinted with the folder's item table (a tiny one is written when the
         folder has none), so the staleness check runs and passes."""
         enc = cls()
-        folder = Path(tmp_path)
-        if not (folder / "items.parquet").is_file():
-            write_example_items(folder, ctx.num_items)
-        modality = (cls.modality or ItemText)()
-        file = folder / "features" / f"{enc.name}.safetensors"
-        write_random_features(file, ctx.num_items + 1, modality=modality, dataset=folder)
-        return enc, BuildContext(
-            ctx.num_items, ctx.num_users, ctx.d_model, str(folder), ctx.time_granularity
-        )
+        return enc, write_example_features(tmp_path, ctx, enc.name, (cls.modality or ItemText)())
 
     def _init_head(self, in_dim: int, d_model: int) -> None:
         self.proj = Projection(in_dim, d_model, self.hidden, self.layer_norm, self.dropout)

@@ -7,10 +7,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmrec.content.features import write_random_features
 from mmrec.content.inputs import ItemText
 from mmrec.encoders.base import BuildContext, ItemEncoder
-from mmrec.encoders.features import read_item_features, write_example_items
+from mmrec.encoders.features import read_item_features, write_example_features
 
 
 def principal_init(
@@ -18,7 +17,6 @@ def principal_init(
     present: Tensor,
     dim: int,
     std: float,
-    generator: torch.Generator | None = None,
 ) -> Tensor:
     """An item table ``[N+1, dim]`` started from content: the first ``dim`` principal components
     of the (L2-normalised, centred) features of the items that have them, scaled as a whole so
@@ -29,7 +27,7 @@ def principal_init(
     zero.
     """
     rows = features.shape[0]
-    out = torch.randn(rows, dim, generator=generator) * std
+    out = torch.randn(rows, dim) * std
     x = nn.functional.normalize(features[present].double(), dim=-1)
     if x.shape[0] >= 2:
         x = x - x.mean(0, keepdim=True)
@@ -114,12 +112,5 @@ class ContentInitItemIdEncoder(ItemIdEncoder):
     ) -> tuple[ContentInitItemIdEncoder, BuildContext]:
         """An encoder started from random text features written under ``tmp_path``,
         fingerprinted with the folder's item table (a tiny one is written when it has none)."""
-        folder = Path(tmp_path)
-        if not (folder / "items.parquet").is_file():
-            write_example_items(folder, ctx.num_items)
         enc = cls()
-        file = folder / "features" / f"{enc.init_from}.safetensors"
-        write_random_features(file, ctx.num_items + 1, modality=ItemText(), dataset=folder)
-        return enc, BuildContext(
-            ctx.num_items, ctx.num_users, ctx.d_model, str(folder), ctx.time_granularity
-        )
+        return enc, write_example_features(tmp_path, ctx, enc.init_from, ItemText())
