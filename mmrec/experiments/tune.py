@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,12 @@ class TuneConfig:
         base: Config files of the model to tune, in order (as ``mmrec fit --config``).
         space: The searched options, each ``{name: <dotted option>, type: float, low: 1e-4,
             high: 1e-2, log: true}``, ``{name: ..., type: int, low: 1, high: 4}`` or
-            ``{name: ..., type: categorical, choices: [64, 128]}``.
+            ``{name: ..., type: categorical, choices: [64, 128]}``. An option of one entry of
+            a list of components names it by index: ``model.item_encoders[2].init_args.dropout``
+            (the third item encoder of the resolved config). The name ``config`` searches over
+            whole config files (``type: categorical``, ``choices`` of paths), applied after
+            ``base`` as experiment variants are: a study over how content is fused can compare
+            encoder sets and tune their options in one search.
         overrides: Dotted overrides for every trial (``trainer.max_epochs=60``).
         n_trials: Trials to run in this call (on top of the finished ones in the storage).
         storage: Optuna storage URL (default ``sqlite:///<root>/<name>/study.db``).
@@ -83,6 +89,8 @@ def suggest(trial: Any, space: list[dict[str, Any]]) -> dict[str, Any]:
         if "name" not in spec:
             raise ConfigError(f"each entry of space needs a name (a dotted option), got {spec}")
         key, kind = spec["name"], spec.get("type", "float")
+        if key == "config" and kind != "categorical":
+            raise ConfigError("space.config chooses among config files: give type: categorical")
         if kind == "float":
             values[key] = trial.suggest_float(
                 key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
@@ -98,13 +106,94 @@ def suggest(trial: Any, space: list[dict[str, Any]]) -> dict[str, Any]:
     return values
 
 
+_INDEX = re.compile(r"^(?P<list>[^\[\]]+)\[(?P<index>\d+)\]\.(?P<rest>[^\[\]]+)$")
+
+
+def _split_indexed(key: str) -> tuple[str, int, str] | None:
+    """``a.b[2].c.d`` -> ``("a.b", 2, "c.d")``; None for a plain dotted option."""
+    if "[" not in key and "]" not in key:
+        return None
+    m = _INDEX.match(key)
+    if m is None:
+        raise ConfigError(
+            f"space option {key!r}: name one list entry as <list option>[<index>].<option>, "
+            "e.g. model.item_encoders[1].init_args.dropout"
+        )
+    return m["list"], int(m["index"]), m["rest"]
+
+
+def lookup(config: dict, key: str) -> Any:
+    """The value of a space option (``a.b``, ``a.b[2].c``) in a resolved config."""
+    split = _split_indexed(key)
+    if split is None:
+        parts: list[Any] = key.split(".")
+    else:
+        parts = [*split[0].split("."), split[1], *split[2].split(".")]
+    node: Any = config
+    for part in parts:
+        node = node[part]
+    return node
+
+
+def _set_in_entry(entries: Any, key: str, index: int, rest: str, value: Any) -> None:
+    """Set ``rest`` (dotted) inside ``entries[index]``, refusing what the entry does not have."""
+    head = key.split("[")[0]
+    if not isinstance(entries, list):
+        raise ConfigError(f"space option {key!r}: {head} is not a list in the resolved config")
+    if index >= len(entries):
+        raise ConfigError(
+            f"space option {key!r}: {head} has {len(entries)} entries (indices 0-"
+            f"{len(entries) - 1}) in the resolved config"
+        )
+    node = entries[index]
+    *parents, leaf = rest.split(".")
+    for part in parents:
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"space option {key!r}: {head}[{index}] has no {part!r}")
+        node = node[part]
+    if not isinstance(node, dict) or leaf not in node:
+        known = ", ".join(sorted(node)) if isinstance(node, dict) else "nothing"
+        raise ConfigError(
+            f"space option {key!r}: {head}[{index}] ({entries[index].get('class_path', '?')}) "
+            f"has no option {leaf!r}; it has: {known}"
+        )
+    node[leaf] = value
+
+
 def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]:
+    """The ``mmrec fit`` options of one trial: base, searched config files, overrides, values.
+
+    Options of list entries (``model.item_encoders[1].init_args.dropout``) cannot be given on
+    a command line, so the list is resolved without them, changed, and passed whole.
+    """
     import json
 
+    from mmrec.cli import resolve_config
     from mmrec.experiments.experiment import _entry_args
 
-    args = [a for entry in [*cfg.base, *cfg.overrides] for a in _entry_args(entry, Path())]
-    args += [f"--{k}={json.dumps(v)}" for k, v in values.items()]
+    files = values.get("config", [])
+    files = [files] if isinstance(files, str) else list(files)
+    entries = [*cfg.base, *files, *cfg.overrides]
+    args = [a for entry in entries for a in _entry_args(entry, Path())]
+    indexed: dict[str, list[tuple[str, int, str, Any]]] = {}
+    for key, value in values.items():
+        if key == "config":
+            continue
+        split = _split_indexed(key)
+        if split is None:  # strings as typed (class paths, names); other values as JSON
+            args.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+        else:
+            indexed.setdefault(split[0], []).append((key, split[1], split[2], value))
+    if indexed:
+        resolved = resolve_config(args)
+        for head, changes in indexed.items():
+            try:
+                entries_ = lookup(resolved, head)
+            except (KeyError, TypeError):
+                raise ConfigError(f"space option {changes[0][0]!r}: no option {head}") from None
+            for key, index, rest, value in changes:
+                _set_in_entry(entries_, key, index, rest, value)
+            args.append(f"--{head}={json.dumps(entries_)}")
     return [*args, f"--name={cfg.name}/{trial_name}", f"--trainer.default_root_dir={cfg.root}"]
 
 

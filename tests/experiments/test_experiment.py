@@ -123,7 +123,9 @@ def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, mo
         "base": [str(REPO / "configs" / "quickstart.yaml")],
         "overrides": _data_overrides(tmp_path),
         "space": [{"name": "model.lr", "type": "float", "low": 1e-3, "high": 1e-2, "log": True},
-                  {"name": "model.d_model", "type": "categorical", "choices": [16, 32]}],
+                  {"name": "model.d_model", "type": "categorical", "choices": [16, 32]},
+                  {"name": "model.event_encoders[1].init_args.dropout", "type": "categorical",
+                   "choices": [0.1, 0.3]}],
         "n_trials": 3,
         "startup_trials": 2,
         "root": str(tmp_path / "runs"),
@@ -136,6 +138,10 @@ def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, mo
     assert record.count("| COMPLETE |") + record.count("| PRUNED |") == 3
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert best["model"]["d_model"] in (16, 32) and 1e-3 <= best["model"]["lr"] <= 1e-2
+    # an option of one list entry (the TimestampEncoder) is searched and kept in the best config
+    assert best["model"]["event_encoders"][1]["init_args"]["dropout"] in (0.1, 0.3)
+    assert best["model"]["event_encoders"][2]["init_args"]["dropout"] == 0.0
+    assert "model.event_encoders[1].init_args.dropout" in record
     # a rerun resumes the study from its SQLite storage
     assert main(["tune", f"--config={path}", "--n_trials=1"]) == 0
     trials = re.findall(r"^\| (\d+) \|", (tmp_path / "best.md").read_text(), flags=re.M)
