@@ -275,18 +275,24 @@ def tune(cfg: TuneConfig) -> Any:
 
 
 def write_record(study: Any, path: Path) -> None:
-    """The tuning record: every trial, its parameters, state and validation value."""
+    """The tuning record: every trial, its parameters, state, validation value and epochs."""
     names = sorted({k for t in study.trials for k in t.params})
     lines = [
         f"# Tuning record of study `{study.study_name}` (validation NDCG@10, maximised)",
         "",
-        "| trial | state | val NDCG@10 | " + " | ".join(names) + " |",
-        "|---" * (3 + len(names)) + "|",
+        "Epochs: validated epochs of the trial (a trial that ran to the epoch cap may not have",
+        "converged; a pruned one stopped there).",
+        "",
+        "| trial | state | val NDCG@10 | epochs | " + " | ".join(names) + " |",
+        "|---" * (4 + len(names)) + "|",
     ]
     for t in study.trials:
         value = "—" if t.value is None else f"{t.value:.4f}"
         cells = [_fmt(t.params.get(n)) for n in names]
-        lines.append(f"| {t.number} | {t.state.name} | {value} | " + " | ".join(cells) + " |")
+        epochs = len(t.intermediate_values)
+        lines.append(
+            f"| {t.number} | {t.state.name} | {value} | {epochs} | " + " | ".join(cells) + " |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 

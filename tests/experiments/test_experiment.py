@@ -136,6 +136,9 @@ def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, mo
     assert main(["tune", f"--config={path}"]) == 0
     record = (tmp_path / "best.md").read_text()
     assert record.count("| COMPLETE |") + record.count("| PRUNED |") == 3
+    # the epochs column: each trial validated 1 or 2 epochs (trainer.max_epochs=2)
+    epochs = re.findall(r"^\| \d+ \| \w+ \| [0-9.—]+ \| (\d+) \|", record, flags=re.M)
+    assert len(epochs) == 3 and set(epochs) <= {"1", "2"}, record
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert best["model"]["d_model"] in (16, 32) and 1e-3 <= best["model"]["lr"] <= 1e-2
     # an option of one list entry (the TimestampEncoder) is searched and kept in the best config
