@@ -171,10 +171,9 @@ def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]
     from mmrec.cli import resolve_config
     from mmrec.experiments.experiment import _entry_args
 
-    files = values.get("config", [])
-    files = [files] if isinstance(files, str) else list(files)
-    entries = [*cfg.base, *files, *cfg.overrides]
-    args = [a for entry in entries for a in _entry_args(entry, Path())]
+    chosen = [values["config"]] if "config" in values else []  # a categorical: one file
+    sources = [*cfg.base, *chosen, *cfg.overrides]
+    args = [a for source in sources for a in _entry_args(source, Path())]
     indexed: dict[str, list[tuple[str, int, str, Any]]] = {}
     for key, value in values.items():
         if key == "config":
@@ -188,12 +187,12 @@ def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]
         resolved = resolve_config(args)
         for head, changes in indexed.items():
             try:
-                entries_ = lookup(resolved, head)
+                entries = lookup(resolved, head)
             except (KeyError, TypeError):
                 raise ConfigError(f"space option {changes[0][0]!r}: no option {head}") from None
             for key, index, rest, value in changes:
-                _set_in_entry(entries_, key, index, rest, value)
-            args.append(f"--{head}={json.dumps(entries_)}")
+                _set_in_entry(entries, key, index, rest, value)
+            args.append(f"--{head}={json.dumps(entries)}")
     return [*args, f"--name={cfg.name}/{trial_name}", f"--trainer.default_root_dir={cfg.root}"]
 
 
