@@ -187,13 +187,7 @@ class GPT2Sequence(SequenceHead):
             raise ValueError(
                 f"history length {tokens.shape[1]} > the model's max_len {self.max_len}"
             )
-        if segments is None:
-            mask = mask.long()
-            position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L]
-            attention = mask
-        else:
-            position_ids = positions
-            attention = self._block_mask(segments, tokens.dtype)
+        attention, position_ids = self._attention(mask, segments, positions, tokens.dtype)
         hidden = self.gpt2(
             inputs_embeds=self.proj_in(tokens),
             attention_mask=attention,
@@ -201,6 +195,22 @@ class GPT2Sequence(SequenceHead):
             use_cache=False,
         ).last_hidden_state
         return self.proj_out(hidden)
+
+    def _attention(
+        self, mask: Tensor, segments: Tensor | None, positions: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """The ``attention_mask`` and ``position_ids`` that ``forward`` passes to GPT-2."""
+        if segments is None:
+            mask = mask.long()
+            return mask, (mask.cumsum(-1) - 1).clamp_min(0)  # [B, L] each
+        return self._block_mask(segments, dtype), positions
+
+    def _last_masks(
+        self, mask: Tensor, position_ids: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Masks of :meth:`last`: ``[B, 1|H, L, L]`` for the blocks before the final one and
+        ``[B, 1|H, 1, L]`` (bool or additive) for the final block's last query."""
+        return self._block_mask(mask.long(), dtype), mask[:, None, None, :]
 
     def _block_mask(self, segments: Tensor, dtype: torch.dtype) -> Tensor:
         """``[B, 1, L, L]`` mask: earlier tokens of the same segment (0: padding) and itself."""
@@ -259,8 +269,8 @@ class GPT2Sequence(SequenceHead):
         mask = mask.bool()
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         hidden = g.drop(self.proj_in(tokens) + g.wpe(position_ids))
+        attention, last_mask = self._last_masks(mask, position_ids, hidden.dtype)
         if len(g.h) > 1:
-            attention = self._block_mask(mask.long(), hidden.dtype)
             for block in g.h[:-1]:
                 out = block(hidden, attention_mask=attention)
                 hidden = out[0] if isinstance(out, tuple) else out
@@ -270,8 +280,83 @@ class GPT2Sequence(SequenceHead):
         heads = (b, -1, width // attn.head_dim, attn.head_dim)
         q, k, v = (x.reshape(heads).transpose(1, 2) for x in (q[:, -1:], k, v))  # [B, H, *, hd]
         ctx = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None, None, :], scale=attn.head_dim**-0.5
+            q, k, v, attn_mask=last_mask, scale=attn.head_dim**-0.5
         )  # [B, H, 1, hd]
         x = hidden[:, -1] + attn.resid_dropout(attn.c_proj(ctx.transpose(1, 2).reshape(b, width)))
         x = x + block.mlp(block.ln_2(x))
         return self.proj_out(g.ln_f(x))
+
+
+class RelativeGPT2Sequence(GPT2Sequence):
+    """:class:`GPT2Sequence` plus relative positions: a learned attention bias for each head
+    and distance in events between query and key (T5-style, one table shared by all blocks).
+
+    A query sees its own event at distance 0, the one before at 1 and so on, whatever its
+    place in the history, so each training position is weighted by recency the way the
+    evaluated last position is. Absolute positions (GPT-2's ``wpe``, counted from the oldest
+    event) stay unless ``absolute_positions`` is False. The bias starts at zero (the model
+    starts as plain GPT-2). Packed batches and the fast :meth:`last` path are supported.
+
+    Args:
+        absolute_positions: Keep GPT-2's learned absolute position embeddings (False: zeroed
+            and frozen, so order enters through the bias alone).
+        **kwargs: :class:`GPT2Sequence`'s options.
+    """
+
+    def __init__(
+        self,
+        n_layer: int = 2,
+        n_head: int = 2,
+        dropout: float = 0.2,
+        attn_dropout: float | None = None,
+        pretrained_path: str | None = None,
+        attn_implementation: str = "sdpa",
+        activation: str | None = None,
+        absolute_positions: bool = True,
+    ) -> None:
+        super().__init__(
+            n_layer, n_head, dropout, attn_dropout, pretrained_path, attn_implementation, activation
+        )
+        self.absolute_positions = absolute_positions
+
+    def build(self, d_model: int, max_len: int) -> None:
+        """Build GPT-2 and the ``[n_head, max_len]`` bias table (zeros)."""
+        super().build(d_model, max_len)
+        self.rel_bias = nn.Parameter(torch.zeros(self.gpt2.config.n_head, max_len))
+        if not self.absolute_positions:
+            with torch.no_grad():
+                self.gpt2.wpe.weight.zero_()
+            self.gpt2.wpe.weight.requires_grad_(False)
+
+    def load_pretrained(self) -> None:
+        """As :class:`GPT2Sequence`, then re-zero ``wpe`` when absolute positions are off."""
+        super().load_pretrained()
+        if not self.absolute_positions:
+            with torch.no_grad():
+                self.gpt2.wpe.weight.zero_()
+
+    def _biased(self, allowed: Tensor, query_pos: Tensor, key_pos: Tensor, dtype) -> Tensor:
+        """Additive ``[B, H, Q, K]`` mask: the bias at distance ``query - key`` where allowed."""
+        dist = (query_pos[:, :, None] - key_pos[:, None, :]).clamp(0, self.max_len - 1)
+        bias = self.rel_bias[:, dist].transpose(0, 1).to(dtype)  # [B, H, Q, K]
+        return torch.where(allowed[:, None], bias, torch.finfo(dtype).min)
+
+    def _allowed(self, segments: Tensor) -> Tensor:
+        """``[B, L, L]``: earlier tokens of the same segment (0: padding) and itself."""
+        ar = torch.arange(segments.shape[1], device=segments.device)
+        same = segments[:, :, None] == segments[:, None, :]
+        allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
+        return allowed | torch.eye(len(ar), dtype=torch.bool, device=segments.device)
+
+    def _attention(
+        self, mask: Tensor, segments: Tensor | None, positions: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        if segments is None:
+            segments, positions = mask.long(), (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return self._biased(self._allowed(segments), positions, positions, dtype), positions
+
+    def _last_masks(
+        self, mask: Tensor, position_ids: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        full = self._biased(self._allowed(mask.long()), position_ids, position_ids, dtype)
+        return full, full[:, :, -1:]

@@ -1,11 +1,11 @@
-"""GPT2Sequence: the last-position evaluation path and the activation option."""
+"""GPT2Sequence (the last-position path, the activation option) and RelativeGPT2Sequence."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mmrec.sequence import GPT2Sequence
+from mmrec.sequence import GPT2Sequence, RelativeGPT2Sequence
 
 
 def _left_padded(
@@ -106,3 +106,75 @@ def test_activation_option():
         ValueError, match="unknown activation 'gelux'; choose one of: .*gelu_pytorch_tanh"
     ):
         GPT2Sequence(activation="gelux")
+
+
+def _relative(absolute: bool = True, impl: str = "sdpa", n_layer: int = 2) -> RelativeGPT2Sequence:
+    torch.manual_seed(0)
+    seq = RelativeGPT2Sequence(
+        n_layer=n_layer,
+        n_head=2,
+        dropout=0.3,
+        attn_implementation=impl,
+        absolute_positions=absolute,
+    )
+    seq.build(16, 8)
+    with torch.no_grad():
+        seq.rel_bias.normal_(0, 2.0)  # a trained-looking bias, so a wrong distance shows
+    return seq.eval()
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("absolute", [True, False])
+def test_relative_positions_fast_last_packed_and_padded_agree(impl, absolute):
+    seq = _relative(absolute, impl)
+    tokens, mask = _left_padded([8, 3, 5], 8, 16)
+    with torch.no_grad():
+        full = seq(tokens, mask)
+        last = seq.last(tokens, mask)
+        alone = seq(tokens[1:2, -3:], torch.ones(1, 3, dtype=torch.bool))  # row 1, no padding
+        # rows 1 and 2 packed into one row: segments 1 and 2, positions from each start
+        packed = seq(
+            torch.cat([tokens[1, -3:], tokens[2, -5:]])[None],
+            torch.ones(1, 8, dtype=torch.bool),
+            segments=torch.tensor([[1, 1, 1, 2, 2, 2, 2, 2]]),
+            positions=torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]]),
+        )
+    torch.testing.assert_close(last, full[:, -1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(alone[0], full[1, -3:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(packed[0, :3], full[1, -3:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(packed[0, 3:], full[2, -5:], atol=1e-6, rtol=1e-5)
+
+
+def test_relative_bias_starts_at_zero_and_is_learned():
+    torch.manual_seed(1)
+    plain = GPT2Sequence(n_layer=2, n_head=2, dropout=0.0)
+    plain.build(16, 8)
+    rel = RelativeGPT2Sequence(n_layer=2, n_head=2, dropout=0.0)
+    rel.build(16, 8)
+    assert rel.rel_bias.shape == (2, 8) and not rel.rel_bias.any()
+    rel.load_state_dict(plain.state_dict(), strict=False)  # the same GPT-2 weights
+    tokens, mask = _left_padded([8, 2], 8, 16)
+    real = mask[..., None].expand(-1, -1, 16)  # padding rows are nobody's output
+    torch.testing.assert_close(
+        rel(tokens, mask)[real], plain(tokens, mask)[real], atol=1e-6, rtol=1e-5
+    )
+    (rel(tokens, mask) ** 2).sum().backward()
+    grad = rel.rel_bias.grad
+    assert grad is not None and grad[:, :8].abs().sum() > 0
+    # with the bias set, the output changes: the bias reaches the attention
+    with torch.no_grad():
+        rel.rel_bias[:, 1:] = -5.0
+    assert not torch.allclose(rel(tokens, mask)[real], plain(tokens, mask)[real], atol=1e-3)
+
+
+def test_relative_without_absolute_positions_zeroes_and_freezes_wpe():
+    seq = _relative(absolute=False)
+    wpe = seq.gpt2.wpe.weight
+    assert not wpe.any() and not wpe.requires_grad
+    assert seq.rel_bias.requires_grad
+    # order still matters through the bias: reversing the history changes the last state
+    tokens, mask = _left_padded([6], 8, 16)
+    with torch.no_grad():
+        out = seq.last(tokens, mask)
+        rev = seq.last(torch.cat([tokens[:, :2], tokens[:, 2:].flip(1)], 1), mask)
+    assert not torch.allclose(out, rev, atol=1e-4)
