@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -303,20 +304,8 @@ class RelativeGPT2Sequence(GPT2Sequence):
         **kwargs: :class:`GPT2Sequence`'s options.
     """
 
-    def __init__(
-        self,
-        n_layer: int = 2,
-        n_head: int = 2,
-        dropout: float = 0.2,
-        attn_dropout: float | None = None,
-        pretrained_path: str | None = None,
-        attn_implementation: str = "sdpa",
-        activation: str | None = None,
-        absolute_positions: bool = True,
-    ) -> None:
-        super().__init__(
-            n_layer, n_head, dropout, attn_dropout, pretrained_path, attn_implementation, activation
-        )
+    def __init__(self, absolute_positions: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.absolute_positions = absolute_positions
 
     def build(self, d_model: int, max_len: int) -> None:
