@@ -213,13 +213,19 @@ class GPT2Sequence(SequenceHead):
         ``[B, 1|H, 1, L]`` (bool or additive) for the final block's last query."""
         return self._block_mask(mask.long(), dtype), mask[:, None, None, :]
 
-    def _block_mask(self, segments: Tensor, dtype: torch.dtype) -> Tensor:
-        """``[B, 1, L, L]`` mask: earlier tokens of the same segment (0: padding) and itself."""
+    @staticmethod
+    def _allowed(segments: Tensor) -> Tensor:
+        """``[B, L, L]``: earlier tokens of the same segment (0: padding) and itself."""
         ar = torch.arange(segments.shape[1], device=segments.device)
         same = segments[:, :, None] == segments[:, None, :]  # [B, L, L]
         allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
-        allowed |= torch.eye(len(ar), dtype=torch.bool, device=segments.device)  # no empty rows
-        attention = allowed[:, None]  # True = attend
+        return allowed | torch.eye(
+            len(ar), dtype=torch.bool, device=segments.device
+        )  # no empty rows
+
+    def _block_mask(self, segments: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[B, 1, L, L]`` mask: earlier tokens of the same segment (0: padding) and itself."""
+        attention = self._allowed(segments)[:, None]  # True = attend
         if self.attn_implementation == "eager":  # additive float mask
             zero = torch.zeros((), dtype=dtype, device=segments.device)
             attention = torch.where(attention, zero, torch.finfo(dtype).min)
@@ -329,13 +335,6 @@ class RelativeGPT2Sequence(GPT2Sequence):
         dist = (query_pos[:, :, None] - key_pos[:, None, :]).clamp(0, self.max_len - 1)
         bias = self.rel_bias[:, dist].transpose(0, 1).to(dtype)  # [B, H, Q, K]
         return torch.where(allowed[:, None], bias, torch.finfo(dtype).min)
-
-    def _allowed(self, segments: Tensor) -> Tensor:
-        """``[B, L, L]``: earlier tokens of the same segment (0: padding) and itself."""
-        ar = torch.arange(segments.shape[1], device=segments.device)
-        same = segments[:, :, None] == segments[:, None, :]
-        allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
-        return allowed | torch.eye(len(ar), dtype=torch.bool, device=segments.device)
 
     def _attention(
         self, mask: Tensor, segments: Tensor | None, positions: Tensor | None, dtype: torch.dtype
