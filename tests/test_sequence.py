@@ -178,3 +178,37 @@ def test_relative_without_absolute_positions_zeroes_and_freezes_wpe():
         out = seq.last(tokens, mask)
         rev = seq.last(torch.cat([tokens[:, :2], tokens[:, 2:].flip(1)], 1), mask)
     assert not torch.allclose(out, rev, atol=1e-4)
+
+
+def test_relative_bias_is_indexed_by_distance_from_the_query():
+    """A bias that shuts every distance but 0 leaves each state its own event only: the last
+    state of any history equals that of its last event alone (a bias indexed by the key's own
+    position, not by query - key, would let the first events through)."""
+    seq = _relative(absolute=False)
+    with torch.no_grad():
+        seq.rel_bias.fill_(-1e4)
+        seq.rel_bias[:, 0] = 0.0
+    tokens, mask = _left_padded([8, 5, 2], 8, 16)
+    with torch.no_grad():
+        last = seq.last(tokens, mask)
+        alone = seq(tokens[:, -1:], torch.ones(3, 1, dtype=torch.bool))[:, -1]
+        seq.rel_bias[:, 1] = 0.0  # now distance 1 is open too: the state changes
+        two = seq.last(tokens, mask)
+    torch.testing.assert_close(last, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(two, last, atol=1e-3)
+
+
+def test_relative_without_absolute_positions_keeps_wpe_zero_after_loading(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=8, vocab_size=5)
+    ).save_pretrained(tmp_path / "g")
+    seq = RelativeGPT2Sequence(pretrained_path=str(tmp_path / "g"), absolute_positions=False)
+    seq.build(16, 8)
+    seq.load_pretrained()
+    assert not seq.gpt2.wpe.weight.any() and not seq.gpt2.wpe.weight.requires_grad
+    kept = RelativeGPT2Sequence(pretrained_path=str(tmp_path / "g"))
+    kept.build(16, 8)
+    kept.load_pretrained()
+    assert kept.gpt2.wpe.weight.any()  # the checkpoint's positions, loaded
