@@ -30,7 +30,8 @@ class AmazonDataModule(LightningDataModule):
     Training: one row per user with at least 2 training events: the most recent
     ``max_len + 1`` training events, inputs ``events[:-1]``, ``targets = events[1:]`` (next item
     at every position), ``query_time`` = the next event's timestamp. Older events of long
-    histories are not trained on (one window per user and epoch).
+    histories are not trained on (one window per user and epoch). With ``prefix_samples``:
+    one row per training target instead, its preceding events, the loss at the last position.
     Validation / test: one row per user with targets in that split and a non-empty history.
     The history is every event before the targets (valid: train events; test: train + valid
     events; for a temporal split, events before the cut-off), its last ``max_len`` events form
@@ -83,6 +84,14 @@ class AmazonDataModule(LightningDataModule):
             histories are short (Beauty 2014: most slots of a plain batch are padding). The
             model refuses to train on packed rows when a component does not support them
             (set this False then).
+        prefix_samples: Train on every prefix of each user's training events as its own row
+            (the recipe of SASRec re-implementations such as BSARec's and RecBole's): one row
+            per training target, holding the events before it (the last ``max_len``), with the
+            loss at its last position only. Each prefix then gets its own dropout draw and is
+            read from the position the evaluated query has (the newest event). False
+            (default): one row per user, its most recent window, with a loss at every position.
+            Same targets and softmax cost per epoch; the sequence model reads more events
+            (Beauty 2014: 1.10M instead of 0.13M, 8.6x) and an epoch takes more steps.
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class AmazonDataModule(LightningDataModule):
         trim_padding: bool = True,
         bucket_window: int = 1,
         pack_sequences: bool = True,
+        prefix_samples: bool = False,
     ):
         super().__init__()
         if max_len < 1:
@@ -118,6 +128,7 @@ class AmazonDataModule(LightningDataModule):
             )
         self.trim_padding, self.bucket_window = trim_padding, bucket_window
         self.pack_sequences = pack_sequences
+        self.prefix_samples = prefix_samples
         self.predict_time = to_unix(predict_time, name="predict_time")
         self._meta: dict[str, Any] | None = None
         self._prepare_checked = False
@@ -228,9 +239,19 @@ class AmazonDataModule(LightningDataModule):
         # training: inputs = the first n_train - 1 train events, the last one is only a target
         users = np.flatnonzero(n[0] >= 2)
         end = start[users] + n[0][users] - 1
+        if self.prefix_samples:  # one row per target: the prefixes ending 1..n_train - 1 in
+            per = n[0][users] - 1
+            first = np.cumsum(per) - per
+            users = np.repeat(users, per)
+            end = start[users] + 1 + np.arange(int(per.sum())) - np.repeat(first, per)
         rows = self._rows(users, start[users], end, ts[end], None)
         self.datasets["train"] = SequenceDataset(
-            self._events, rows, self.max_len, train=True, trim=self.trim_padding
+            self._events,
+            rows,
+            self.max_len,
+            train=True,
+            trim=self.trim_padding,
+            last_only=self.prefix_samples,
         )
         tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()  # dedup targets
         for name, c in (("valid", 1), ("test", 2)):

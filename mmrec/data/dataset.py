@@ -87,6 +87,8 @@ class SequenceDataset(Dataset):
         exclude_history: Fill ``exclude_items`` with the whole history (else a ``[B, 1]`` of 0).
         trim: Cut the left padding that every row of a batch shares.
         pack: Pack training rows into shared rows (see above); ignored for evaluation rows.
+        last_only: Training rows only: the loss sees each row's last position alone (its
+            ``targets`` are 0 elsewhere), for rows that are prefixes of a history.
     """
 
     def __init__(
@@ -98,10 +100,11 @@ class SequenceDataset(Dataset):
         exclude_history: bool = True,
         trim: bool = True,
         pack: bool = False,
+        last_only: bool = False,
     ):
         self.ev, self.rows, self.max_len = events, rows, max_len
         self.train, self.exclude_history, self.trim = train, exclude_history, trim
-        self.pack = pack
+        self.pack, self.last_only = pack, last_only
         self._mean_len = float(self.lengths().float().mean()) if len(self) else 1.0
 
     def __len__(self) -> int:
@@ -127,6 +130,8 @@ class SequenceDataset(Dataset):
         batch["user_idx"] = rows.user[r]
         if self.train:
             batch["targets"] = take(ev.items, nxt)
+            if self.last_only:  # rows end at the last column (left-padded)
+                batch["targets"][:, :-1] = 0
             batch["loss_weight"] = self._loss_weight(batch["mask"], len(r))
             return batch
         batch["target_items"] = _gather_ragged(rows.tgt_items, rows.tgt_start[r], rows.tgt_cnt[r])
@@ -143,8 +148,11 @@ class SequenceDataset(Dataset):
         """Real slots of this batch / slots of an average batch of ``rows`` rows: ``[]``.
 
         The module scales the batch-mean loss by it, so every training position weighs the
-        same however batches are grouped (length-bucketed batches differ 10x in slots).
+        same however batches are grouped (length-bucketed batches differ 10x in slots). With
+        ``last_only`` every row has one loss term, so every batch weighs 1.
         """
+        if self.last_only:
+            return torch.ones(())
         return (mask.sum() / (rows * self._mean_len)).float()
 
     def _packed(self, r: Tensor) -> Batch:
@@ -173,6 +181,9 @@ class SequenceDataset(Dataset):
         last = scatter(flat + 1 == seg_end, False, torch.bool)  # each segment's last slot
         mask = segments > 0
         nxt = torch.where(mask, pos + 1, pad)
+        targets = take(ev.items, nxt)
+        if self.last_only:
+            targets = torch.where(last, targets, 0)
         batch: Batch = gather_events(ev.fields, pos)  # type: ignore[assignment]
         batch |= {
             "mask": mask,
@@ -180,7 +191,7 @@ class SequenceDataset(Dataset):
             "user_idx": rows.user[r],
             "segments": segments,
             "positions": scatter(k, 0),
-            "targets": take(ev.items, nxt),
+            "targets": targets,
             "loss_weight": self._loss_weight(mask, len(r)),
         }
         return batch

@@ -31,20 +31,28 @@ VOLATILE = (
     "weights_only",  # how `fit` would load a checkpoint it resumes from, saved in config.yaml
 )
 
+#: Options added after results were stored, with the value that trains what was trained before
+#: they existed: at that value they are left out of the key, so stored runs keep their keys.
+ADDED_LATER = {
+    "data.prefix_samples": False,
+}
 
-def _drop(config: dict, dotted: str) -> None:
+
+def _drop(config: dict, dotted: str, only_if: Any = ...) -> None:
+    """Remove ``dotted`` from ``config`` (when its value is ``only_if``, where one is given)."""
     *parents, leaf = dotted.split(".")
     node: Any = config
     for part in parents:
         node = node.get(part) if isinstance(node, dict) else None
         if node is None:
             return
-    if isinstance(node, dict):
+    if isinstance(node, dict) and (only_if is ... or (leaf in node and node[leaf] == only_if)):
         node.pop(leaf, None)
 
 
 def run_key(config: dict) -> str:
-    """The key of a run: a hash of its resolved config without the :data:`VOLATILE` keys.
+    """The key of a run: a hash of its resolved config without the :data:`VOLATILE` keys
+    (nor the :data:`ADDED_LATER` ones at their old behaviour's value).
 
     Two runs with the same key train the same model on the same data with the same seed, so
     a stored result is reused whatever experiment, process or machine made it.
@@ -52,6 +60,8 @@ def run_key(config: dict) -> str:
     config = json.loads(json.dumps(config, default=str))  # a deep copy of plain data
     for dotted in VOLATILE:
         _drop(config, dotted)
+    for dotted, value in ADDED_LATER.items():
+        _drop(config, dotted, only_if=value)
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -104,6 +104,34 @@ def test_loo_training_rows_exact(loo_dm):
     assert "target_items" not in b
 
 
+def test_prefix_samples_one_row_per_target_loss_at_its_end(tmp_path):
+    write_folder(tmp_path / "loo", LOO_ROWS, num_users=4, num_items=6)
+    dm = AmazonDataModule(
+        str(tmp_path / "loo"), max_len=2, batch_size=8, trim_padding=False, prefix_samples=True
+    )
+    dm.setup()
+    b = batch_of(dm, "train")  # user 0: targets 2, 3; user 1: 3; user 2: 5; user 3: none
+    assert eq(b["user_idx"], [0, 0, 1, 2])
+    assert eq(b["item_ids"], [[0, 1], [1, 2], [0, 3], [0, 4]])  # the last max_len before each
+    assert eq(b["targets"], [[0, 2], [0, 3], [0, 3], [0, 5]])  # only the last position
+    assert eq(b["query_time"], [[0, 200], [200, 300], [0, 120], [0, 60]])
+    assert float(b["loss_weight"]) == 1.0
+    ds = dm.datasets["train"]
+    ds.pack = True
+    p = ds.__getitems__([0, 1, 2, 3])
+    last = p["mask"] & (p["targets"] > 0)
+    assert sorted(p["targets"][last].tolist()) == [2, 3, 3, 5]
+    assert int(last.sum()) == 4 and int((p["targets"] > 0).sum()) == 4  # one term per row
+    for seg in range(1, 5):  # each target sits on its segment's newest slot
+        slots = torch.nonzero(p["segments"] == seg)
+        row, col = slots[-1].tolist()
+        assert bool(last[row, col]) and int(last[p["segments"] == seg].sum()) == 1
+    # the default trains each user's window at every position (the rows above, once each)
+    off = AmazonDataModule(str(tmp_path / "loo"), max_len=2, trim_padding=False)
+    off.setup()
+    assert eq(batch_of(off, "train")["targets"], [[2, 3], [0, 3], [0, 5]])
+
+
 def test_loo_eval_rows_exact(loo_dm):
     v = batch_of(loo_dm, "valid")  # users 0 and 1; user 2 and 3 have no valid event
     assert eq(v["user_idx"], [0, 1])

@@ -238,3 +238,18 @@ def test_adopted_fit_is_stored_as_the_planned_run_would_be(tmp_path, capsys):
     with pytest.raises(ConfigError, match="is not a finished `mmrec fit` run folder"):
         ex.adopt_runs(ex.ExperimentConfig(**config | {"adopt": [str(tmp_path)]}), [run],
                       ex.ResultStore(tmp_path / "empty"))  # fmt: skip
+
+
+def test_options_added_later_keep_stored_keys_at_their_old_value():
+    from mmrec.experiments.store import run_key
+
+    before = {"seed_everything": 0, "data": {"data_dir": "d", "max_len": 50}, "name": "a"}
+    at_old_value = json.loads(json.dumps(before))
+    at_old_value["data"]["prefix_samples"] = False
+    at_old_value["name"] = "b"  # volatile
+    assert run_key(at_old_value) == run_key(before)
+    changed = json.loads(json.dumps(at_old_value))
+    changed["data"]["prefix_samples"] = True
+    assert run_key(changed) != run_key(before)
+    changed["data"]["max_len"] = 20  # every other option stays in the key
+    assert len({run_key(changed), run_key(before)}) == 2
