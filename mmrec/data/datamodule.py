@@ -239,7 +239,7 @@ class AmazonDataModule(LightningDataModule):
         # training: inputs = the first n_train - 1 train events, the last one is only a target
         users = np.flatnonzero(n[0] >= 2)
         end = start[users] + n[0][users] - 1
-        if self.prefix_samples:  # one row per target: the prefixes ending 1..n_train - 1 in
+        if self.prefix_samples:  # one row per target: the prefixes of 1..n_train - 1 events
             per = n[0][users] - 1
             first = np.cumsum(per) - per
             users = np.repeat(users, per)

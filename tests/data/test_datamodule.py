@@ -126,6 +126,13 @@ def test_prefix_samples_one_row_per_target_loss_at_its_end(tmp_path):
         slots = torch.nonzero(p["segments"] == seg)
         row, col = slots[-1].tolist()
         assert bool(last[row, col]) and int(last[p["segments"] == seg].sum()) == 1
+    # a prefix longer than max_len keeps its newest events
+    short = AmazonDataModule(
+        str(tmp_path / "loo"), max_len=1, trim_padding=False, prefix_samples=True
+    )
+    short.setup()
+    assert eq(batch_of(short, "train")["item_ids"], [[1], [2], [3], [4]])
+    assert eq(batch_of(short, "train")["targets"], [[2], [3], [3], [5]])
     # the default trains each user's window at every position (the rows above, once each)
     off = AmazonDataModule(str(tmp_path / "loo"), max_len=2, trim_padding=False)
     off.setup()
