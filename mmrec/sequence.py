@@ -348,3 +348,75 @@ class RelativeGPT2Sequence(GPT2Sequence):
     ) -> tuple[Tensor, Tensor]:
         full = self._biased(self._allowed(mask.long()), position_ids, position_ids, dtype)
         return full, full[:, :, -1:]
+
+
+class FilteredGPT2Sequence(RelativeGPT2Sequence):
+    """:class:`RelativeGPT2Sequence` plus a learned causal filter in every block, beside
+    attention: the block adds ``sum_k w[k] * x[t - k]`` (per channel, over the last
+    ``filter_len`` events of the same user, ``x`` the block's normalised input) to the attention
+    output. It is the causal, time-domain form of the learnable sequence filters of FMLP-Rec and
+    BSARec, whose FFT over the whole window lets a training position see later events; here a
+    state sees its own and earlier events only, so training on every position stays leak-free.
+
+    The filters start at zero (the model starts as :class:`RelativeGPT2Sequence`) and add
+    ``n_layer * filter_len * width`` parameters (6,400 at Beauty's SASRec size). Packed batches
+    are supported; evaluation runs the full forward (no fast :meth:`last` path).
+
+    Args:
+        filter_len: Events each filter reaches back (itself included); None: ``max_len``.
+        **kwargs: :class:`RelativeGPT2Sequence`'s options.
+    """
+
+    def __init__(self, filter_len: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if filter_len is not None and filter_len < 1:
+            raise ValueError(f"filter_len must be >= 1 (or None for max_len), got {filter_len}")
+        self.filter_len = filter_len
+        self._positions: Tensor | None = None  # set for the duration of one forward
+
+    def build(self, d_model: int, max_len: int) -> None:
+        """Build as :class:`RelativeGPT2Sequence`, then ``[n_layer, filter_len, width]`` zero
+        filters, each applied through a forward hook on its block's attention."""
+        super().build(d_model, max_len)
+        c = self.gpt2.config
+        length = max_len if self.filter_len is None else min(self.filter_len, max_len)
+        self.filters = nn.Parameter(torch.zeros(c.n_layer, length, c.n_embd))
+        self.filter_dropout = nn.Dropout(c.resid_pdrop)
+        for block in self.gpt2.h:  # a bound method, so a deep copy (EMA) hooks its own filters
+            block.attn.register_forward_hook(self._add_filter, with_kwargs=True)
+
+    def _add_filter(self, attn: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple:
+        """Forward hook of block ``attn.layer_idx``'s attention: output + the filtered input."""
+        x = args[0] if args else kwargs["hidden_states"]
+        return (output[0] + self._filter(x, attn.layer_idx),) + tuple(output[1:])
+
+    def _filter(self, x: Tensor, layer: int) -> Tensor:  # [B, L, W] -> [B, L, W]
+        """``y[t] = sum_k w[k] * x[t - k]`` over keys ``k <= positions[t]`` (same user)."""
+        if self._positions is None:
+            raise RuntimeError("FilteredGPT2Sequence: blocks run outside forward()")
+        weights = self.filters[layer].to(x.dtype)  # [K, W]
+        length, reach = x.shape[1], weights.shape[0]
+        padded = nn.functional.pad(x, (0, 0, reach - 1, 0))  # [B, K - 1 + L, W]
+        out = torch.zeros_like(x)
+        for k in range(min(reach, length)):
+            seen = (self._positions >= k)[..., None].to(x.dtype)  # key t - k is the same user's
+            out = out + weights[k] * padded[:, reach - 1 - k : reach - 1 - k + length] * seen
+        return self.filter_dropout(out)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        mask: Tensor,
+        segments: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        if segments is None:
+            positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        self._positions = positions
+        try:
+            return super().forward(tokens, mask, segments, positions)
+        finally:
+            self._positions = None
+
+    def _last_is_exact(self) -> bool:
+        return False  # the fast path has no filter: evaluate through forward

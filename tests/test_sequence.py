@@ -1,11 +1,14 @@
-"""GPT2Sequence (the last-position path, the activation option) and RelativeGPT2Sequence."""
+"""GPT2Sequence (the last-position path, the activation option), RelativeGPT2Sequence and
+FilteredGPT2Sequence."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
-from mmrec.sequence import GPT2Sequence, RelativeGPT2Sequence
+from mmrec.sequence import FilteredGPT2Sequence, GPT2Sequence, RelativeGPT2Sequence
 
 
 def _left_padded(
@@ -212,3 +215,91 @@ def test_relative_without_absolute_positions_keeps_wpe_zero_after_loading(tmp_pa
     kept.build(16, 8)
     kept.load_pretrained()
     assert kept.gpt2.wpe.weight.any()  # the checkpoint's positions, loaded
+
+
+def _filtered(filter_len: int | None = None, n_layer: int = 2) -> FilteredGPT2Sequence:
+    torch.manual_seed(0)
+    seq = FilteredGPT2Sequence(
+        n_layer=n_layer, n_head=2, dropout=0.3, absolute_positions=False, filter_len=filter_len
+    )
+    seq.build(16, 8)
+    with torch.no_grad():
+        seq.rel_bias.normal_(0, 2.0)
+        seq.filters.normal_(0, 1.0)  # trained-looking filters, so a wrong key shows
+    return seq.eval()
+
+
+def test_filtered_starts_as_relative_and_learns_its_filters():
+    torch.manual_seed(1)
+    rel = RelativeGPT2Sequence(n_layer=2, n_head=2, dropout=0.0)
+    rel.build(16, 8)
+    filt = FilteredGPT2Sequence(n_layer=2, n_head=2, dropout=0.0)
+    filt.build(16, 8)
+    assert filt.filters.shape == (2, 8, 16) and not filt.filters.any()
+    extra = sum(p.numel() for p in filt.parameters()) - sum(p.numel() for p in rel.parameters())
+    assert extra == 2 * 8 * 16
+    filt.load_state_dict(rel.state_dict(), strict=False)
+    tokens, mask = _left_padded([8, 2], 8, 16)
+    real = mask[..., None].expand(-1, -1, 16)
+    torch.testing.assert_close(filt(tokens, mask)[real], rel(tokens, mask)[real])
+    (filt(tokens, mask)[real] ** 2).sum().backward()
+    assert filt.filters.grad is not None and filt.filters.grad.abs().sum() > 0
+    with torch.no_grad():
+        filt.filters.fill_(0.5)
+    assert not torch.allclose(filt(tokens, mask)[real], rel(tokens, mask)[real], atol=1e-3)
+
+
+@pytest.mark.parametrize("filter_len", [None, 3])
+def test_filtered_packed_padded_and_last_agree(filter_len):
+    """Packed rows keep users apart in the filter too, and no state sees a later event."""
+    seq = _filtered(filter_len)
+    tokens, mask = _left_padded([8, 3, 5], 8, 16)
+    with torch.no_grad():
+        full = seq(tokens, mask)
+        last = seq.last(tokens, mask)
+        packed = seq(
+            torch.cat([tokens[1, -3:], tokens[2, -5:]])[None],
+            torch.ones(1, 8, dtype=torch.bool),
+            segments=torch.tensor([[1, 1, 1, 2, 2, 2, 2, 2]]),
+            positions=torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]]),
+        )
+        changed = tokens.clone()
+        changed[0, 5:] += 10.0  # later events of row 0
+        early = seq(changed, mask)[0, :5]
+        noisy = seq(torch.where(mask[..., None], tokens, torch.randn_like(tokens) * 100), mask)
+    torch.testing.assert_close(last, full[:, -1])
+    torch.testing.assert_close(packed[0, :3], full[1, -3:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[0, 3:], full[2, -5:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(early, full[0, :5])
+    torch.testing.assert_close(noisy[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_filter_is_a_causal_convolution_within_each_user():
+    seq = _filtered(filter_len=3)
+    x = torch.randn(1, 8, 16)
+    seq._positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])  # two users: 5 events, then 3
+    out = seq._filter(x, layer=1)
+    seq._positions = None
+    w = seq.filters[1].detach()
+    starts = [0, 0, 0, 0, 0, 5, 5, 5]
+    for t in range(8):
+        ks = range(min(3, t - starts[t] + 1))  # at most 3 back, never before the user's start
+        expected = sum(w[k] * x[0, t - k] for k in ks)
+        torch.testing.assert_close(out[0, t], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_filtered_deep_copy_uses_its_own_filters():
+    """EMA keeps a deep copy of the model: its blocks must read the copy's filters."""
+    seq = _filtered()
+    twin = copy.deepcopy(seq)
+    tokens, mask = _left_padded([8, 4], 8, 16)
+    with torch.no_grad():
+        before = seq(tokens, mask)
+        twin.filters.mul_(-1.0)
+        torch.testing.assert_close(seq(tokens, mask), before)
+        assert not torch.allclose(twin(tokens, mask), before, atol=1e-3)
+
+
+def test_filtered_rejects_a_filter_shorter_than_one_event():
+    with pytest.raises(ValueError, match="filter_len must be >= 1"):
+        FilteredGPT2Sequence(filter_len=0)
