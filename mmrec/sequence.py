@@ -372,7 +372,7 @@ class FilteredGPT2Sequence(RelativeGPT2Sequence):
         if filter_len is not None and filter_len < 1:
             raise ValueError(f"filter_len must be >= 1 (or None for max_len), got {filter_len}")
         self.filter_len = filter_len
-        self._positions: Tensor | None = None  # set for the duration of one forward
+        self._positions: Tensor | None = None  # [B, L] of the current forward (``_attention``)
 
     def build(self, d_model: int, max_len: int) -> None:
         """Build as :class:`RelativeGPT2Sequence`, then ``[n_layer, filter_len, width]`` zero
@@ -393,7 +393,7 @@ class FilteredGPT2Sequence(RelativeGPT2Sequence):
     def _filter(self, x: Tensor, layer: int) -> Tensor:  # [B, L, W] -> [B, L, W]
         """``y[t] = sum_k w[k] * x[t - k]`` over keys ``k <= positions[t]`` (same user)."""
         if self._positions is None:
-            raise RuntimeError("FilteredGPT2Sequence: blocks run outside forward()")
+            raise RuntimeError("FilteredGPT2Sequence: blocks run before any forward()")
         weights = self.filters[layer].to(x.dtype)  # [K, W]
         length, reach = x.shape[1], weights.shape[0]
         padded = nn.functional.pad(x, (0, 0, reach - 1, 0))  # [B, K - 1 + L, W]
@@ -403,20 +403,13 @@ class FilteredGPT2Sequence(RelativeGPT2Sequence):
             out = out + weights[k] * padded[:, reach - 1 - k : reach - 1 - k + length] * seen
         return self.filter_dropout(out)
 
-    def forward(
-        self,
-        tokens: Tensor,
-        mask: Tensor,
-        segments: Tensor | None = None,
-        positions: Tensor | None = None,
-    ) -> Tensor:
-        if segments is None:
-            positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        self._positions = positions
-        try:
-            return super().forward(tokens, mask, segments, positions)
-        finally:
-            self._positions = None
+    def _attention(
+        self, mask: Tensor, segments: Tensor | None, positions: Tensor | None, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """As :class:`RelativeGPT2Sequence`, keeping each token's position in its user's history
+        for the filters of the forward pass that asked."""
+        attention, self._positions = super()._attention(mask, segments, positions, dtype)
+        return attention, self._positions
 
     def _last_is_exact(self) -> bool:
         return False  # the fast path has no filter: evaluate through forward
