@@ -111,14 +111,21 @@ def test_activation_option():
         GPT2Sequence(activation="gelux")
 
 
-def _relative(absolute: bool = True, impl: str = "sdpa", n_layer: int = 2) -> RelativeGPT2Sequence:
+def _relative(
+    absolute: bool = True,
+    impl: str = "sdpa",
+    n_layer: int = 2,
+    cls: type[RelativeGPT2Sequence] = RelativeGPT2Sequence,
+    **kwargs,
+) -> RelativeGPT2Sequence:
     torch.manual_seed(0)
-    seq = RelativeGPT2Sequence(
+    seq = cls(
         n_layer=n_layer,
         n_head=2,
         dropout=0.3,
         attn_implementation=impl,
         absolute_positions=absolute,
+        **kwargs,
     )
     seq.build(16, 8)
     with torch.no_grad():
@@ -217,16 +224,11 @@ def test_relative_without_absolute_positions_keeps_wpe_zero_after_loading(tmp_pa
     assert kept.gpt2.wpe.weight.any()  # the checkpoint's positions, loaded
 
 
-def _filtered(filter_len: int | None = None, n_layer: int = 2) -> FilteredGPT2Sequence:
-    torch.manual_seed(0)
-    seq = FilteredGPT2Sequence(
-        n_layer=n_layer, n_head=2, dropout=0.3, absolute_positions=False, filter_len=filter_len
-    )
-    seq.build(16, 8)
+def _filtered(filter_len: int | None = None) -> FilteredGPT2Sequence:
+    seq = _relative(absolute=False, cls=FilteredGPT2Sequence, filter_len=filter_len)
     with torch.no_grad():
-        seq.rel_bias.normal_(0, 2.0)
         seq.filters.normal_(0, 1.0)  # trained-looking filters, so a wrong key shows
-    return seq.eval()
+    return seq
 
 
 def test_filtered_starts_as_relative_and_learns_its_filters():
@@ -279,7 +281,10 @@ def test_filter_is_a_causal_convolution_within_each_user():
     x = torch.randn(1, 8, 16)
     seq._positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]])  # two users: 5 events, then 3
     out = seq._filter(x, layer=1)
+    seq.train()  # the filter's output takes the blocks' residual dropout (0.3) in training
+    dropped = (seq._filter(x, layer=1) == 0).float().mean().item()
     seq._positions = None
+    assert 0.15 < dropped < 0.45
     w = seq.filters[1].detach()
     starts = [0, 0, 0, 0, 0, 5, 5, 5]
     for t in range(8):
