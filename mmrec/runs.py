@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim.swa_utils import get_ema_avg_fn
 
 RUN_ID_ENV = "MMREC_RUN_ID"
 """Environment variable that fixes the run id (set it when launching DDP with torchrun or
@@ -212,21 +215,73 @@ class EMAWeights(EMAWeightAveraging):
       frequencies) are constants, and an average of equal floats is not always bit-equal to
       them (``0.998 * b + 0.002 * b``): timestamp frequencies would drift.
 
+    The decay is per optimizer step, while early stopping counts epochs: on a small category
+    (one or two steps per epoch) a 0.998 average would span ~500 epochs and validation would
+    read weights near the initial ones until early stopping ends the run. So the average's
+    horizon, ``1 / (1 - decay)`` steps, is capped at ``max_horizon_epochs`` epochs: at fit start
+    the decay becomes ``min(decay, 1 - 1 / (max_horizon_epochs * steps_per_epoch))``, and a line
+    says so when the cap lowers it. At the default (12 epochs) the cap leaves decays up to
+    0.999 untouched from 88 steps per epoch on (Beauty 2014 at batch 256); it lowers 0.998 to
+    0.917 on one step per epoch.
+
     Args:
         decay: Weight of the old average at each optimizer step (0.998: a horizon of ~500
             steps, about 6 epochs of Beauty 2014 at batch 256).
         update_starting_at_step: First step that updates the average (None: from the start).
+        max_horizon_epochs: Longest horizon of the average, in epochs (None: no cap, the
+            decay is used as given whatever the number of steps per epoch).
     """
 
-    def __init__(self, decay: float = 0.998, update_starting_at_step: int | None = None) -> None:
+    def __init__(
+        self,
+        decay: float = 0.998,
+        update_starting_at_step: int | None = None,
+        max_horizon_epochs: float | None = 12.0,
+    ) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMAWeights: decay must be within [0, 1), got {decay}")
+        if max_horizon_epochs is not None and not max_horizon_epochs > 0:
+            raise ValueError(
+                f"EMAWeights: max_horizon_epochs must be positive (or None for no cap), "
+                f"got {max_horizon_epochs}"
+            )
         super().__init__(
             use_buffers=False, decay=decay, update_starting_at_step=update_starting_at_step
         )
+        self.decay = decay
+        self.max_horizon_epochs = max_horizon_epochs
+        self.effective_decay = decay  # set at fit start, once the steps per epoch are known
+
+    @staticmethod
+    def capped_decay(
+        decay: float, steps_per_epoch: float, max_horizon_epochs: float | None
+    ) -> float:
+        """``decay``, lowered where its horizon of ``1 / (1 - decay)`` steps would span more
+        than ``max_horizon_epochs`` epochs of ``steps_per_epoch`` steps (unchanged when either
+        is None, or the steps per epoch are unknown)."""
+        if max_horizon_epochs is None or not steps_per_epoch or steps_per_epoch == float("inf"):
+            return decay
+        cap = max(0.0, 1.0 - 1.0 / (max_horizon_epochs * steps_per_epoch))
+        return decay if decay <= cap else cap
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             pl_module.setup(stage)
         super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        batches = trainer.num_training_batches
+        known = batches != float("inf")
+        steps = math.ceil(batches / trainer.accumulate_grad_batches) if known else 0
+        self.effective_decay = self.capped_decay(self.decay, steps, self.max_horizon_epochs)
+        if self.effective_decay != self.decay and self._average_model is not None:
+            self._average_model.avg_fn = get_ema_avg_fn(self.effective_decay)
+            rank_zero_info(
+                f"EMAWeights: {steps} optimizer step(s) per epoch, so decay {self.decay} would "
+                f"average over ~{1 / (1 - self.decay) / steps:.0f} epochs; capped at "
+                f"{self.max_horizon_epochs:g} epochs: decay {self.effective_decay:.4f}"
+            )
 
 
 class DecayOnPlateau(Callback):

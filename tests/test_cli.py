@@ -352,6 +352,66 @@ def test_ema_weights_are_validated_saved_and_tested(trained, tmp_path):
     assert tested["test/ndcg@10"] == pytest.approx(direct["test/ndcg@10"], abs=1e-6)
 
 
+def test_ema_decay_is_capped_to_a_horizon_in_epochs():
+    """EMAWeights.capped_decay: a per-step decay whose horizon would span more than
+    `max_horizon_epochs` epochs is lowered to one that spans exactly that many; Beauty's 88
+    steps per epoch leave 0.998 and 0.999 as they are at the default cap (12 epochs)."""
+    from mmrec.runs import EMAWeights
+
+    cap = EMAWeights.capped_decay
+    assert cap(0.998, 88, 12.0) == 0.998 and cap(0.999, 88, 12.0) == 0.999
+    assert cap(0.998, 1, 12.0) == pytest.approx(1 - 1 / 12)
+    assert cap(0.998, 2, 12.0) == pytest.approx(1 - 1 / 24)
+    assert cap(0.999, 60, 12.0) == pytest.approx(1 - 1 / 720)
+    assert cap(0.998, 1, None) == 0.998  # no cap
+    assert cap(0.998, 0, 12.0) == 0.998 and cap(0.998, float("inf"), 12.0) == 0.998  # unknown
+    assert cap(0.9, 1, 0.5) == 0.0  # a horizon under one step: the average is the weights
+    assert EMAWeights().max_horizon_epochs == 12.0
+    with pytest.raises(ValueError, match=r"max_horizon_epochs must be positive"):
+        EMAWeights(max_horizon_epochs=0)
+    with pytest.raises(ValueError, match=r"decay must be within \[0, 1\), got 1.0"):
+        EMAWeights(decay=1.0)
+
+
+def test_ema_cap_applies_in_a_fit_and_says_so(trained, tmp_path, caplog):
+    """On the quickstart's few steps per epoch, a cap of a hundredth of an epoch makes the average
+    follow the weights exactly (decay 0) and prints why; without a cap the same decay leaves
+    the average behind the weights."""
+    import torch
+
+    root, _, _ = trained
+    states = {}
+    for name, cap in (("capped", "0.01"), ("uncapped", "null")):
+        common = _common(root, tmp_path / name)
+        ema = [
+            "--trainer.callbacks+=mmrec.runs.EMAWeights",
+            "--trainer.callbacks.decay=0.998",
+            f"--trainer.callbacks.max_horizon_epochs={cap}",
+        ]
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert main(["fit", *common, *ema, "--trainer.max_epochs=2"]) == 0
+        said = re.findall(
+            r"EMAWeights: (\d+) optimizer step\(s\) per epoch.*capped at 0\.01 "
+            r"epochs: decay (\S+)",
+            caplog.text,
+        )
+        if name == "capped":
+            assert said and float(said[0][1]) == 0.0, caplog.text
+        else:
+            assert not said
+        last = torch.load(
+            tmp_path / name / "quickstart" / "latest" / "checkpoints" / "last.ckpt",
+            weights_only=True,
+        )
+        states[name] = last["state_dict"], last["current_model_state"]
+    averaged, raw = states["capped"]
+    assert all(torch.equal(averaged[k], raw[k]) for k in raw)
+    averaged, raw = states["uncapped"]
+    key = next(k for k in averaged if k.endswith("embedding.weight"))
+    assert not torch.equal(averaged[key], raw[key])
+
+
 def test_decay_on_plateau_lowers_the_rate_keeps_its_floor_and_resumes(trained, tmp_path):
     """`--trainer.callbacks+=mmrec.runs.DecayOnPlateau`: with an impossible `min_delta` every
     validation after the first is a plateau, so the rate is halved at each one down to the

@@ -37,6 +37,15 @@ ADDED_LATER = {
     "data.prefix_samples": False,
 }
 
+#: The same for init arguments of callbacks (``trainer.callbacks`` entries), by class path.
+#: ``EMAWeights.max_horizon_epochs`` at 12 leaves every decay up to 0.999 untouched from 84
+#: steps per epoch on, so the Beauty 2014 runs stored before it existed (88 steps) keep their
+#: keys. Stored EMA runs of smaller categories, which the cap does change, were removed from
+#: the project's store and trained again (tuning.md, section 16).
+ADDED_LATER_CALLBACK_ARGS = {
+    ("mmrec.runs.EMAWeights", "max_horizon_epochs"): 12.0,
+}
+
 
 def _drop(config: dict, dotted: str, only_if: Any = ...) -> None:
     """Remove ``dotted`` from ``config`` (when its value is ``only_if``, where one is given)."""
@@ -62,6 +71,14 @@ def run_key(config: dict) -> str:
         _drop(config, dotted)
     for dotted, value in ADDED_LATER.items():
         _drop(config, dotted, only_if=value)
+    callbacks = (config.get("trainer") or {}).get("callbacks") if isinstance(config, dict) else None
+    for callback in callbacks if isinstance(callbacks, list) else []:
+        init_args = callback.get("init_args") if isinstance(callback, dict) else None
+        if not isinstance(init_args, dict):
+            continue
+        for (class_path, arg), value in ADDED_LATER_CALLBACK_ARGS.items():
+            if callback.get("class_path") == class_path and init_args.get(arg, ...) == value:
+                init_args.pop(arg)
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -253,3 +253,31 @@ def test_options_added_later_keep_stored_keys_at_their_old_value():
     assert run_key(changed) != run_key(before)
     changed["data"]["max_len"] = 20  # every other option stays in the key
     assert len({run_key(changed), run_key(before)}) == 2
+
+
+def test_callback_arguments_added_later_keep_stored_keys_at_their_old_value():
+    """EMAWeights' `max_horizon_epochs` at its default (12) is left out of the key, so the EMA
+    runs stored before it existed keep theirs; any other value, or other callbacks' arguments,
+    stay in it."""
+    from mmrec.experiments.store import run_key
+
+    def config(**init_args):
+        ema = {"class_path": "mmrec.runs.EMAWeights", "init_args": init_args}
+        return {"seed_everything": 0, "trainer": {"callbacks": [ema]}}
+
+    before = config(decay=0.998, update_starting_at_step=None)
+    assert run_key(config(decay=0.998, update_starting_at_step=None, max_horizon_epochs=12.0)) \
+        == run_key(before)  # fmt: skip
+    assert run_key(config(decay=0.998, update_starting_at_step=None, max_horizon_epochs=6.0)) \
+        != run_key(before)  # fmt: skip
+    assert run_key(config(decay=0.998, update_starting_at_step=None, max_horizon_epochs=None)) \
+        != run_key(before)  # fmt: skip
+    assert run_key(config(decay=0.999, max_horizon_epochs=12.0)) != run_key(before)
+    other = {
+        "seed_everything": 0,
+        "trainer": {
+            "callbacks": [{"class_path": "my.Callback", "init_args": {"max_horizon_epochs": 12.0}}]
+        },
+    }
+    assert run_key(other) != run_key({"seed_everything": 0, "trainer": {"callbacks": [
+        {"class_path": "my.Callback", "init_args": {}}]}})  # fmt: skip
