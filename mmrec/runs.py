@@ -250,7 +250,6 @@ class EMAWeights(EMAWeightAveraging):
         )
         self.decay = decay
         self.max_horizon_epochs = max_horizon_epochs
-        self.effective_decay = decay  # set at fit start, once the steps per epoch are known
 
     @staticmethod
     def capped_decay(
@@ -274,13 +273,13 @@ class EMAWeights(EMAWeightAveraging):
         batches = trainer.num_training_batches
         known = batches != float("inf")
         steps = math.ceil(batches / trainer.accumulate_grad_batches) if known else 0
-        self.effective_decay = self.capped_decay(self.decay, steps, self.max_horizon_epochs)
-        if self.effective_decay != self.decay and self._average_model is not None:
-            self._average_model.avg_fn = get_ema_avg_fn(self.effective_decay)
+        decay = self.capped_decay(self.decay, steps, self.max_horizon_epochs)
+        if decay != self.decay and self._average_model is not None:
+            self._average_model.avg_fn = get_ema_avg_fn(decay)
             rank_zero_info(
                 f"EMAWeights: {steps} optimizer step(s) per epoch, so decay {self.decay} would "
                 f"average over ~{1 / (1 - self.decay) / steps:.0f} epochs; capped at "
-                f"{self.max_horizon_epochs:g} epochs: decay {self.effective_decay:.4f}"
+                f"{self.max_horizon_epochs:g} epochs: decay {decay:.4f}"
             )
 
 

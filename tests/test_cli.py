@@ -396,14 +396,15 @@ def test_ema_cap_applies_in_a_fit_and_says_so(trained, tmp_path, caplog):
             r"epochs: decay (\S+)",
             caplog.text,
         )
-        if name == "capped":
-            assert said and float(said[0][1]) == 0.0, caplog.text
-        else:
-            assert not said
         last = torch.load(
             tmp_path / name / "quickstart" / "latest" / "checkpoints" / "last.ckpt",
             weights_only=True,
         )
+        if name == "capped":
+            assert said and float(said[0][1]) == 0.0, caplog.text
+            assert 2 * int(said[0][0]) == last["global_step"]  # the steps of one epoch, counted
+        else:
+            assert not said
         states[name] = last["state_dict"], last["current_model_state"]
     averaged, raw = states["capped"]
     assert all(torch.equal(averaged[k], raw[k]) for k in raw)
