@@ -55,7 +55,9 @@ class AmazonDataModule(LightningDataModule):
             ``data_dir``): the folder is prepared when missing, checked against these settings
             and inputs when present (a folder made with other ones is an error that names the
             difference). In YAML, the path of a ``configs/data/*.yaml`` file works too. Unset
-            (no ``source``): the folder must exist.
+            (no ``source``) or null (``--data.prepare null``, over a config that names one: a
+            folder prepared elsewhere): no preparation, the folder must exist with its
+            ``meta.json``.
         max_len: Sequence length ``L`` (history window), left-padded.
         batch_size: Training batch size.
         eval_batch_size: Validation / test / predict batch size.
@@ -97,7 +99,7 @@ class AmazonDataModule(LightningDataModule):
     def __init__(
         self,
         data_dir: str,
-        prepare: PrepareConfig = PrepareConfig(),  # noqa: B008 (never mutated: copied when used)
+        prepare: PrepareConfig | None = PrepareConfig(),  # noqa: B008 (never mutated)
         max_len: int = 50,
         batch_size: int = 256,
         eval_batch_size: int = 512,

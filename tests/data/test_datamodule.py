@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+import yaml
 from torch.utils.data import DistributedSampler
 
 from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
@@ -545,7 +546,7 @@ def test_config_parses_prepare_and_predict_time(tmp_path):
 
     write_folder(tmp_path / "d", LOO_ROWS, num_users=4, num_items=6)
     parser = ArgumentParser()
-    parser.add_class_arguments(AmazonDataModule, "data")
+    parser.add_class_arguments(AmazonDataModule, "data", sub_configs=True)  # as LightningCLI
     cfg = parser.parse_args(
         ["--data.data_dir", str(tmp_path / "d"), "--data.prepare.source", "tabular",
          "--data.prepare.out", "ignored", "--data.predict_time", "2014-12-20"]
@@ -573,3 +574,29 @@ def test_config_parses_prepare_and_predict_time(tmp_path):
     dm = parser.instantiate(cfg).data
     assert dm.prepare.source is None  # no prepare settings: the folder is used as it is
     assert dm.num_items == 6  # what LightningCLI links into model.num_items
+
+
+def test_prepare_null_on_the_command_line_uses_the_folder_as_it_is(tmp_path, capfd):
+    """``--data.prepare null`` over a base config that names a prepare file: no preparation,
+    the folder's meta.json is all that is checked (a folder prepared elsewhere)."""
+    from mmrec.cli import main
+
+    folder = write_folder(tmp_path / "elsewhere", LOO_ROWS, num_users=4, num_items=6)
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    common = [
+        f"--config={config}",  # names data/gift_cards_shipped.yaml as data.prepare
+        "--data.prepare=null",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+    ]
+    runs = tmp_path / "runs"
+    common.append(f"--trainer.default_root_dir={runs}")
+    assert main(["fit", *common, f"--data.data_dir={folder}"]) == 0
+    (run,) = [p for p in (runs / "quickstart").iterdir() if p.name != "latest"]
+    assert list(run.rglob("*.ckpt"))
+    assert yaml.safe_load(next(run.rglob("config.yaml")).read_text())["data"]["prepare"] is None
+    assert "settings" not in json.loads((folder / "meta.json").read_text())  # not prepared again
+    capfd.readouterr()
+    assert main(["fit", *common, f"--data.data_dir={tmp_path / 'none'}"]) == 2
+    assert f"dataset folder {tmp_path / 'none'} has no meta.json" in capfd.readouterr().err
