@@ -333,31 +333,25 @@ def test_weight_decay_by_module_type_not_by_name():
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
 
 
-def test_val_and_test_metrics_exclude_the_history(tmp_path):
-    """A model that scores every history item above the target: with history excluded the
-    target is first (NDCG@10 = 1); evaluated without exclusion, it is not."""
+def _hand_made_folder(folder, events: list[tuple[int, int, str]], n_items: int, n_users: int):
+    """A dataset folder of ``(user, item, split)`` events, one day apart per user, in order."""
     import json
 
     import polars as pl
 
-    from mmrec.encoders.base import ItemEncoder
-    from mmrec.sequence import SequenceHead
-
-    n_items, n_users = 24, 6
-    rows = []  # user u: items a, a+1 (train), a+2 (valid), a+3 (test); the target is last + 1
-    for u in range(n_users):
-        a = 1 + 3 * u
-        for k, split in enumerate(("train", "train", "valid", "test")):
-            rows.append((u, a + k, 86_400 * (10 * u + k), split))
-    u, i, t, s = zip(*rows, strict=True)
-    folder = tmp_path / "ds"
     folder.mkdir()
+    seen: dict[int, int] = {}
+    u, i, t, s = [], [], [], []
+    for user, item, split in events:
+        seen[user] = seen.get(user, -1) + 1
+        u.append(user), i.append(item), s.append(split)
+        t.append(86_400 * (10 * user + seen[user]))
     pl.DataFrame(
         {
             "user_idx": pl.Series(u, dtype=pl.Int32),
             "item_idx": pl.Series(i, dtype=pl.Int32),
             "timestamp": pl.Series(t, dtype=pl.Int64),
-            "split": list(s),
+            "split": s,
         }
     ).write_parquet(folder / "interactions.parquet")
     pl.DataFrame(
@@ -369,10 +363,29 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
     (folder / "meta.json").write_text(
         json.dumps({"num_users": n_users, "num_items": n_items, "time_granularity": "day"})
     )
+    return folder
+
+
+def _one_hot_items():
+    from mmrec.encoders.base import ItemEncoder
 
     class OneHot(ItemEncoder):
         def forward(self, item_idx):
             return torch.nn.functional.one_hot(item_idx, self.d_model).float()
+
+    return OneHot()
+
+
+def test_val_and_test_metrics_exclude_the_history(tmp_path):
+    """A model that scores every history item above the target: with history excluded the
+    target is first (NDCG@10 = 1); evaluated without exclusion, it is not."""
+    from mmrec.sequence import SequenceHead
+
+    n_items, n_users = 24, 6
+    # user u: items a, a+1 (train), a+2 (valid), a+3 (test); the target is last + 1
+    splits = ("train", "train", "valid", "test")
+    events = [(u, 1 + 3 * u + k, split) for u in range(n_users) for k, split in enumerate(splits)]
+    folder = _hand_made_folder(tmp_path / "ds", events, n_items, n_users)
 
     class HistoryFirst(SequenceHead):
         """User vector: 2 x each history item + 1 x the item after the last one."""
@@ -389,7 +402,7 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
         model = MMRecModule.for_data(
             dm,
             d_model=32,
-            item_encoders=[OneHot()],
+            item_encoders=[_one_hot_items()],
             sequence=HistoryFirst(),
             exclude_history=exclude,
             test_slices=False,
@@ -403,6 +416,64 @@ def test_val_and_test_metrics_exclude_the_history(tmp_path):
     assert results[True] == (1.0, 1.0, 1.0)
     # without exclusion the 2 (valid) and 3 (test) history items rank above the target
     assert results[False] == pytest.approx((1 / np.log2(4), 1 / np.log2(5), 1 / 4))
+
+
+def test_beyond_accuracy_lists_exclude_the_history(tmp_path):
+    """Coverage, popularity and novelty of the test top-K come from lists without the user's
+    history. Every user's history starts with the two training items 1 and 2 (6 events each:
+    the most popular) and the model scores each history item above the target, older ones
+    higher: with the history excluded every user's top-1 is its own target (an item unseen in
+    training), without it item 1 tops every list."""
+    from mmrec.sequence import SequenceHead
+
+    n_items, n_users = 24, 6
+    # user u: items 1, 2 (train), 3 + 2u (valid), 4 + 2u (test; the item after the last)
+    events = [
+        (u, item, split)
+        for u in range(n_users)
+        for item, split in ((1, "train"), (2, "train"), (3 + 2 * u, "valid"), (4 + 2 * u, "test"))
+    ]
+    folder = _hand_made_folder(tmp_path / "ds", events, n_items, n_users)
+
+    class OldestFirst(SequenceHead):
+        """User vector: (2 + age in events) x each history item + 1 x the item after the last."""
+
+        def forward(self, tokens, mask, segments=None, positions=None):
+            raise AssertionError("evaluation goes through last()")
+
+        def last(self, tokens, mask):  # [B, L, D], [B, L] -> [B, D]
+            length = tokens.shape[1]
+            weight = (length + 1 - torch.arange(length, dtype=tokens.dtype))[None, :, None]
+            history = (tokens * mask[..., None] * weight).sum(1)  # each weight >= 2
+            return history + torch.roll(tokens[:, -1], 1, -1)
+
+    results = {}
+    for exclude in (True, False):
+        dm = AmazonDataModule(str(folder), max_len=5, eval_batch_size=4, exclude_history=exclude)
+        model = MMRecModule.for_data(
+            dm,
+            d_model=32,
+            item_encoders=[_one_hot_items()],
+            sequence=OldestFirst(),
+            exclude_history=exclude,
+            test_slices=False,
+            ks=(1,),
+        )
+        trainer = L.Trainer(
+            logger=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path
+        )
+        results[exclude] = trainer.test(model, datamodule=dm, verbose=False)[0]
+    # the 24 training counts: items 1 and 2 have 6 events, the 22 others none (percentile of
+    # the zeros at mid-rank 11.5 of 24: 10.5 / 23; of items 1, 2: 22.5 / 23); 12 events in all
+    excluded, kept = results[True], results[False]
+    assert excluded["test/ndcg@1"] == 1.0
+    assert excluded["test/coverage@1"] == pytest.approx(6 / 24)  # the six targets
+    assert excluded["test/pop_percentile@1"] == pytest.approx(10.5 / 23)
+    assert excluded["test/novelty@1"] == pytest.approx(np.log2((12 + 24) / 1))
+    assert kept["test/ndcg@1"] == 0.0
+    assert kept["test/coverage@1"] == pytest.approx(1 / 24)  # item 1, for everyone
+    assert kept["test/pop_percentile@1"] == pytest.approx(22.5 / 23)
+    assert kept["test/novelty@1"] == pytest.approx(np.log2((12 + 24) / 7))
 
 
 def test_learning_rate_schedule():

@@ -1,5 +1,5 @@
-"""GPT2Sequence (the last-position path, the activation option), RelativeGPT2Sequence and
-FilteredGPT2Sequence."""
+"""GPT2Sequence (the last-position path, the activation option), RelativeGPT2Sequence,
+FilteredGPT2Sequence, and that no head's state sees a later event."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import copy
 import pytest
 import torch
 
-from mmrec.sequence import FilteredGPT2Sequence, GPT2Sequence, RelativeGPT2Sequence
+from mmrec.sequence import (
+    FilteredGPT2Sequence,
+    GPT2Sequence,
+    RelativeGPT2Sequence,
+    SequenceHead,
+)
 
 
 def _left_padded(
@@ -308,3 +313,112 @@ def test_filtered_deep_copy_uses_its_own_filters():
 def test_filtered_rejects_a_filter_shorter_than_one_event():
     with pytest.raises(ValueError, match="filter_len must be >= 1"):
         FilteredGPT2Sequence(filter_len=0)
+
+
+# --------------------------------------------------------------------------- causality
+def _gpt2_head(cls: type[GPT2Sequence], impl: str, **kwargs) -> GPT2Sequence:
+    """A 2-block head in eval mode whose zero-initialised tables (relative bias, filters) are
+    drawn at random, so a leak through any of them shows."""
+    torch.manual_seed(0)
+    seq = cls(n_layer=2, n_head=2, dropout=0.3, attn_implementation=impl, **kwargs)
+    seq.build(16, 8)
+    with torch.no_grad():
+        for p in seq.parameters():
+            if p.requires_grad and not p.any():
+                p.normal_(0, 1.0)
+    return seq.eval()
+
+
+#: Every sequence head of mmrec.sequence, built tiny (``impl`` = attention backend).
+HEADS = {
+    GPT2Sequence: lambda impl: _gpt2_head(GPT2Sequence, impl),
+    RelativeGPT2Sequence: lambda impl: _gpt2_head(RelativeGPT2Sequence, impl),
+    FilteredGPT2Sequence: lambda impl: _gpt2_head(FilteredGPT2Sequence, impl, filter_len=3),
+}
+
+# padded: rows of 8, 5, 2 and 1 events; packed: row 0 holds users of 3 and 5 events, row 1
+# users of 5 and 2 events and one padding slot (segments numbered across the batch, 0: padding)
+SEGMENTS = torch.tensor([[1, 1, 1, 2, 2, 2, 2, 2], [3, 3, 3, 3, 3, 4, 4, 0]])
+POSITIONS = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 0, 1, 0]])
+
+
+def test_causality_tests_cover_every_sequence_head():
+    import mmrec.sequence
+
+    heads = {
+        c
+        for c in vars(mmrec.sequence).values()
+        if isinstance(c, type) and issubclass(c, SequenceHead) and c is not SequenceHead
+    }
+    assert heads == set(HEADS), "add the new head to HEADS (tests/test_sequence.py)"
+
+
+def _batches(head: SequenceHead) -> list[tuple[str, torch.Tensor, torch.Tensor, dict]]:
+    """``(name, tokens [B, 8, 16], mask [B, 8], packing kwargs)``: padded, and packed when the
+    head supports packing."""
+    tokens, mask = _left_padded([8, 5, 2, 1], 8, 16)
+    out = [("padded", tokens, mask, {})]
+    if head.supports_packing:
+        packed = {"segments": SEGMENTS, "positions": POSITIONS}
+        out.append(("packed", tokens[:2], SEGMENTS > 0, packed))
+    return out
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("cls", list(HEADS), ids=lambda c: c.__name__)
+def test_no_position_sees_a_later_one(cls, impl):
+    """Changing the token at position j leaves the state of every event before j exactly as
+    it was (and, in packed rows, every state of another user), for every j; the state at j
+    changes. Padding slots are nobody's state (GPT-2's eager padded path lets a padding query
+    with no key to see attend to all of them)."""
+    seq = HEADS[cls](impl)
+    g = torch.Generator().manual_seed(1)
+    for name, tokens, mask, packed in _batches(seq):
+        with torch.no_grad():
+            base = seq(tokens, mask, **packed)  # [B, L, D]
+            for j in range(tokens.shape[1]):
+                changed = tokens.clone()
+                changed[:, j] += 3.0 * torch.randn(changed[:, j].shape, generator=g)
+                out = seq(changed, mask, **packed)
+                same = torch.zeros(mask.shape, dtype=torch.bool)
+                same[:, :j] = True
+                if packed:  # other users' states, later ones included
+                    same |= packed["segments"] != packed["segments"][:, j : j + 1]
+                same &= mask  # [B, L] states of events
+                msg = f"{name} batch, token {j} changed"
+                torch.testing.assert_close(out[same], base[same], atol=1e-6, rtol=0, msg=msg)
+                seen = mask[:, j]  # a real event at j: its own state moves
+                assert (out[seen, j] - base[seen, j]).abs().amax(-1).min() > 1e-3, msg
+
+
+@pytest.mark.parametrize("cls", list(HEADS), ids=lambda c: c.__name__)
+def test_attention_weights_on_later_positions_are_zero(cls):
+    """Through the eager attention's weights ``[B, H, L, L]`` of every block: no event's query
+    puts weight on a later key (nor, in packed rows, on another user's or a padding slot's)."""
+    seq = HEADS[cls]("eager")
+    weights = []
+    hooks = [
+        block.attn.register_forward_hook(lambda m, args, out: weights.append(out[1]))
+        for block in seq.gpt2.h
+    ]
+    later = torch.ones(8, 8, dtype=torch.bool).triu(1)  # [query, key]: key after query
+    try:
+        for name, tokens, mask, packed in _batches(seq):
+            weights.clear()
+            with torch.no_grad():
+                seq(tokens, mask, **packed)
+            assert len(weights) == 2 and weights[0].shape == (len(tokens), 2, 8, 8), name
+            shut = later[None, None].expand_as(weights[0])
+            if packed:
+                s = packed["segments"]
+                other = (s[:, :, None] != s[:, None, :]) | (s[:, None, :] == 0)  # [B, Q, K]
+                shut = shut | other[:, None]
+            shut = shut & mask[:, None, :, None]  # queries of events (padding is nobody's)
+            for layer, w in enumerate(weights):
+                assert w[shut].abs().max() == 0, f"{name} batch, block {layer}"
+                # the rows of events still sum to 1 over what they may see
+                rows = mask[:, None, :].expand(w.shape[:-1])
+                torch.testing.assert_close(w.sum(-1)[rows], torch.ones(int(rows.sum())))
+    finally:
+        for hook in hooks:
+            hook.remove()
