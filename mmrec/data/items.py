@@ -67,10 +67,15 @@ def _get(record: dict, key: str):
     return value
 
 
+#: What ``ast.literal_eval`` raises on text that is no Python literal (``TypeError``: an
+#: unhashable key such as ``{[1]: 2}``; ``MemoryError``/``RecursionError``: deep nesting).
+LITERAL_ERRORS = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)
+
+
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except LITERAL_ERRORS:
         return text
 
 
@@ -125,18 +130,29 @@ _CONVERT = {
 }
 
 
+def item_values(record: dict, keys: dict[str, tuple[str, ...]]) -> tuple:
+    """One parsed metadata record's values of the ``ITEM_SCHEMA`` columns (first non-empty key
+    wins). Raises ``RecursionError`` for values nested deeper than Python's stack allows."""
+    values = []
+    for name, convert in _CONVERT.items():
+        value = None
+        for key in keys[name]:
+            value = convert(_get(record, key))
+            if value:
+                break
+        values.append(value)
+    return tuple(values)
+
+
 def records_to_items(records: list[dict], keys: dict[str, tuple[str, ...]]) -> pl.DataFrame:
     """Builds the raw item table from parsed metadata records (first non-empty key wins)."""
-    columns: dict[str, list] = {name: [] for name in ITEM_SCHEMA}
-    for record in records:
-        for name, convert in _CONVERT.items():
-            value = None
-            for key in keys[name]:
-                value = convert(_get(record, key))
-                if value:
-                    break
-            columns[name].append(value)
-    return pl.DataFrame(columns, schema=ITEM_SCHEMA)
+    rows = [item_values(record, keys) for record in records]
+    return items_frame(rows)
+
+
+def items_frame(rows: list[tuple]) -> pl.DataFrame:
+    """The raw item table of ``item_values`` rows."""
+    return pl.DataFrame(rows, schema=ITEM_SCHEMA, orient="row")
 
 
 def read_meta_table(path: str | Path, keys: dict[str, tuple[str, ...]]) -> pl.DataFrame:

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from mmrec.data.errors import BadLines, DataError
-from mmrec.data.items import ITEM_SCHEMA, records_to_items
+from mmrec.data.items import ITEM_SCHEMA, LITERAL_ERRORS, item_values, items_frame
 from mmrec.data.lines import LineScan
 
 #: Per release: the JSON keys of ``items.META_KEYS`` with the dtypes of the official files, read
@@ -141,29 +141,37 @@ def _decode(
 def _python_items(
     frame: pl.DataFrame, keys: dict[str, tuple[str, ...]], bad: BadLines
 ) -> pl.DataFrame:
-    """Item rows of lines parsed one by one (JSON, else a Python dict literal)."""
-    records, numbers = [], []
+    """Item rows of lines parsed one by one (JSON, else a Python dict literal); lines that are
+    neither, or nest deeper than the parsers or the conversion go, are ``meta_malformed``."""
+    rows, numbers = [], []
     for number, line in zip(frame["line"], frame["text"], strict=True):
         line = line.strip()
         if not line:
             bad.total -= 1
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            try:
-                record = ast.literal_eval(line)
-            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-                record = exc
+        record = _parse_record(line)
         if isinstance(record, dict):
-            records.append(record)
-            numbers.append(number)
-        else:
-            bad.add(
-                "meta_malformed", number, f"not a JSON object nor a Python dict literal ({record})"
-            )
-    items = records_to_items(records, keys)
-    return items.with_columns(pl.Series("_line", numbers, dtype=pl.UInt64))
+            try:
+                rows.append(item_values(record, keys))
+                numbers.append(number)
+                continue
+            except RecursionError:
+                record = "a value nested deeper than the conversion goes"
+        bad.add("meta_malformed", number, f"not a JSON object nor a Python dict literal ({record})")
+    return items_frame(rows).with_columns(pl.Series("_line", numbers, dtype=pl.UInt64))
+
+
+def _parse_record(line: str):
+    """A metadata line as JSON, else as a Python literal (never evaluated); the error of the
+    literal parse when it is neither (deep nesting included)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(line)
+    except LITERAL_ERRORS as exc:
+        return exc if str(exc) else type(exc).__name__
 
 
 def _odd_text(expr: pl.Expr) -> pl.Expr:

@@ -80,7 +80,7 @@ def json_line_frames(
     out = [pl.col(key).alias(name) for name, key in keys.items()]
 
     def work(frame: pl.DataFrame) -> tuple[Decoded, pl.DataFrame, BadLines]:
-        decoded = decode_json_lines(path, frame, (first, text))
+        decoded = decode_json_lines(frame, (first, text))
         rows, found = decoded.rows.select(*out, "line"), BadLines(str(path))
         if transform is not None and rows.height:
             rows = transform(rows, found)
@@ -135,13 +135,14 @@ class Decoded:
     bad: list[tuple[str, int, str]]
 
 
-def decode_json_lines(path: Path, frame: pl.DataFrame, schemas: tuple[dict, ...]) -> Decoded:
+def decode_json_lines(frame: pl.DataFrame, schemas: tuple[dict, ...]) -> Decoded:
     """``frame``'s ``text`` lines decoded as JSON objects with the first of ``schemas`` (key ->
     dtype) that fits every line, plus ``line``. When none fits, the frame is decoded with the
     last schema (values that are lists or objects become their JSON text) in halves until the
     halves decode or are small; the lines of a small half that does not decode are parsed one
-    by one and the malformed ones reported (``malformed``). Empty lines and lines of spaces are
-    blank, not data."""
+    by one and the malformed ones reported (``malformed``): not JSON, not an object, nested
+    deeper than the parsers go, or JSON that polars cannot read (``NaN``, ``1e400``). Empty
+    lines and lines of spaces are blank, not data."""
     if frame["text"].null_count():
         frame = frame.filter(pl.col("text").is_not_null())
     for schema in schemas:
@@ -154,33 +155,61 @@ def decode_json_lines(path: Path, frame: pl.DataFrame, schemas: tuple[dict, ...]
         break
     if frame.height > _SMALL:
         half = frame.height // 2
-        parts = [decode_json_lines(path, p, schemas[-1:]) for p in (frame[:half], frame[half:])]
+        parts = [decode_json_lines(p, schemas[-1:]) for p in (frame[:half], frame[half:])]
         rows = pl.concat([p.rows for p in parts], how="vertical_relaxed")
         return Decoded(rows, sum(p.lines for p in parts), [b for p in parts for b in p.bad])
     good, numbers, bad = [], [], []
     for number, line in zip(frame["line"], frame["text"], strict=True):
         if not line.strip():
             continue
-        try:
-            ok = isinstance(json.loads(line), dict)
-            err = "not a JSON object"
-        except ValueError as exc:
-            ok, err = False, f"malformed JSON ({exc})"
-        if ok:
+        err = json_object_error(line)
+        if err is None:
             good.append(line)
             numbers.append(number)
         else:
             bad.append(("malformed", number, err))
     text = schemas[-1]
     lines = len(good) + len(bad)
-    if not good:
-        return Decoded(pl.DataFrame(schema={**text, "line": pl.UInt64}), lines, bad)
+    rows = _read_objects(good, numbers, text, bad)
+    return Decoded(rows, lines, sorted(bad, key=lambda b: b[1]))
+
+
+def json_object_error(line: str) -> str | None:
+    """Why ``line`` is not one JSON object (None when it is), as Python's json sees it: not
+    JSON (``NaN`` and ``Infinity`` included, which polars rejects), not an object, or nested
+    deeper than the parser goes (a ``RecursionError``, caught here)."""
     try:
-        rows = pl.read_ndjson(io.BytesIO("\n".join(good).encode()), schema=text)
+        value = json.loads(line, parse_constant=_no_constant)
+    except ValueError as exc:
+        return f"malformed JSON ({exc})"
+    except RecursionError:
+        return "malformed JSON (nested deeper than the JSON parser goes)"
+    return None if isinstance(value, dict) else "not a JSON object"
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _read_objects(
+    good: list[str], numbers: list[int], schema: dict, bad: list[tuple[str, int, str]]
+) -> pl.DataFrame:
+    """Rows of the JSON object lines ``good`` (polars, ``schema``), plus ``line``; a line that
+    polars cannot read although Python's json can (a number out of range, nesting past polars'
+    limit) is found line by line and added to ``bad`` as ``malformed``."""
+    empty = pl.DataFrame(schema={**schema, "line": pl.UInt64})
+    if not good:
+        return empty
+    try:
+        rows = pl.read_ndjson(io.BytesIO("\n".join(good).encode()), schema=schema)
     except pl.exceptions.PolarsError as exc:
-        raise DataError(f"{path}: cannot read the JSON lines ({exc})") from None
-    rows = rows.with_columns(pl.Series("line", numbers, dtype=pl.UInt64))
-    return Decoded(rows, lines, bad)
+        if len(good) == 1:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            bad.append(("malformed", numbers[0], f"malformed JSON ({first})"))
+            return empty
+        parts = [_read_objects([g], [n], schema, bad) for g, n in zip(good, numbers, strict=True)]
+        return pl.concat(parts, how="vertical_relaxed")
+    return rows.with_columns(pl.Series("line", numbers, dtype=pl.UInt64))
 
 
 def read_delimited(

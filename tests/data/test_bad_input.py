@@ -224,3 +224,62 @@ def test_cli_prints_one_paragraph_and_exits_2(tmp_path, capsys):
     assert code == 2
     assert err.startswith("mmrec prepare: error: ") and "r.json: the file is empty" in err
     assert "Traceback" not in err
+
+
+#: Lines that Python's json or polars cannot decode although they look like JSON: nesting
+#: deeper than either parser goes (1,500 and 100,000 levels), numbers polars rejects.
+DEEP = {
+    "array_1500": "[" * 1500 + "]" * 1500,
+    "object_100000": '{"a": ' * 100_000 + "1" + "}" * 100_000,
+    "value_100000": '{"reviewerID": "U1", "asin": "I1", "unixReviewTime": 1300000000, '
+    '"overall": 5.0, "style": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "nan": '{"reviewerID": "U1", "asin": "I1", "unixReviewTime": 1300000000, "overall": NaN}',
+    "huge_number": '{"reviewerID": "U1", "asin": "I1", "unixReviewTime": 1e400}',
+}
+
+
+def _good_lines_of(source: str) -> list[str]:
+    """``_good_lines()`` with the review keys of ``source``."""
+    if source != "amazon2023":
+        return _good_lines()
+    lines = "\n".join(_good_lines())
+    renamed = {"reviewerID": "user_id", "asin": "parent_asin", "unixReviewTime": "timestamp"}
+    for old, new in (renamed | {"overall": "rating"}).items():
+        lines = lines.replace(f'"{old}"', f'"{new}"')
+    return lines.split("\n")
+
+
+@pytest.mark.parametrize("source", ["amazon2014", "amazon2018", "amazon2023"])
+def test_deeply_nested_json_lines_are_malformed_lines(tmp_path, source, capsys):
+    lines = _good_lines_of(source)
+    for k, line in enumerate(DEEP.values()):
+        lines.insert(3 + 10 * k, line)  # lines 4, 14, 24, 34, 44
+    name = "All_Beauty.jsonl" if source == "amazon2023" else "r_5.json.gz"
+    path = _write(tmp_path / name, lines)
+    cfg = _cfg(tmp_path, path, source=source, max_bad_fraction=0.05)
+    out = prepare_dataset(cfg, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dropped"]["malformed"] == 5
+    assert meta["input_rows"] == 125 and meta["num_interactions"] == 120
+    printed = capsys.readouterr().out
+    assert "line 4: malformed JSON" in printed and "line 44: malformed JSON" in printed
+
+
+@pytest.mark.parametrize("release", ["amazon2014", "amazon2018", "amazon2023"])
+def test_deeply_nested_metadata_lines_are_malformed_lines(tmp_path, release):
+    key = "parent_asin" if release == "amazon2023" else "asin"
+    items = [f"I{k}" for k in range(7)]
+    meta_lines = [json.dumps({key: item, "title": f"T{item}"}) for item in items] * 20
+    meta_lines[3:3] = [
+        "[" * 1500 + "]" * 1500,
+        '{"a": ' * 100_000 + "1" + "}" * 100_000,
+        # a kept item whose title nests deeper than the conversion goes (700 levels)
+        f'{{"{key}": "I2", "title": ' + "[" * 700 + '"x"' + "]" * 700 + "}",
+        f"{{'{key}': 'I3', 'title': " + "[" * 100_000 + "]" * 100_000 + "}",  # 2014 literal
+    ]
+    reviews = _write(tmp_path / "r.jsonl", _good_lines_of(release))
+    meta = _write(tmp_path / "meta.json.gz", meta_lines)
+    cfg = _cfg(tmp_path, reviews, source=release, meta=str(meta), max_bad_fraction=0.05)
+    out = prepare_dataset(cfg, progress=False)
+    info = json.loads((out / "meta.json").read_text())
+    assert info["meta_skipped"] == 4 and info["items_without_meta"] == 0
