@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import DataError
+from mmrec.data.errors import DataError, Truncation
 
 
 def require_file(path: Path) -> None:
@@ -36,6 +36,7 @@ class Block:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_RAW = 1 << 16  # compressed bytes fed at once: where corrupt data is, to this much
 
 
 class LineBlocks:
@@ -43,8 +44,9 @@ class LineBlocks:
 
     A gzip stream that ends early (an interrupted download) or turns corrupt does not raise:
     every complete line before that point is yielded, then ``truncated`` is set with
-    ``last_line`` (the last complete line) and ``tail`` (the partial line after it), so that the
-    caller treats the rest like other bad lines. A file that is not gzip at all raises DataError.
+    ``last_line`` (the last complete line), ``tail`` (the partial line after it) and
+    ``bytes_read``, so that the caller decides (``truncation()`` says where the file breaks
+    off). A file that is not gzip at all raises DataError.
 
     Args:
         path: The file.
@@ -58,14 +60,14 @@ class LineBlocks:
         self.truncated: str | None = None  # why the stream ended early
         self.last_line = 0
         self.tail = b""
+        self.bytes_read = 0  # compressed bytes decoded
 
-    def truncation_message(self) -> str:
-        """The one message of a truncated or corrupt gzip file (names the last good line)."""
-        return (
-            f"{self.path}: truncated gzip file, it ends abruptly after line {self.last_line} "
-            f"(the last complete line; {self.truncated}); the download was probably "
-            "interrupted: delete the file and download it again."
-        )
+    def truncation(self) -> Truncation | None:
+        """Where a truncated or corrupt gzip file breaks off (None: it does not)."""
+        if self.truncated is None:
+            return None
+        size = self.path.stat().st_size
+        return Truncation(str(self.path), size, self.bytes_read, self.last_line, self.truncated)
 
     def __iter__(self) -> Iterator[Block]:
         chunks = self._gunzip() if self.path.suffix == ".gz" else self._plain()
@@ -107,12 +109,14 @@ class LineBlocks:
             unz, fed = zlib.decompressobj(31), False
             out: list[bytes] = []
             size = 0
-            while not self.truncated and (raw := fh.read(1 << 22)):
+            while not self.truncated and (raw := fh.read(_RAW)):
+                read = len(raw)
                 while raw:
                     try:
                         piece = unz.decompress(raw)
                     except zlib.error as err:
                         self.truncated = f"corrupt data: {err}"
+                        read = 0
                         break
                     fed, raw = True, b""
                     out.append(piece)
@@ -120,6 +124,7 @@ class LineBlocks:
                     if unz.eof:  # a member ends; another may follow (concatenated gzip)
                         raw = unz.unused_data.lstrip(b"\x00")
                         unz, fed = zlib.decompressobj(31), False
+                self.bytes_read += read
                 if size >= self.block_bytes:
                     yield b"".join(out)
                     out, size = [], 0
@@ -137,7 +142,7 @@ class LineScan:
     and splits in its own threads while the caller works on the previous frame; invalid UTF-8
     becomes U+FFFD). If polars fails midway (a truncated or corrupt gzip file), the lines after
     the last one yielded come from ``LineBlocks`` (Python zlib), which reads every complete line
-    and then sets ``truncated``/``last_line``/``message``.
+    and then sets ``last_line`` and ``truncation`` (where the file breaks off).
 
     Args:
         path: The file.
@@ -153,9 +158,8 @@ class LineScan:
         self.path = Path(path)
         require_file(self.path)
         self.columns = columns or {}
-        self.truncated = False
+        self.truncation: Truncation | None = None
         self.last_line = 0
-        self.message = ""
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
         done = 0
@@ -205,6 +209,4 @@ class LineScan:
             for lo in range(0, frame.height, self.BATCH):
                 yield frame.slice(lo, self.BATCH)
         self.last_line = blocks.last_line
-        if blocks.truncated is not None:
-            self.truncated = True
-            self.message = blocks.truncation_message()
+        self.truncation = blocks.truncation()

@@ -53,6 +53,8 @@ def read_meta_lines(
     keys: dict[str, tuple[str, ...]],
     bad: BadLines,
     kept: pl.Series | None = None,
+    *,
+    allow_truncated: bool = False,
 ) -> pl.DataFrame:
     """Reads an official metadata file: one record a line, JSON (2018/2023) or a Python dict
     literal (2014, parsed with ``ast.literal_eval``, never ``eval``), in bounded memory.
@@ -60,13 +62,16 @@ def read_meta_lines(
     With ``kept``, only lines that name a kept item id are decoded (a regex on the raw lines
     finds the id), so a file of millions of items costs one scan, not a parse per record; lines
     where no id is found are parsed to tell malformed lines from records without an id.
-    Malformed lines are counted in ``bad`` as ``meta_malformed``.
+    Malformed lines are counted in ``bad`` as ``meta_malformed``. A truncated gzip file is a
+    DataError that says where it breaks off, unless ``allow_truncated``: then its complete lines
+    are read and its tail is one ``meta_truncated`` bad line.
 
     Args:
         path: The metadata file (``.gz`` or plain).
         keys: Item column -> keys tried in order (``items.META_KEYS[release]``).
         bad: Collects the malformed lines; its ``total`` counts the data lines.
         kept: The item ids wanted (None: every record).
+        allow_truncated: Keep the complete lines of a truncated gzip file.
 
     Returns:
         The raw item columns (``items.ITEM_SCHEMA``, not cleaned) and ``_line``, one row per
@@ -91,10 +96,8 @@ def read_meta_lines(
             frame = frame.filter(pl.col("_hit"))
         if frame.height:
             parts.append(_decode(frame, keys, schema, bad))
-    if lines.truncated:
-        bad.add("meta_truncated", lines.last_line + 1, "the file ends here")
-        bad.total += 1
-        bad.truncated = lines.message
+    if lines.truncation is not None:
+        bad.truncate(lines.truncation, "meta_truncated", allow_truncated)
     elif bad.total == 0:
         raise DataError(f"{path}: the metadata file is empty; check --meta or download it again.")
     out = pl.concat(parts) if parts else _empty()

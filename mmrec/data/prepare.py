@@ -101,6 +101,11 @@ class PrepareConfig:
         review_text: Keep each review's text in interactions.parquet (``review`` column, for
             review-text features); off, the column is null and the text is only hashed to tell
             exact duplicates from repeats (less disk, less time).
+        allow_truncated: Keep the complete lines of a truncated gzip file (an interrupted
+            download; reviews, metadata or a .gz table): its cut-off tail counts as one
+            ``truncated`` line and meta.json lists the file under ``truncated_files`` (size,
+            bytes read, last complete line, lines kept). Default False: such a file stops
+            prepare with an error that names it and where it breaks off (download it again).
     """
 
     source: Literal["amazon2014", "amazon2018", "amazon2023", "tabular"] | None = None
@@ -122,15 +127,20 @@ class PrepareConfig:
     overwrite: bool = False
     report: bool = True
     review_text: bool = False
+    allow_truncated: bool = False
 
 
 #: Source -> builder of its interaction reader (a table, not a string switch in the pipeline).
 #: Amazon reviews were written between 1995 and today: other times are dropped and counted.
 READERS: dict[str, Callable[[PrepareConfig], object]] = {
-    "amazon2014": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS, TimeWindow.amazon()),
-    "amazon2018": lambda cfg: JsonReviewsReader(AMAZON2014_REVIEW_KEYS, TimeWindow.amazon()),
-    "amazon2023": lambda cfg: Amazon2023Reader(TimeWindow.amazon()),
-    "tabular": lambda cfg: TableReader(cfg.columns),
+    "amazon2014": lambda cfg: JsonReviewsReader(
+        AMAZON2014_REVIEW_KEYS, TimeWindow.amazon(), cfg.allow_truncated
+    ),
+    "amazon2018": lambda cfg: JsonReviewsReader(
+        AMAZON2014_REVIEW_KEYS, TimeWindow.amazon(), cfg.allow_truncated
+    ),
+    "amazon2023": lambda cfg: Amazon2023Reader(TimeWindow.amazon(), cfg.allow_truncated),
+    "tabular": lambda cfg: TableReader(cfg.columns, allow_truncated=cfg.allow_truncated),
 }
 TABLE_KEYS = {name: (name,) for name in ITEM_SCHEMA}
 
@@ -202,7 +212,7 @@ _NOT_SETTINGS = (
 )  # fmt: skip
 #: Settings added after folders were first fingerprinted: left out while at their default, so a
 #: folder prepared before they existed stays valid.
-_LATER_SETTINGS = {"review_text": False}
+_LATER_SETTINGS = {"review_text": False, "allow_truncated": False}
 
 
 def settings(cfg: PrepareConfig) -> dict:
@@ -308,9 +318,14 @@ def build_items(
             sources.append(read_meta_table(meta, META_KEYS.get(cfg.source, TABLE_KEYS)))
         else:
             bad = BadLines(str(meta))
-            sources.append(read_meta_lines(meta, META_KEYS[cfg.source], bad, items["item_id"]))
+            keys, kept = META_KEYS[cfg.source], items["item_id"]
+            sources.append(
+                read_meta_lines(meta, keys, bad, kept, allow_truncated=cfg.allow_truncated)
+            )
             bad.check(cfg.max_bad_fraction)
             info["meta_skipped"] = bad.num_bad
+            if bad.truncated is not None:
+                info["truncated_files"] = [bad.truncation_record()]
     if cfg.item_text:
         sources.append(read_item_text(cfg.item_text))
     quality: dict = {}
@@ -362,6 +377,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         stats, reader = ReadStats(), READERS[cfg.source](cfg)
         data = ingest(reader, reviews, cfg.max_bad_fraction, stats, Path(scratch), cfg.review_text)
         input_rows, dropped = stats.input_rows, dict(stats.dropped)
+        truncated = stats.truncated
         bar.update()
         bar.set_postfix_str("cleaning")
         kept = clean_ingested(data, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped)
@@ -399,6 +415,9 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     bar.update()
     bar.close()
 
+    truncated += item_info.pop("truncated_files", [])
+    if truncated:  # kept with --allow_truncated: which files were cut, and what was kept
+        info["truncated_files"] = truncated
     info |= {**item_info, "inputs": [str(f) for f in files], "fingerprint": fingerprint}
     info |= {"settings": settings(cfg), "input_files": identity}
     info["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import BadLines, DataError
+from mmrec.data.errors import BadLines, DataError, Truncation
 from mmrec.data.lines import LineBlocks, LineScan, require_file
 
 _SMALL = 64  # lines checked one by one when a frame does not decode in bulk
@@ -22,19 +22,27 @@ OPTIONAL = ("rating", "review")
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """Content of ``path``, gunzipped if it ends in ``.gz``; clear errors when it cannot be read.
+    """Content of ``path``, gunzipped if it ends in ``.gz``; clear errors when it cannot be read
+    (a truncated gzip file is an error).
 
     For small files (tables, item text); line files of any size are read by ``LineBlocks``.
     """
+    data, cut = read_complete_lines(path)
+    if cut is not None:
+        raise DataError(cut.error(option=False))
+    return data
+
+
+def read_complete_lines(path: str | Path) -> tuple[bytes, Truncation | None]:
+    """Content of ``path`` (gunzipped if it ends in ``.gz``) and, for a truncated gzip file,
+    where it breaks off (the content then holds its complete lines only)."""
     path = Path(path)
     require_file(path)
     if path.suffix != ".gz":
-        return path.read_bytes()
+        return path.read_bytes(), None
     blocks = LineBlocks(path)
     data = b"".join(b.data for b in blocks)
-    if blocks.truncated:
-        raise DataError(blocks.truncation_message())
-    return data
+    return data, blocks.truncation()
 
 
 #: What ``json_line_frames`` runs on each decoded frame, in its worker threads: the frame and
@@ -49,6 +57,7 @@ def json_line_frames(
     *,
     typed: dict[str, pl.DataType] | None = None,
     transform: Transform | None = None,
+    allow_truncated: bool = False,
 ) -> Iterator[pl.DataFrame]:
     """Selected keys of a JSON-lines file (``.gz`` or plain), frame by frame, in bounded memory.
 
@@ -58,7 +67,8 @@ def json_line_frames(
     values line by line. The lines of a frame are decoded in bulk (polars); when that fails, a
     Python loop finds the malformed lines (counted in ``bad`` as ``malformed``) and polars
     decodes the rest. Blank lines are skipped. A truncated gzip file yields its complete lines,
-    then counts its tail as one ``truncated`` bad line (``bad.truncated`` says where it ends).
+    then raises the DataError that says where it breaks off; with ``allow_truncated`` its tail
+    counts as one ``truncated`` bad line instead (``bad.truncated`` says where it ends).
 
     Two threads decode frames (and run ``transform`` on them) while polars scans the next
     lines; frames come out in file order and the bad lines are booked in file order.
@@ -70,6 +80,7 @@ def json_line_frames(
         typed: Output column -> dtype tried first (e.g. Int64 timestamps).
         transform: Applied to each decoded frame in the worker threads (e.g. checks and
             conversions that count bad rows in the ``BadLines`` they get).
+        allow_truncated: Keep the complete lines of a truncated gzip file.
     """
     path = Path(path)
     text = {key: pl.String for key in dict.fromkeys(keys.values())}
@@ -95,10 +106,8 @@ def json_line_frames(
                 yield from _book(*pending.popleft().result(), bad)
         while pending:
             yield from _book(*pending.popleft().result(), bad)
-    if lines.truncated:
-        bad.add("truncated", lines.last_line + 1, "the file ends here, in the middle of a line")
-        bad.total += 1
-        bad.truncated = lines.message
+    if lines.truncation is not None:
+        bad.truncate(lines.truncation, "truncated", allow_truncated)
     elif bad.total == 0:
         raise DataError(
             f"{path}: the file is empty (no data lines); check the path or download it again."
@@ -213,14 +222,25 @@ def _read_objects(
 
 
 def read_delimited(
-    path: str | Path, columns: dict[str, str], *, optional: tuple[str, ...] = OPTIONAL
+    path: str | Path,
+    columns: dict[str, str],
+    *,
+    optional: tuple[str, ...] = OPTIONAL,
+    bad: BadLines | None = None,
+    allow_truncated: bool = False,
 ) -> pl.DataFrame:
     """Reads mapped columns of a csv/tsv (optionally ``.gz``) or parquet file, plus ``line``.
+
+    A truncated ``.gz`` file is a DataError that says where it breaks off; with
+    ``allow_truncated`` (and ``bad``) its complete lines are read and its tail is one
+    ``truncated`` bad line in ``bad``.
 
     Args:
         path: The file; ``.tsv`` is tab-separated, ``.csv``/``.txt`` comma-separated.
         columns: Our column name -> the file's column name.
         optional: Our columns that may be absent from the file (then null).
+        bad: Where the tail of a truncated file is booked.
+        allow_truncated: Keep the complete lines of a truncated gzip file.
     """
     path = Path(path)
     if not path.is_file():
@@ -232,7 +252,14 @@ def read_delimited(
             available = pl.read_parquet_schema(path)
             source = path
         else:
-            source = io.BytesIO(read_bytes(path)) if path.suffix == ".gz" else path
+            source = path
+            if path.suffix == ".gz":
+                data, cut = read_complete_lines(path)
+                if cut is not None:
+                    if bad is None:
+                        raise DataError(cut.error(option=False))
+                    bad.truncate(cut, "truncated", allow_truncated)
+                source = io.BytesIO(data)
             sep = "\t" if kind == ".tsv" else ","
             available = pl.read_csv(source, n_rows=0, separator=sep, infer_schema=False).columns
     except pl.exceptions.NoDataError:

@@ -69,14 +69,18 @@ class TimeWindow:
 
 @dataclass
 class ReadStats:
-    """What a reader has read so far: data rows (bad ones included) and rows skipped by reason."""
+    """What a reader has read so far: data rows (bad ones included), rows skipped by reason and
+    the truncated files it kept the complete lines of (``BadLines.truncation_record``)."""
 
     input_rows: int = 0
     dropped: Counter = field(default_factory=Counter)
+    truncated: list[dict] = field(default_factory=list)
 
     def add(self, bad: BadLines) -> None:
         self.input_rows += bad.total
         self.dropped.update(bad.counts)
+        if bad.truncated is not None:
+            self.truncated.append(bad.truncation_record())
 
 
 @dataclass
@@ -248,10 +252,13 @@ class Reader:
 
     Args:
         window: Times outside it are dropped (``time_out_of_range``); None: any time.
+        allow_truncated: Keep the complete lines of a truncated gzip file (its tail is one
+            ``truncated`` bad line); False: such a file is a DataError.
     """
 
-    def __init__(self, window: TimeWindow | None = None) -> None:
+    def __init__(self, window: TimeWindow | None = None, allow_truncated: bool = False) -> None:
         self.window = window
+        self.allow_truncated = allow_truncated
 
     def frames(
         self,
@@ -278,10 +285,13 @@ class JsonReviewsReader(Reader):
     Args:
         keys: Our column -> JSON key, e.g. ``{"user_id": "reviewerID", "item_id": "asin", ...}``.
         window: Times outside it are dropped (``time_out_of_range``); None: any time.
+        allow_truncated: Keep the complete lines of a truncated gzip file.
     """
 
-    def __init__(self, keys: dict[str, str], window: TimeWindow | None = None) -> None:
-        super().__init__(window)
+    def __init__(
+        self, keys: dict[str, str], window: TimeWindow | None = None, allow_truncated: bool = False
+    ) -> None:
+        super().__init__(window, allow_truncated)
         self.keys = keys | {f.column: f.column for f in extra_fields() if f.column not in keys}
 
     def frames(
@@ -299,7 +309,14 @@ class JsonReviewsReader(Reader):
 
         for path in paths:
             bad = BadLines(str(path))
-            yield from json_line_frames(path, self.keys, bad, typed=typed, transform=check)
+            yield from json_line_frames(
+                path,
+                self.keys,
+                bad,
+                typed=typed,
+                transform=check,
+                allow_truncated=self.allow_truncated,
+            )
             bad.check(max_bad_fraction)
             stats.add(bad)
 
@@ -312,12 +329,16 @@ class TableReader(Reader):
             ``extra_fields()`` columns) -> the file's column. Unmapped optional columns are
             looked up under our own name.
         window: Times outside it are dropped (``time_out_of_range``); None: any time.
+        allow_truncated: Keep the complete lines of a truncated ``.gz`` table.
     """
 
     def __init__(
-        self, columns: dict[str, str] | None = None, window: TimeWindow | None = None
+        self,
+        columns: dict[str, str] | None = None,
+        window: TimeWindow | None = None,
+        allow_truncated: bool = False,
     ) -> None:
-        super().__init__(window)
+        super().__init__(window, allow_truncated)
         self.optional = (*OPTIONAL, *(f.column for f in extra_fields()))
         unknown = set(columns or {}) - set(REQUIRED) - set(self.optional)
         if unknown:
@@ -339,8 +360,15 @@ class TableReader(Reader):
         transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> Iterator[pl.DataFrame]:
         for path in self.order(paths):
-            raw = read_delimited(path, self.columns, optional=self.optional)
-            bad = BadLines(str(path), total=raw.height)
+            bad = BadLines(str(path))
+            raw = read_delimited(
+                path,
+                self.columns,
+                optional=self.optional,
+                bad=bad,
+                allow_truncated=self.allow_truncated,
+            )
+            bad.total += raw.height
             frame = normalize(raw, bad, self.window)
             del raw
             bad.check(max_bad_fraction)
@@ -358,7 +386,7 @@ class BenchmarkCsvReader(TableReader):
     redundant with that order and is not read. Timestamps are milliseconds (converted).
     """
 
-    def __init__(self, window: TimeWindow | None = None) -> None:
+    def __init__(self, window: TimeWindow | None = None, allow_truncated: bool = False) -> None:
         super().__init__(
             {
                 "user_id": "user_id",
@@ -367,6 +395,7 @@ class BenchmarkCsvReader(TableReader):
                 "timestamp": "timestamp",
             },
             window,
+            allow_truncated,
         )
 
     def order(self, paths: list[Path]) -> list[Path]:
@@ -397,6 +426,7 @@ class Amazon2023Reader(Reader):
 
     Args:
         window: Times outside it are dropped (``time_out_of_range``); None: any time.
+        allow_truncated: Keep the complete lines of a truncated gzip file.
     """
 
     def frames(
@@ -409,8 +439,8 @@ class Amazon2023Reader(Reader):
         csvs = [p for p in paths if re.search(r"\.csv(\.gz)?$", p.name)]
         jsonl = [p for p in paths if p not in csvs]
         if csvs:
-            reader = BenchmarkCsvReader(self.window)
+            reader = BenchmarkCsvReader(self.window, self.allow_truncated)
             yield from reader.frames(csvs, max_bad_fraction, stats, transform)
         if jsonl:
-            reader = JsonReviewsReader(AMAZON2023_REVIEW_KEYS, self.window)
+            reader = JsonReviewsReader(AMAZON2023_REVIEW_KEYS, self.window, self.allow_truncated)
             yield from reader.frames(jsonl, max_bad_fraction, stats, transform)

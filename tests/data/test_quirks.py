@@ -136,23 +136,113 @@ def test_mixed_timestamp_units_are_decided_per_value(tmp_path, capsys):
         _prepare(tmp_path, path, **(cfg | {"max_bad_fraction": 0.0, "out": str(tmp_path / "o")}))
 
 
-def test_truncated_gzip_keeps_readable_lines_and_names_the_last_good_one(tmp_path, capsys):
-    """A gzip file cut in half: every complete line is read, the rest counts as one bad line
-    (``truncated``) under --max_bad_fraction, and the message names the last good line."""
+def _cut(path: Path, data: bytes) -> int:
+    """Writes the first half of the gzip ``data`` to ``path``; returns its complete lines."""
+    path.write_bytes(data[: len(data) // 2])
+    return zlib.decompressobj(31).decompress(data[: len(data) // 2]).count(b"\n")
+
+
+def test_truncated_gzip_stops_unless_allowed_then_keeps_its_complete_lines(tmp_path, capsys):
+    """A gzip file cut in half stops prepare with one line (file, bytes read of its size, the
+    last good line, what to do); with --allow_truncated its complete lines are kept, the rest
+    counts as one ``truncated`` line, and meta.json says so."""
     lines = [_review_2018(f"U{k % 40}", f"I{k % 30}", T0 + k, "x" * (k % 50)) for k in range(3000)]
     data = gzip.compress(("\n".join(lines) + "\n").encode())
     path = tmp_path / "Cut_5.json.gz"
-    path.write_bytes(data[: len(data) // 2])
-    readable = zlib.decompressobj(31).decompress(data[: len(data) // 2]).count(b"\n")
+    readable = _cut(path, data)
+    size = len(data) // 2
     assert 100 < readable < 3000
-    out, info = _prepare(tmp_path, path, kcore=0, keep_repeats=True)
+    with pytest.raises(DataError) as err:
+        _prepare(tmp_path, path, kcore=0, keep_repeats=True, max_bad_fraction=1.0)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: truncated gzip file: ")
+    assert f"after {size:,} of the file's {size:,} bytes" in message
+    assert f"line {readable} is the last complete line" in message
+    assert "download it again, or pass --allow_truncated true" in message
+    assert not (tmp_path / "out" / "meta.json").exists()
+    capsys.readouterr()
+    out, info = _prepare(tmp_path, path, kcore=0, keep_repeats=True, allow_truncated=True)
     assert info["dropped"] == {"truncated": 1, "duplicate": 0}
     assert info["input_rows"] == readable + 1 and info["num_interactions"] == readable
+    assert info["truncated_files"] == [
+        {
+            "file": str(path),
+            "size": size,
+            "bytes_read": size,
+            "last_complete_line": readable,
+            "lines_kept": readable,
+        }
+    ]
+    assert info["settings"]["allow_truncated"] is True
     printed = capsys.readouterr().out
-    assert f"Cut_5.json.gz: truncated gzip file, it ends abruptly after line {readable} " in printed
-    assert f"line {readable + 1}: the file ends here" in printed
-    with pytest.raises(DataError, match=rf"ends abruptly after line {readable} .*download it"):
-        _prepare(tmp_path, path, max_bad_fraction=0.0, out=str(tmp_path / "o2"))
+    assert f"Cut_5.json.gz: truncated gzip file, kept its first {readable} lines" in printed
+    # the tail is not held against max_bad_fraction once truncation is allowed
+    cfg = {"allow_truncated": True, "max_bad_fraction": 0.0, "out": str(tmp_path / "o2")}
+    assert _prepare(tmp_path, path, kcore=0, keep_repeats=True, **cfg)[1]["num_interactions"] == (
+        readable
+    )
+
+
+def test_truncated_metadata_and_table_files(tmp_path):
+    reviews = _reviews(tmp_path / "r_5.json.gz", ["A1", "A2", "A3"])
+    records = [json.dumps(_meta_2018(f"A{k % 3 + 1}", title="t" * (k % 90))) for k in range(900)]
+    meta = tmp_path / "meta_Cut.json.gz"
+    readable = _cut(meta, gzip.compress(("\n".join(records) + "\n").encode()))
+    with pytest.raises(
+        DataError, match=rf"meta_Cut.json.gz: truncated gzip file: .*line {readable} "
+    ):
+        _prepare(tmp_path, reviews, meta)
+    _, info = _prepare(tmp_path, reviews, meta, allow_truncated=True)
+    (entry,) = info["truncated_files"]
+    assert entry["file"] == str(meta) and entry["lines_kept"] == readable
+    assert info["meta_skipped"] == 1 and info["items_without_meta"] == 0
+
+    rows = ["user,item,time"] + [f"U{k % 20},I{k % 15},{T0 + k * DAY}" for k in range(4000)]
+    table = tmp_path / "events.csv.gz"
+    readable = _cut(table, gzip.compress(("\n".join(rows) + "\n").encode()))
+    columns = {"user_id": "user", "item_id": "item", "timestamp": "time"}
+    cfg = {"source": "tabular", "columns": columns, "kcore": 0, "out": str(tmp_path / "t")}
+    with pytest.raises(DataError, match=rf"line {readable} is the last complete line.*--allow"):
+        _prepare(tmp_path, table, **cfg)
+    _, info = _prepare(tmp_path, table, **cfg, allow_truncated=True)
+    assert info["input_rows"] == readable and info["dropped"]["truncated"] == 1  # header + rows
+    assert info["truncated_files"][0]["lines_kept"] == readable - 1
+
+
+def test_allow_truncated_is_a_documented_option_that_keeps_old_fingerprints(capsys):
+    from mmrec.data.prepare import main, settings
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--allow_truncated {true,false}" in help_text
+    assert "Keep the complete lines of a truncated gzip file (an interrupted" in help_text
+    base = PrepareConfig(source="amazon2018")
+    assert "allow_truncated" not in settings(base)  # folders prepared before it stay valid
+    assert settings(PrepareConfig(source="amazon2018", allow_truncated=True))["allow_truncated"]
+
+
+@pytest.mark.shared_data
+def test_real_gift_cards_cut_in_half(shared_data, tmp_path, capsys):
+    """The official Gift_Cards_5.json.gz cut at half its size: 1,484 of its 2,972 lines are
+    complete, the 1,485th is cut. `mmrec prepare` stops (exit 2, one line); with
+    --allow_truncated true it keeps the 1,484 and meta.json records the cut."""
+    from mmrec.data.prepare import main
+
+    data = (shared_data / "amazon2018-5core" / "Gift_Cards_5.json.gz").read_bytes()
+    path = tmp_path / "Gift_Cards_5.json.gz"
+    assert _cut(path, data) == 1484
+    argv = ["--source", "amazon2018", "--reviews", str(path), "--out", str(tmp_path / "o")]
+    argv += ["--report", "false", "--progress", "false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{path}: truncated gzip file: " in err and "line 1484 is the last complete" in err
+    assert f"of the file's {len(data) // 2:,} bytes" in err
+    assert main([*argv, "--allow_truncated", "true"]) == 0
+    info = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert info["input_rows"] == 1485 and info["dropped"]["truncated"] == 1
+    assert info["truncated_files"][0]["lines_kept"] == 1484
 
 
 def test_invalid_utf8_in_metadata_is_counted_per_field(tmp_path):
