@@ -75,6 +75,7 @@ def _cli_class():
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.module import MMRecModule
     from mmrec.runs import (
+        EpochLogInterval,
         EpochSummary,
         RandomState,
         Run,
@@ -214,7 +215,9 @@ def _cli_class():
         "default_root_dir": "runs",
         "log_every_n_steps": 50,
         "logger": True,
-        "callbacks": [RandomState()],  # exact resume from --ckpt_path last
+        # RandomState: exact resume from --ckpt_path last; EpochLogInterval: step metrics at
+        # least once an epoch (log_every_n_steps capped at the steps of an epoch)
+        "callbacks": [RandomState(), EpochLogInterval()],
     }
     return MMRecCLI, MMRecModule, AmazonDataModule, trainer_defaults
 
@@ -231,6 +234,11 @@ def _quiet() -> None:
     # training loss is shown per process: Lightning's advice to add sync_dist does not apply
     warnings.filterwarnings(
         "ignore", message=r"It is recommended to use `self.log\('(val|test|train)/"
+    )
+    # every fit's EpochLogInterval lowers log_every_n_steps to the steps of an epoch, which is
+    # what this warning (given before any callback can act) asks for
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
     )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NoTips())

@@ -365,3 +365,22 @@ class DecayOnPlateau(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.wait = state_dict["best"], state_dict["wait"]
         self.scale = state_dict["scale"]
+
+
+class EpochLogInterval(Callback):
+    """Caps ``Trainer(log_every_n_steps)`` at the optimizer steps of one epoch, so the step
+    metrics (``train/loss_step``) are logged at least once an epoch: on small categories (one
+    or two steps an epoch against the default interval of 50) they would otherwise appear
+    every 25 to 50 epochs. Larger data keeps the interval as set; 0 (no logging) stays 0.
+
+    Lightning warns about an interval longer than an epoch before any callback can act; the
+    ``mmrec`` command, which adds this callback to every fit, silences that warning.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = trainer.num_training_batches
+        if not batches or batches == float("inf"):
+            return
+        steps = math.ceil(batches / trainer.accumulate_grad_batches)
+        if 0 < steps < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = steps

@@ -490,3 +490,21 @@ def test_decay_on_plateau_resets_on_improvement_in_either_mode(mode, values):
         callback.on_validation_end(trainer, None)
         rates.append(optimizer.param_groups[0]["lr"])
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+
+
+def test_step_metrics_logged_every_epoch_without_the_interval_warning(trained, tmp_path, recwarn):
+    """The quickstart's 8 steps per epoch are fewer than the default log_every_n_steps (50):
+    the interval is capped at an epoch, so train/loss_step is logged at each epoch's last step
+    (not once in 50 steps), and Lightning's warning that asks for exactly that is not shown."""
+    root, _, _ = trained
+    runs = tmp_path / "runs"
+    assert main(["fit", *_common(root, runs), "--trainer.max_epochs=3"]) == 0
+    shown = [str(w.message) for w in recwarn if "logging interval" in str(w.message)]
+    assert not shown, shown
+    (run,) = [p for p in (runs / "quickstart").iterdir() if p.name != "latest"]
+    with (run / "fit" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    epoch_ends = sorted({int(r["step"]) for r in rows if r.get("train/loss_epoch")})
+    assert len(epoch_ends) == 3 and steps == epoch_ends, (steps, epoch_ends)
+    assert all(float(r["train/loss_step"]) > 0 for r in rows if r.get("train/loss_step"))
