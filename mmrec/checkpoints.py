@@ -1,9 +1,11 @@
-"""What a checkpoint may do when a command loads it: its components checked against their
-slots before anything is imported, command-line model options checked against it, and its
-sizes against the data ("wrong checkpoint?")."""
+"""What a checkpoint may do when a command loads it: read as tensors and plain values only,
+every class path it names checked against its slot before anything is imported, command-line
+model options checked against it, and its sizes against the data ("wrong checkpoint?")."""
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
 
 from mmrec.config import ConfigError
@@ -15,25 +17,130 @@ EVAL_OPTIONS = ("ks", "test_slices", "predict_k", "exclude_history")
 LINKED = ("num_items", "num_users", "data_dir", "time_granularity", "max_len")
 
 
-def check_components(hparams: dict, trusted: list[str]) -> None:
-    """Refuse a checkpoint's component specs before jsonargparse imports anything they name."""
-    from mmrec.config import check_spec
+#: The only instantiator a checkpoint may name (what LightningCLI stores); mmrec never calls it.
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint file as a dict of tensors and plain values (``weights_only``), on the CPU.
+
+    Raises:
+        ConfigError: One line naming the file: missing, not a checkpoint, truncated, or
+            holding Python objects (a pickle payload), never torch's own advice.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path}: no such file; pass a .ckpt written by `mmrec fit`")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err) and "global" not in str(err):  # garbage, not an object
+            raise ConfigError(
+                f"checkpoint {path} cannot be read (not a pickle of tensors): not a torch "
+                "checkpoint? pass a .ckpt written by `mmrec fit`"
+            ) from None
+        raise ConfigError(
+            f"checkpoint {path} refused: it holds Python objects, not only tensors and plain "
+            "values, and loading those would run code from the file; use a checkpoint written "
+            "by `mmrec fit` (or Lightning's save_checkpoint) from a source you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0].split(". ")[0][:120] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({reason}): a truncated copy or not a torch "
+            "checkpoint? copy it again or pass a .ckpt written by `mmrec fit`"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(
+            f"checkpoint {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt "
+            "written by `mmrec fit`"
+        )
+    return ckpt
+
+
+def checked_hparams(ckpt: dict, path: str | Path, trusted: list[str]) -> dict:
+    """The hyper-parameters of a checkpoint read by :func:`read_checkpoint`, every class path
+    they name checked against its slot before anything imports it.
+
+    Lightning's ``_instantiator`` (LightningCLI's, the only one accepted) and ``_class_path``
+    (this model's class, or a subclass already imported) are checked, then dropped: mmrec
+    builds the model itself, so jsonargparse never imports what a checkpoint names.
+
+    Raises:
+        ConfigError: One line naming the file and the refused entry.
+    """
+    from mmrec.module import MMRecModule
+
+    hparams = ckpt.get("hyper_parameters")
+    if hparams is None:
+        return {}
+    if not isinstance(hparams, dict):
+        raise ConfigError(f"checkpoint {path} refused: its hyper_parameters are not a mapping")
+    hparams = dict(hparams)
+    instantiator = hparams.pop("_instantiator", None)
+    if instantiator is not None and instantiator != CLI_INSTANTIATOR:
+        raise ConfigError(
+            f"checkpoint {path} refused: _instantiator {instantiator!r} is not LightningCLI's "
+            f"{CLI_INSTANTIATOR!r} (importing it would run code)"
+        )
+    class_path = hparams.pop("_class_path", None)
+    if class_path is not None:
+        try:
+            from mmrec.config import resolve_class
+
+            resolve_class(class_path, MMRecModule, "_class_path")
+        except (ImportError, TypeError) as err:
+            raise ConfigError(f"checkpoint {path} refused: {err}") from None
+    check_components(hparams, trusted, path)
+    return hparams
+
+
+def check_components(hparams: dict, trusted: list[str], path: str | Path = "") -> None:
+    """Refuse a checkpoint's component specs before jsonargparse imports anything they name.
+
+    The component slots are checked against their bases; a class path anywhere else in the
+    hyper-parameters must name a :class:`~mmrec.config.Configurable` component.
+    """
+    from mmrec.config import Configurable, check_spec, is_spec
     from mmrec.encoders.base import EventEncoder, ItemEncoder
     from mmrec.fusion import Fusion
     from mmrec.losses import Loss
     from mmrec.sequence import SequenceHead
 
+    lists = {"item_encoders": ItemEncoder, "event_encoders": EventEncoder}
     bases = {"fusion": Fusion, "sequence": SequenceHead, "loss": Loss}
+
+    def others(value: Any, where: str) -> None:
+        if is_spec(value):
+            check_spec(value, Configurable, where, trusted)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                others(v, f"{where}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                others(v, f"{where}[{i}]")
+
     try:
-        for i, spec in enumerate(hparams.get("item_encoders") or []):
-            check_spec(spec, ItemEncoder, f"item_encoders[{i}]", trusted)
-        for i, spec in enumerate(hparams.get("event_encoders") or []):
-            check_spec(spec, EventEncoder, f"event_encoders[{i}]", trusted)
-        for slot, base in bases.items():
-            if hparams.get(slot) is not None:
-                check_spec(hparams[slot], base, slot, trusted)
+        for slot, value in hparams.items():
+            if slot in lists and value is not None:
+                if not isinstance(value, (list, tuple)):
+                    raise TypeError(f"{slot}: a list of components, got {type(value).__name__}")
+                for i, spec in enumerate(value):
+                    check_spec(spec, lists[slot], f"{slot}[{i}]", trusted)
+            elif slot in bases and value is not None:
+                check_spec(value, bases[slot], slot, trusted)
+            else:
+                others(value, slot)
     except (ImportError, TypeError) as err:
-        raise ConfigError(f"checkpoint refused: {err}") from None
+        where = f"checkpoint {path}" if str(path) else "checkpoint"
+        raise ConfigError(f"{where} refused: {err}") from None
 
 
 def given_model_options(argv: list[str]) -> set[str]:

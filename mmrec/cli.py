@@ -69,8 +69,9 @@ def _cli_class():
         EVAL_OPTIONS,
         LINKED,
         check_command_line,
-        check_components,
         check_data,
+        checked_hparams,
+        read_checkpoint,
     )
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.module import MMRecModule
@@ -145,12 +146,12 @@ def _cli_class():
             cfg.ckpt_path = resolve_ckpt(cfg.ckpt_path, root, cfg.name)
             if not Path(cfg.ckpt_path).is_file():
                 raise ConfigError(f"--ckpt_path {cfg.ckpt_path}: no such checkpoint file")
-            ckpt = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-            hparams = dict(ckpt.get("hyper_parameters") or {})
+            ckpt = read_checkpoint(cfg.ckpt_path)
+            trusted = cfg.model.get("trusted_modules") or []
+            hparams = checked_hparams(ckpt, cfg.ckpt_path, trusted)
             self.ckpt_hparams = hparams
             if not hparams or command == "run":
                 return
-            check_components(hparams, cfg.model.get("trusted_modules") or [])
             check_command_line(cfg.model, hparams, sys.argv[1:])
             skip = (*EVAL_OPTIONS, *LINKED)
             keep = {k: v for k, v in hparams.items() if k not in skip and not k.startswith("_")}

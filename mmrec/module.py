@@ -4,6 +4,8 @@ whole catalogue."""
 from __future__ import annotations
 
 import functools
+import inspect
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -155,6 +157,78 @@ class MMRecModule(L.LightningModule):
             max_len=dm.max_len,
             **kwargs,
         )
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: str | torch.device | None = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> MMRecModule:
+        """Rebuild a model from a checkpoint file alone, checking it before it can run code.
+
+        The file is read as tensors and plain values only, and every class path its
+        hyper-parameters name is checked against its slot before anything is imported
+        (``trusted_modules`` widens that, as in ``__init__``). The model is then built by
+        ``__init__`` itself: Lightning's stored ``_instantiator`` (jsonargparse, which imports
+        each class path it is given) is never called.
+
+        Args:
+            checkpoint_path: A ``.ckpt`` written by ``mmrec fit`` or ``Trainer.save_checkpoint``.
+            map_location: Device to move the model to (default: the CPU).
+            hparams_file: A YAML file whose hyper-parameters replace the checkpoint's.
+            strict: Whether the state dict must match the model exactly (default: the model's
+                ``strict_loading``, True).
+            weights_only: Must be True or None (the only way mmrec reads a checkpoint).
+            **kwargs: Constructor arguments that override the checkpoint's
+                (``data_dir``, ``trusted_modules``, evaluation options).
+
+        Raises:
+            ConfigError: The file is missing, unreadable, holds Python objects, or names a
+                class outside its slot or an untrusted module; one line naming the file.
+        """
+        import yaml
+
+        from mmrec.checkpoints import checked_hparams, read_checkpoint
+
+        if weights_only is False:
+            raise ConfigError(
+                "MMRecModule.load_from_checkpoint reads tensors and plain values only "
+                "(weights_only=True): a checkpoint that needs more could run code when loaded"
+            )
+        ckpt = read_checkpoint(checkpoint_path)
+        if hparams_file is not None:
+            ckpt["hyper_parameters"] = yaml.safe_load(Path(hparams_file).read_text())
+        trusted = list(kwargs.get("trusted_modules") or [])
+        hparams = checked_hparams(ckpt, checkpoint_path, trusted)
+        hparams.update(kwargs)
+        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        try:
+            model = cls(**{k: v for k, v in hparams.items() if k in names})
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:
+            raise ConfigError(
+                f"checkpoint {checkpoint_path}: its hyper-parameters do not build a model "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); a "
+                "damaged or edited checkpoint? pass one written by `mmrec fit`"
+            ) from None
+        model.on_load_checkpoint(ckpt)
+        strict = model.strict_loading if strict is None else strict
+        try:
+            model.load_state_dict(ckpt["state_dict"], strict=strict)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"checkpoint {checkpoint_path}: its weights do not fit the model its "
+                f"hyper-parameters build ({str(err).splitlines()[0].rstrip(':')}); a damaged or "
+                "edited checkpoint? pass one written by `mmrec fit`"
+            ) from None
+        if isinstance(map_location, (str, torch.device)):
+            model = model.to(map_location)
+        return model
 
     # ----------------------------------------------------------------------------- forward
     def item_vectors(self) -> Tensor:

@@ -245,7 +245,8 @@ def test_crafted_checkpoint_is_refused_by_the_cli(trained, tmp_path, capfd):
     torch.save(ckpt, tmp_path / "crafted.ckpt")
     assert main(["test", *common, f"--ckpt_path={tmp_path / 'crafted.ckpt'}"]) == 2
     err = capfd.readouterr().err
-    assert "checkpoint refused: item_encoders[0]: 'os.system' is not an ItemEncoder" in err
+    refused = f"checkpoint {tmp_path / 'crafted.ckpt'} refused: item_encoders[0]: 'os.system'"
+    assert f"{refused} is not an ItemEncoder" in err
     assert not marker.exists()
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mmrec.config import bool_flags, component_spec, instantiate
+from mmrec.config import ConfigError, bool_flags, component_spec, instantiate
 from mmrec.encoders.base import ItemEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.module import MMRecModule
@@ -51,9 +51,11 @@ def test_crafted_checkpoint_runs_nothing(tmp_path, class_path):
     marker = tmp_path / "ran"
     evil = {"class_path": class_path, "init_args": {"command": f"touch {marker}"}}
     path = _checkpoint(tmp_path, item_encoders=[evil])
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(ConfigError) as info:
         MMRecModule.load_from_checkpoint(path, weights_only=True)
-    assert str(info.value).startswith(f"item_encoders[0]: '{class_path}' is not an ItemEncoder")
+    assert str(info.value).startswith(
+        f"checkpoint {path} refused: item_encoders[0]: '{class_path}' is not an ItemEncoder"
+    )
     assert "refused before calling anything" in str(info.value)
     assert not marker.exists()
 
@@ -61,14 +63,14 @@ def test_crafted_checkpoint_runs_nothing(tmp_path, class_path):
 def test_every_slot_checks_its_own_base(tmp_path):
     item = {"class_path": "mmrec.encoders.item_id.ItemIdEncoder", "init_args": {}}
     with pytest.raises(
-        TypeError, match=r"^sequence: 'mmrec.encoders.item_id.ItemIdEncoder' is not a SequenceHead"
+        ConfigError, match=r"refused: sequence: 'mmrec.encoders.item_id.ItemIdEncoder' is not a Seq"
     ):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, sequence=item), weights_only=True)
-    with pytest.raises(TypeError, match=r"^loss: .* is not a Loss"):
+    with pytest.raises(ConfigError, match=r"refused: loss: .* is not a Loss"):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, loss=item), weights_only=True)
-    with pytest.raises(TypeError, match=r"^fusion: .* is not a Fusion"):
+    with pytest.raises(ConfigError, match=r"refused: fusion: .* is not a Fusion"):
         MMRecModule.load_from_checkpoint(_checkpoint(tmp_path, fusion=item), weights_only=True)
-    with pytest.raises(TypeError, match=r"^event_encoders\[0\]: .* is not an EventEncoder"):
+    with pytest.raises(ConfigError, match=r"refused: event_encoders\[0\]: .* is not an EventEnc"):
         MMRecModule.load_from_checkpoint(
             _checkpoint(tmp_path, event_encoders=[item]), weights_only=True
         )
@@ -101,7 +103,7 @@ def test_module_outside_mmrec_imported_only_when_trusted(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "lab_encoders", raising=False)
     spec = {"class_path": "lab_encoders.LabEncoder", "init_args": {}}
     path = _checkpoint(tmp_path, item_encoders=[spec])
-    with pytest.raises(ImportError) as info:
+    with pytest.raises(ConfigError) as info:
         MMRecModule.load_from_checkpoint(path, weights_only=True)
     assert "item_encoders[0]: 'lab_encoders.LabEncoder' lives in module 'lab_encoders'" in str(
         info.value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import urllib.parse
 from functools import lru_cache
@@ -153,6 +154,12 @@ class ClipModel:
             model, preprocess = self._clip.load(
                 self.model_path, device=self.device, jit=False, download_root=self.download_root
             )
+        except pickle.UnpicklingError:  # torch.load (weights_only) refused Python objects
+            raise ModelLoadError(
+                f"CLIP checkpoint {self.model_path!r} refused: it holds Python objects, not only "
+                "tensors, and loading those would run code from the file; use the official "
+                "CLIP checkpoint (a TorchScript archive or a state_dict of tensors)"
+            ) from None
         except (OSError, RuntimeError) as e:  # URLError is an OSError; bad checkpoint: Runtime
             where = self.download_root or "~/.cache/clip"
             raise ModelLoadError(

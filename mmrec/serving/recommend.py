@@ -328,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as err:
         print(f"mmrec recommend: error: {err}", file=sys.stderr)
         return 2
+    if len(recs) < cfg.k:
+        print(
+            f"mmrec recommend: --k {cfg.k} capped at {len(recs)}: the catalogue has "
+            f"{rec.model.num_items} items and those in the history are not recommended",
+            file=sys.stderr,
+        )
     if cfg.json:
         out = {
             "user": cfg.user,
