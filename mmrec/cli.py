@@ -173,13 +173,22 @@ def _cli_class():
         def instantiate_trainer(self, **kwargs):
             config_logger = self._get(self.config_init, "trainer", default={}).get("logger")
             if config_logger is True:  # the default: CSV + W&B in the run folder
+                from mmrec.experiments.tracking import WandbRun, finish_wandb
+
                 self.run.folder.mkdir(parents=True, exist_ok=True)
+                # each command is a W&B run of its own: WandbLogger would reuse a run left open
+                # by an earlier command of this process (`run_lightning` called from Python)
+                finish_wandb()
+                # an experiment's or study's run names its group and config (variant, seed...)
+                callbacks = self.trainer_defaults.get("callbacks", [])
+                given = [c for c in callbacks if isinstance(c, WandbRun)]
                 wandb = WandbLogger(
                     save_dir=self.run.folder,
                     project="mmrec",
                     name=f"{self.run.name}/{self.run.folder.name}",
-                    group=self.run.name,
+                    group=given[0].group if given else self.run.name,
                     job_type=self.run.command,
+                    **({"config": given[0].config} if given else {}),
                 )
                 wandb._wandb_init.pop("anonymous", None)  # deprecated in wandb: warns if passed
                 kwargs["logger"] = [

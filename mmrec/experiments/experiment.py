@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from mmrec.config import ConfigError
-from mmrec.experiments.store import ResultStore, run_key
+from mmrec.experiments.store import ResultStore, code_label, current_code, run_key
+from mmrec.experiments.tracking import run_tracked
 
 
 @dataclass
@@ -44,7 +45,8 @@ class ExperimentConfig:
             variant -> ``{uses_target_time: bool, uses_content: bool}``.
         metrics: Metric columns of the tables.
         out: Folder of results.md / results.csv / results.png (default
-            ``benchmarks/results/<name>``).
+            ``runs/experiments/<name>``, beside the default store; the committed tables are
+            rewritten only by naming their folder, ``--out benchmarks/results/<name>``).
         store: Folder of stored results (``<key>.json`` + ``<key>.users.parquet``); copy
             files of other stores here to assemble results made elsewhere.
         root: Root folder of the run folders (``trainer.default_root_dir``).
@@ -56,6 +58,11 @@ class ExperimentConfig:
             split between them); the table is written when all are done.
         report: Write results.md/csv/png (off for the worker processes of ``jobs``).
         note: Free text added under the tables.
+        mixed_code: Whether the tables may mix results made by different code (each result
+            stores the mmrec version, git commit and uncommitted changes that made it;
+            results.md names those made by other code than the rest). False refuses, in one
+            line naming them, before training anything that would mix (stored results of
+            other code than this process's) and before writing the tables.
         adopt: Run folders already trained with ``mmrec fit`` (``<root>/<name>/<time>``,
             holding ``fit/config.yaml`` and ``checkpoints/best.ckpt``), for example probes of
             a setting before it became the default: a folder whose saved config has the key
@@ -88,6 +95,7 @@ class ExperimentConfig:
     jobs: int = 1
     report: bool = True
     note: str = ""
+    mixed_code: bool = True
     adopt: list[str] = field(default_factory=list)
     claims: str | None = None
 
@@ -161,20 +169,27 @@ def _ks(cfg: ExperimentConfig) -> list[int]:
     return sorted(found | {10, 20})
 
 
-def train_and_test(run: Run) -> tuple[dict, pl.DataFrame]:
-    """Fit a run, test its best-validation checkpoint: ``(record, per-user table)``."""
+def _wandb(run: Run, cfg: ExperimentConfig) -> dict[str, Any]:
+    """The W&B config of a run's fit and test (its run is grouped by the experiment name)."""
+    return {"experiment": {"name": cfg.name, "variant": run.variant, "seed": run.seed,
+                           "key": run.key}}  # fmt: skip
+
+
+def train_and_test(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
+    """Fit a run, test its best-validation checkpoint: ``(record, per-user table)``; the fit
+    and the test are W&B runs of their own, grouped by experiment."""
     import torch
 
-    from mmrec.cli import run_lightning
-
     start = time.perf_counter()
-    fit = run_lightning(["fit", *run.args])
+    fit = run_tracked(["fit", *run.args], cfg.name, _wandb(run, cfg))
     train_s = time.perf_counter() - start
     ckpt = fit.trainer.checkpoint_callback
     if not ckpt.best_model_path:
         raise ConfigError(f"{run.variant} seed {run.seed}: the fit saved no best checkpoint")
     best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"]
-    test = run_lightning(["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"])
+    test = run_tracked(
+        ["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"], cfg.name, _wandb(run, cfg)
+    )
     record = {
         "test": _test_metrics(test),
         "val_ndcg@10": float(ckpt.best_model_score),
@@ -259,7 +274,7 @@ def _describe(record: dict, run: Run, cfg: ExperimentConfig) -> dict:
         "seed": run.seed,
         "args": list(run.args),
         "baseline": run.baseline,
-        "mmrec_version": _version(),
+        "code": current_code(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -302,7 +317,7 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
         what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
         print(f"mmrec experiment: [{i}/{len(missing)}] {what} (key {run.key})", flush=True)
         if run.baseline is None:
-            record, per_user = train_and_test(run)
+            record, per_user = train_and_test(run, cfg)
         else:
             record, per_user = evaluate_baseline(run, cfg)
         store.put(run.key, _describe(record, run, cfg), per_user)
@@ -316,12 +331,6 @@ def _claim(folder: Path, key: str) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def _version() -> str:
-    from mmrec import __version__
-
-    return __version__
 
 
 def _absolute(entry: str, here: Path) -> str:
@@ -393,6 +402,30 @@ def config_from_args(argv: list[str] | None = None) -> tuple[ExperimentConfig, s
     return cfg, (files[-1] if files else None)
 
 
+def check_code(cfg: ExperimentConfig, runs: list[Run], store: ResultStore, training: bool) -> None:
+    """With ``mixed_code`` false, refuse results of other code than the rest: the stored runs
+    of the experiment and, when ``training``, the missing ones this process would make."""
+    from mmrec.experiments.report import collect, other_code, run_name
+
+    if cfg.mixed_code:
+        return
+    found, _ = collect(runs, store)
+    made = [(run_name(r), code_label(r.get("code"))) for rs in found.values() for r in rs]
+    if training:
+        now = code_label(current_code())
+        stored = {r["key"] for rs in found.values() for r in rs}
+        made += [(f"{run_name(dataclasses.asdict(r))} (to train)", now)
+                 for r in runs if r.key not in stored]  # fmt: skip
+    most, others = other_code(made)
+    if others:
+        raise ConfigError(
+            f"results of other code than the rest ({most}) would be mixed: "
+            + ", ".join(f"{name} ({label})" for name, label in others)
+            + "; train them again (move their files out of the store) or pass --mixed_code true"
+            " to list them in results.md"
+        )
+
+
 def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     """Plan the runs, train the missing ones (here, or in ``cfg.jobs`` processes) and write
     the tables."""
@@ -401,6 +434,7 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     here = Path(config_file).parent if config_file else Path()
     store = ResultStore(cfg.store)
     runs = plan(cfg, here)
+    check_code(cfg, runs, store, training=cfg.train or bool(cfg.adopt))
     if cfg.adopt and not cfg.claims:
         adopt_runs(cfg, runs, store)
     if cfg.train and cfg.jobs > 1:
@@ -408,7 +442,8 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     elif cfg.train:
         execute(cfg, runs, store)
     if cfg.report:
-        out = Path(cfg.out or Path("benchmarks") / "results" / cfg.name)
+        check_code(cfg, runs, store, training=False)
+        out = Path(cfg.out or Path("runs") / "experiments" / cfg.name)
         missing = write_report(cfg, runs, store, out, config_file)
         print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
         if missing:

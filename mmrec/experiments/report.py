@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from mmrec.experiments.stats import holm, paired_test
-from mmrec.experiments.store import ResultStore
+from mmrec.experiments.store import ResultStore, code_label
 
 if TYPE_CHECKING:
     from mmrec.experiments.experiment import ExperimentConfig, Run
@@ -37,8 +38,50 @@ def collect(runs: list[Run], store: ResultStore) -> tuple[dict[str, list[dict]],
         if record is None:
             missing.append(f"{run.variant} seed {run.seed}")
             continue
-        found.setdefault(run.variant, []).append(record | {"seed": run.seed, "key": run.key})
+        planned = {"variant": run.variant, "seed": run.seed, "key": run.key}
+        found.setdefault(run.variant, []).append(record | planned | {"baseline": run.baseline})
     return found, missing
+
+
+def run_name(record: dict) -> str:
+    """``variant seed N`` (a baseline: its name; one run stands for every seed)."""
+    return (
+        record["variant"]
+        if record.get("baseline")
+        else f"{record['variant']} seed {record['seed']}"
+    )
+
+
+def other_code(made: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    """The code (label) behind most of ``made`` (``(run name, code label)`` pairs) and the
+    runs made by other code."""
+    if not made:
+        return "", []
+    most = Counter(label for _, label in made).most_common(1)[0][0]
+    return most, [(name, label) for name, label in made if label != most]
+
+
+def _code_lines(found: dict[str, list[dict]]) -> list[str]:
+    """The code that made the results: one line, or those made by other code than the rest."""
+    made = [(run_name(r), code_label(r.get("code"))) for rs in found.values() for r in rs]
+    most, others = other_code(made)
+    if not made:
+        return []
+    if not others and most == "unknown":
+        return ["", "Code: not recorded (results stored before results named their code)."]
+    if not others:
+        return ["", f"Code: every result was made by {most}."]
+    return [
+        "",
+        "## Code",
+        "",
+        f"Results made by other code than the rest ({most}):",
+        "",
+        *(f"- {name}: {label}" for name, label in others),
+        "",
+        "`--mixed_code false` refuses such a table; train them again (move their files out of "
+        "the store) to make every result with one code.",
+    ]
 
 
 def per_user_means(records: list[dict], store: ResultStore, metric: str) -> pl.DataFrame:
@@ -157,6 +200,7 @@ def write_report(
         lines += _published(cfg, found)
     if cfg.note:
         lines += ["", cfg.note.strip()]
+    lines += _code_lines(found)
     lines += ["", f"Per run: `results.csv`; plot: `results.png`. Store keys: {_keys(found)}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return missing
@@ -199,7 +243,7 @@ def _yes(value) -> str:
 def _write_csv(found: dict[str, list[dict]], metrics: list[str], path: Path) -> None:
     keys = sorted({k for rs in found.values() for r in rs for k in r["test"]})
     cols = ["variant", "seed", "key", *keys, "val_ndcg@10", "best_epoch", "epochs"]
-    cols += ["train_seconds"]
+    cols += ["train_seconds", "code"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
@@ -208,6 +252,7 @@ def _write_csv(found: dict[str, list[dict]], metrics: list[str], path: Path) -> 
                 row = {"variant": variant, "seed": r["seed"], "key": r["key"], **r["test"]}
                 row |= {k: r.get(k) for k in ("val_ndcg@10", "best_epoch", "epochs")}
                 row["train_seconds"] = r.get("train_seconds")
+                row["code"] = code_label(r.get("code"))
                 writer.writerow(row)
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +86,93 @@ def run_key(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: Seconds a ``git`` call may take before the commit is recorded as unknown.
+GIT_TIMEOUT_S = 10.0
+
+
+def _git(folder: Path, *args: str) -> bytes | None:
+    """The output of ``git -C folder args``, or None (no git, not a checkout, an error)."""
+    command = ["git", "--no-optional-locks", "-C", str(folder), *args]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=GIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def code_version(package: str | Path | None = None) -> dict[str, Any]:
+    """The code that makes a result: ``{"version", "commit", "dirty", "diff"}``.
+
+    ``commit`` is the git commit checked out where ``package`` (default: mmrec's own folder)
+    lives, None where it is no file of a git checkout (an installed copy). ``dirty`` says
+    whether the package's files or the checkout's ``pyproject.toml`` differ from that commit
+    (uncommitted or untracked files; other files of the checkout do not run), and ``diff`` is
+    a hash of those differences, so two dirty states of one commit tell apart; both None when
+    git cannot tell.
+    """
+    from mmrec import __version__
+
+    folder = Path(package) if package is not None else Path(__file__).resolve().parents[1]
+    code: dict[str, Any] = {"version": __version__, "commit": None, "dirty": None, "diff": None}
+    # a copy of the package that the checkout around it does not track is no commit of it
+    if _git(folder, "ls-files", "--error-unmatch", "__init__.py") is None:
+        return code
+    commit, top = _git(folder, "rev-parse", "HEAD"), _git(folder, "rev-parse", "--show-toplevel")
+    if commit is None or top is None:
+        return code
+    code["commit"] = commit.decode().strip()
+    paths = ["--", ".", str(Path(top.decode().strip()) / "pyproject.toml")]
+    diff = _git(folder, "diff", "HEAD", "--no-ext-diff", "--binary", *paths)
+    untracked = _git(folder, "ls-files", "--others", "--exclude-standard", "-z", *paths)
+    if diff is None or untracked is None:
+        return code
+    digest = hashlib.sha256(diff)
+    names = sorted(n for n in untracked.split(b"\0") if n)
+    for name in names:  # relative to the package folder
+        digest.update(name + b"\0")
+        path = folder / os.fsdecode(name)
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    code["dirty"] = bool(diff or names)
+    code["diff"] = digest.hexdigest()[:12] if code["dirty"] else None
+    return code
+
+
+@functools.cache
+def current_code() -> dict[str, Any]:
+    """:func:`code_version` of this process's mmrec, read once: the code it has imported."""
+    return code_version()
+
+
+def code_label(code: Any) -> str:
+    """The code of a record (its ``code`` entry) in words; ``unknown`` for records stored
+    before results named their code."""
+    if not isinstance(code, dict) or not code.get("version"):
+        return "unknown"
+    commit = code.get("commit")
+    label = f"mmrec {code['version']}, commit {str(commit)[:12] if commit else 'unknown'}"
+    if commit and code.get("dirty") is None:
+        label += ", uncommitted changes unknown"
+    elif code.get("dirty"):
+        label += f" with uncommitted changes {code.get('diff') or ''}".rstrip()
+    return label
+
+
+def _valid_record(record: Any) -> bool:
+    """A record holds an object with test metrics (numbers)."""
+    test = record.get("test") if isinstance(record, dict) else None
+    return isinstance(test, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in test.values()
+    )
+
+
 class ResultStore:
     """A folder of results: ``<key>.json`` (metrics, settings, timing) and
     ``<key>.users.parquet`` (per-user test metrics, for paired tests).
 
-    Copy the files of another store into this folder to assemble results made elsewhere.
+    Copy the files of another store into this folder to assemble results made elsewhere. A
+    damaged file (truncated, not a record, an unreadable table) is named in one line on stderr
+    and its run counts as missing, so it is trained again (or reported missing); storing the
+    run replaces it.
 
     Args:
         folder: The store's folder (created on first write).
@@ -95,13 +180,47 @@ class ResultStore:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self._checked: dict[Path, tuple[int, int]] = {}  # per-user tables read whole
+        self._warned: set[tuple[Path, int, int]] = set()
+
+    def _damaged(self, path: Path, why: str) -> None:
+        stat = path.stat()
+        seen = (path, stat.st_mtime_ns, stat.st_size)
+        if seen not in self._warned:
+            self._warned.add(seen)
+            print(f"mmrec: warning: damaged store file {path} ({why}): its run is treated as "
+                  "missing", file=sys.stderr, flush=True)  # fmt: skip
+
+    def _readable_table(self, path: Path) -> bool:
+        stat = path.stat()
+        if self._checked.get(path) == (stat.st_mtime_ns, stat.st_size):
+            return True
+        try:
+            columns = pl.read_parquet(path).columns
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            self._damaged(path, f"unreadable table: {first[:120]}")
+            return False
+        if "user_idx" not in columns:
+            self._damaged(path, "no user_idx column")
+            return False
+        self._checked[path] = (stat.st_mtime_ns, stat.st_size)
+        return True
 
     def get(self, key: str) -> dict | None:
-        """The stored record of ``key``, or None."""
-        path = self.folder / f"{key}.json"
-        if not path.is_file() or not (self.folder / f"{key}.users.parquet").is_file():
+        """The stored record of ``key``, or None (none stored, or a damaged one: named)."""
+        path, users = self.folder / f"{key}.json", self.folder / f"{key}.users.parquet"
+        if not path.is_file() or not users.is_file():
             return None
-        return json.loads(path.read_text())
+        try:
+            record = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+            self._damaged(path, f"not JSON: {err}")
+            return None
+        if not _valid_record(record):
+            self._damaged(path, "no record with test metrics")
+            return None
+        return record if self._readable_table(users) else None
 
     def per_user(self, key: str) -> pl.DataFrame:
         """The per-user test metrics stored with ``key``."""

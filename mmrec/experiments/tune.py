@@ -41,8 +41,10 @@ class TuneConfig:
             trials).
         startup_trials: Trials with random parameters before TPE and pruning start.
         warmup_epochs: Epochs of a trial before it may be pruned.
-        out: YAML of the best trial, complete, that ``mmrec fit --config`` runs as is
-            (default ``configs/tuned/<name>.yaml``).
+        out: YAML of the best trial, complete, that ``mmrec fit --config`` runs as is, with
+            the tuning record beside it (``.md``); default ``<root>/<name>/best.yaml``, in the
+            study's folder (a config to commit is written by naming it, ``--out
+            configs/tuned/<name>.yaml``).
         root: Root folder of the trial run folders.
     """
 
@@ -197,14 +199,17 @@ def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]
 
 
 def objective(cfg: TuneConfig):
-    """The Optuna objective: fit one trial (never test), return its best validation value."""
-    from mmrec.cli import run_lightning
+    """The Optuna objective: fit one trial (never test), return its best validation value.
+    Each trial is a W&B run of its own, grouped by study, its number and values in the
+    config."""
+    from mmrec.experiments.tracking import run_tracked
 
     def run(trial) -> float:
         values = suggest(trial, cfg.space)
         args = _args(cfg, values, f"trial{trial.number}")
         trial.set_user_attr("args", args)
-        cli = run_lightning(["fit", *args], callbacks=[PruneOnValidation(trial)])
+        wandb = {"tune": {"study": cfg.name, "trial": trial.number, "params": values}}
+        cli = run_tracked(["fit", *args], cfg.name, wandb, callbacks=[PruneOnValidation(trial)])
         score = cli.trainer.checkpoint_callback.best_model_score
         if score is None:
             raise ConfigError(f"trial {trial.number} logged no {MONITOR}")
@@ -266,7 +271,7 @@ def tune(cfg: TuneConfig) -> Any:
     done = len([t for t in study.trials if t.state.is_finished()])
     print(f"mmrec tune: study {cfg.name!r} in {url}: {done} finished trial(s) so far")
     study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
-    out = Path(cfg.out or Path("configs") / "tuned" / f"{cfg.name}.yaml")
+    out = Path(cfg.out or folder / "best.yaml")
     write_best(cfg, study, out)
     write_record(study, out.with_suffix(".md"))
     print(f"mmrec tune: best validation NDCG@10 {study.best_value:.4f} -> {out}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -163,12 +166,12 @@ def test_workers_claim_runs_so_each_runs_once_and_seeds_go_first(tmp_path, monke
 
     trained = []
 
-    def fake_train(run):
+    def fake_train(run, cfg):
         trained.append((run.variant, run.seed))
-        return {"metrics": {}}, pl.DataFrame({"user": [1]})
+        return {"test": {}}, pl.DataFrame({"user_idx": [1]})
 
     monkeypatch.setattr(ex, "train_and_test", fake_train)
-    monkeypatch.setattr(ex, "evaluate_baseline", lambda run, cfg: fake_train(run))
+    monkeypatch.setattr(ex, "evaluate_baseline", fake_train)
     runs = [ex.Run(v, s, (), f"{v}-{s}") for v in ("a", "b") for s in (0, 1)]
     runs.append(ex.Run("pop", 0, (), "pop-0", baseline="x.Pop"))
     claims = tmp_path / "claims"
@@ -281,3 +284,169 @@ def test_callback_arguments_added_later_keep_stored_keys_at_their_old_value():
     }
     assert run_key(other) != run_key({"seed_everything": 0, "trainer": {"callbacks": [
         {"class_path": "my.Callback", "init_args": {}}]}})  # fmt: skip
+
+
+def _records(store: Path) -> dict[tuple[str, int], dict]:
+    records = [json.loads(p.read_text()) for p in store.glob("*.json")]
+    return {(r["variant"], r["seed"]): r for r in records}
+
+
+def test_damaged_store_files_are_named_and_their_runs_trained_again(
+    experiment, tmp_path, capsys, monkeypatch
+):
+    import mmrec.experiments.experiment as exp
+
+    tmp, path = experiment
+    store = tmp_path / "store"
+    shutil.copytree(tmp / "store", store)
+    by = _records(store)
+    record = store / f"{by['ID only', 0]['key']}.json"
+    users = store / f"{by['ID + time', 1]['key']}.users.parquet"
+    record.write_bytes(b"")  # a JSON truncated to 0 bytes
+    users.write_bytes(users.read_bytes()[:100])  # a per-user table truncated to 100 bytes
+    args = ["experiment", f"--config={path}", f"--store={store}", f"--out={tmp_path / 'out'}"]
+    capsys.readouterr()
+    assert main([*args, "--train=false"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    damaged = [line for line in captured.err.splitlines() if "damaged" in line]
+    assert len(damaged) == 2 and str(record) in damaged[0] and str(users) in damaged[1]
+    assert "2 run(s) missing: ID only seed 0, ID + time seed 1" in captured.out
+    trained = []
+
+    def retrain(run, cfg):  # the figures of the fixture's own training, without training again
+        trained.append((run.variant, run.seed))
+        original = tmp / "store" / f"{run.key}"
+        fields = ("test", "val_ndcg@10", "best_epoch", "epochs", "train_seconds", "run_folder")
+        stored = json.loads(original.with_suffix(".json").read_text())
+        return {k: stored[k] for k in fields}, pl.read_parquet(f"{original}.users.parquet")
+
+    monkeypatch.setattr(exp, "train_and_test", retrain)
+    assert main(args) == 0
+    assert trained == [("ID only", 0), ("ID + time", 1)]
+    assert "missing" not in capsys.readouterr().out
+    assert _records(store)["ID only", 0]["test"] == by["ID only", 0]["test"]
+
+
+def test_each_result_records_the_code_that_made_it(experiment):
+    from mmrec import __version__
+    from mmrec.experiments.store import code_label
+
+    tmp, _ = experiment
+    codes = [r["code"] for r in _records(tmp / "store").values()]
+    assert len(codes) == 5 and all(c == codes[0] for c in codes)
+    commit = codes[0]["commit"]
+    assert codes[0]["version"] == __version__ and isinstance(codes[0]["dirty"], bool)
+    # a commit of this checkout (HEAD itself, or older where others committed since)
+    ancestor = ["git", "-C", str(REPO), "merge-base", "--is-ancestor", commit, "HEAD"]
+    assert re.fullmatch("[0-9a-f]{40}", commit) and subprocess.run(ancestor).returncode == 0
+    md = (tmp / "out" / "results.md").read_text()
+    assert f"Code: every result was made by {code_label(codes[0])}." in md
+    assert code_label(codes[0]).startswith(f"mmrec {__version__}, commit {commit[:12]}")
+    assert code_label(None) == "unknown" and code_label({"test": {}}) == "unknown"
+
+
+def test_results_of_other_code_are_named_and_mixed_code_false_refuses(
+    experiment, tmp_path, capsys, monkeypatch
+):
+    import mmrec.experiments.experiment as exp
+    from mmrec.experiments.store import code_label
+
+    tmp, path = experiment
+    store = tmp_path / "store"
+    shutil.copytree(tmp / "store", store)
+    by = _records(store)
+    other = store / f"{by['ID + time', 1]['key']}.json"
+    changed = by["ID + time", 1] | {
+        "code": {"version": "0.0.9", "commit": "0" * 40, "dirty": False}
+    }
+    other.write_text(json.dumps(changed))
+    old = store / f"{by['popularity', 0]['key']}.json"  # a record from before codes were stored
+    old.write_text(json.dumps({k: v for k, v in by["popularity", 0].items() if k != "code"}))
+    out = tmp_path / "out"
+    args = ["experiment", f"--config={path}", f"--store={store}", f"--out={out}", "--train=false"]
+    assert main(args) == 0
+    md = (out / "results.md").read_text()
+    most = code_label(by["ID only", 0]["code"])
+    assert f"Results made by other code than the rest ({most}):" in md
+    assert "- ID + time seed 1: mmrec 0.0.9, commit 000000000000" in md
+    assert "- popularity: unknown" in md and "- ID only seed 0" not in md
+    capsys.readouterr()
+    assert main([*args, "--mixed_code=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ID + time seed 1 (mmrec 0.0.9, commit 000000000000)" in err[0]
+    assert "popularity (unknown)" in err[0] and "--mixed_code" in err[0]
+
+    def refuse(*a, **k):
+        raise AssertionError("trained a run that would be mixed with results of other code")
+
+    # refused before training, not after hours of it
+    monkeypatch.setattr(exp, "train_and_test", refuse)
+    assert main([*args[:-1], "--seeds=[0, 1, 5]", "--mixed_code=false"]) == 2
+    # results of one code pass
+    args = ["experiment", f"--config={path}", f"--out={out}", "--train=false", "--mixed_code=false"]
+    assert main(args) == 0
+
+
+def test_default_outputs_go_under_runs_not_into_the_source_tree(experiment, tmp_path, monkeypatch):
+    tmp, path = experiment
+    config = yaml.safe_load(path.read_text())
+    del config["out"]
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "--config=tiny.yaml", "--train=false"]) == 0
+    assert (tmp_path / "runs" / "experiments" / "tiny" / "results.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tiny.yaml"]
+
+
+def test_each_fit_and_test_is_its_own_wandb_run_grouped_by_experiment(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
+    wandb.finish()  # a run an earlier test may have left
+    wandb.teardown()  # forget the settings of earlier tests (WANDB_MODE=disabled)
+    started = []
+    init = wandb.init
+
+    def recorded_init(*args, **kwargs):
+        run = init(*args, **kwargs)
+        started.append((run.id, run.group, run.job_type, run.settings.mode, dict(run.config)))
+        return run
+
+    monkeypatch.setattr(wandb, "init", recorded_init)
+    config = {
+        "name": "wb",
+        "base": [str(REPO / "configs" / "quickstart.yaml")],
+        "overrides": [*_data_overrides(tmp_path), "trainer.max_epochs=1"],
+        "variants": {"ID only": ["model.event_encoders=[]"]},
+        "seeds": [0, 1],
+        "out": str(tmp_path / "out"),
+        "store": str(tmp_path / "store"),
+        "root": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "wb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["experiment", f"--config={path}"]) == 0
+        assert wandb.run is None  # each run is finished when its command ends
+    finally:
+        wandb.teardown()
+    assert not [w for w in caught if "wandb run already in progress" in str(w.message)]
+    keys = {r["seed"]: r["key"] for r in _records(tmp_path / "store").values()}
+    assert len(started) == 4 and len({run_id for run_id, *_ in started}) == 4
+    assert [(job, info["experiment"]["seed"]) for _, _, job, _, info in started] == [
+        ("fit", 0), ("test", 0), ("fit", 1), ("test", 1)
+    ]  # fmt: skip
+    for _, group, _, mode, info in started:
+        assert group == "wb" and mode == "offline"
+        seed = info["experiment"]["seed"]
+        assert info["experiment"] == {"name": "wb", "variant": "ID only", "seed": seed,
+                                      "key": keys[seed]}  # fmt: skip
+    folders = sorted((tmp_path / "runs").rglob("offline-run-*"))
+    assert len(folders) == 4 and {f.name.rsplit("-", 1)[1] for f in folders} == {
+        run_id for run_id, *_ in started
+    }

@@ -84,3 +84,53 @@ def test_config_must_be_a_categorical_choice():
         suggest(trial, [{"name": "config", "type": "float", "low": 0, "high": 1}])
     space = [{"name": "config", "type": "categorical", "choices": ["a.yaml", "b.yaml"]}]
     assert suggest(trial, space) == {"config": "a.yaml"}
+
+
+def test_tune_writes_under_runs_and_each_trial_is_its_own_wandb_run(tmp_path, monkeypatch):
+    """The best config and record go to the study's folder under ``root`` (not configs/tuned/);
+    each trial's fit starts its own W&B run, grouped by study, its trial in the config."""
+    from types import SimpleNamespace
+
+    import torch
+    import wandb
+
+    import mmrec.cli
+    from mmrec.experiments.tune import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "runs" / "wandb_home"))
+    wandb.finish()  # a run an earlier test may have left
+    wandb.teardown()  # forget the settings of earlier tests (WANDB_MODE=disabled)
+    seen = []
+
+    def fit(argv, callbacks=()):  # what a fit's W&B logger does, without training
+        from mmrec.experiments.tracking import WandbRun
+
+        (info,) = [c for c in callbacks if isinstance(c, WandbRun)]
+        seen.append((wandb.run, info.group, info.config))
+        wandb.init(project="mmrec", dir=str(tmp_path / "runs"), group=info.group,
+                   config=info.config)  # fmt: skip
+        score = SimpleNamespace(best_model_score=torch.tensor(0.1 * len(seen)))
+        folder = tmp_path / "runs" / f"t{len(seen)}"
+        trainer = SimpleNamespace(checkpoint_callback=score)
+        return SimpleNamespace(trainer=trainer, run=SimpleNamespace(folder=folder))
+
+    monkeypatch.setattr(mmrec.cli, "run_lightning", fit)
+    space = [{"name": "model.lr", "type": "float", "low": 1e-3, "high": 1e-2}]
+    config = {"name": "study", "base": [QUICKSTART], "n_trials": 2, "startup_trials": 1}
+    config["space"] = space
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main(["--config=tune.yaml"]) == 0
+        assert wandb.run is None
+    finally:
+        wandb.teardown()
+    assert (tmp_path / "runs" / "study" / "best.yaml").is_file()
+    assert (tmp_path / "runs" / "study" / "best.md").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tune.yaml"]
+    assert [run for run, _, _ in seen] == [None, None]  # no W&B run left from the trial before
+    assert [group for _, group, _ in seen] == ["study", "study"]
+    assert [info["tune"]["trial"] for _, _, info in seen] == [0, 1]
+    assert seen[0][2]["tune"]["study"] == "study" and "model.lr" in seen[0][2]["tune"]["params"]

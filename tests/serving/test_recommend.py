@@ -168,3 +168,19 @@ def test_cli_says_which_time_and_refuses_bad_input(trained, tmp_path, capsys):
     assert main(["--ckpt_path", str(tmp_path / "nope.ckpt"), "--user", user]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"mmrec recommend: error: checkpoint {tmp_path / 'nope.ckpt'} not found"
+
+
+def test_k_above_the_catalogue_is_capped_and_says_so(trained, capsys):
+    ckpt, path, items = trained
+    hist = items["item_id"].to_list()[:3]
+    argv = ["--ckpt_path", str(ckpt), "--history", ",".join(hist), "--at", "2013-12-20"]
+    assert main([*argv, "--k", "1000", "--json"]) == 0
+    captured = capsys.readouterr()
+    recs = json.loads(captured.out)["recommendations"]
+    assert len(recs) == items.height - 3 and not {r["item_id"] for r in recs} & set(hist)
+    assert (
+        f"mmrec recommend: --k 1000 capped at {items.height - 3}: the catalogue has "
+        f"{items.height} items and those in the history are not recommended"
+    ) in captured.err
+    assert main([*argv, "--k", str(items.height - 3)]) == 0
+    assert "capped" not in capsys.readouterr().err
