@@ -18,7 +18,7 @@
 # data folder was made from may travel as .whl/raw.tar.xz (paths from the checkout's parent). Output goes to $OUT (or
 # /tmp/sweep_out): store.tgz (the result store, refreshed every 30 s), log.txt, gpu.txt.
 # The table is then written where the store is, with `mmrec experiment --config ... --train
-# false` after unpacking store.tgz into runs/experiments/store.
+# false --out benchmarks/results/<name>` after unpacking store.tgz into runs/experiments/store.
 set -u
 cfg=${1:?experiment config}
 jobs=${2:-15}
