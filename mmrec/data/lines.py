@@ -36,17 +36,19 @@ class Block:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = "\ufeff".encode()
 _RAW = 1 << 16  # compressed bytes fed at once: where corrupt data is, to this much
 
 
 class LineBlocks:
     """Iterates a text file (``.gz`` or plain) as blocks of whole lines, in bounded memory.
 
-    A gzip stream that ends early (an interrupted download) or turns corrupt does not raise:
-    every complete line before that point is yielded, then ``truncated`` is set with
-    ``last_line`` (the last complete line), ``tail`` (the partial line after it) and
-    ``bytes_read``, so that the caller decides (``truncation()`` says where the file breaks
-    off). A file that is not gzip at all raises DataError.
+    A UTF-8 byte order mark at the start is dropped. A gzip stream that ends early (an
+    interrupted download) or turns corrupt does not raise: every complete line before that
+    point is yielded, then ``truncated`` is set with ``last_line`` (the last complete line),
+    ``tail`` (the partial line after it) and ``bytes_read``, so that the caller decides
+    (``truncation()`` says where the file breaks off). A file that is not gzip at all raises
+    DataError.
 
     Args:
         path: The file.
@@ -71,8 +73,10 @@ class LineBlocks:
 
     def __iter__(self) -> Iterator[Block]:
         chunks = self._gunzip() if self.path.suffix == ".gz" else self._plain()
-        line, rest = 1, b""
+        line, rest, start = 1, b"", True
         for chunk in chunks:
+            if start and chunk:  # a UTF-8 byte order mark is not part of the first line
+                chunk, start = chunk.removeprefix(_BOM), False
             data = rest + chunk if rest else chunk
             cut = data.rfind(b"\n") + 1
             if cut == 0:
@@ -140,9 +144,11 @@ class LineScan:
 
     Fast path: polars' streaming CSV scan with one column and no quoting (polars decompresses
     and splits in its own threads while the caller works on the previous frame; invalid UTF-8
-    becomes U+FFFD). If polars fails midway (a truncated or corrupt gzip file), the lines after
-    the last one yielded come from ``LineBlocks`` (Python zlib), which reads every complete line
-    and then sets ``last_line`` and ``truncation`` (where the file breaks off).
+    becomes U+FFFD). If polars fails midway (a truncated or corrupt gzip file), or meets a line
+    it does not read whole (one holding its separator ``\x1f``, never unescaped in valid JSON,
+    or an empty line, which may be a cut one), the lines from there on come from
+    ``LineBlocks`` (Python zlib), which reads every line exactly and, at the end, sets
+    ``last_line`` and ``truncation`` (where a truncated file breaks off).
 
     Args:
         path: The file.
@@ -177,16 +183,27 @@ class LineScan:
                 has_header=False,
                 separator="\x1f",  # never unescaped in valid JSON: a line is one field
                 quote_char=None,
-                schema={"text": pl.String},
+                schema={"text": pl.String, "_more": pl.String},  # _more: after a \x1f
+                missing_columns="insert",
                 encoding="utf8-lossy",
                 truncate_ragged_lines=True,
             )
-            scan = scan.with_row_index("line", offset=1).with_columns(**self.columns)
+            # a line cut at a \x1f, or empty (maybe cut at a leading \x1f): not read whole
+            cut = pl.col("text").is_null() | pl.col("_more").is_not_null()
+            scan = scan.with_row_index("line", offset=1).with_columns(**self.columns, _cut=cut)
             for batch in scan.collect_batches(engine="streaming", chunk_size=self.BATCH):
-                yield batch.with_columns(pl.col("line").cast(pl.UInt64))
-                done += batch.height
-            self.last_line = done
-            return
+                whole = batch.height
+                if batch["_cut"].any():  # this line and the rest are read in Python
+                    whole = int(batch["_cut"].arg_true()[0])
+                if whole:
+                    out = batch.slice(0, whole).drop("_more", "_cut")
+                    yield out.with_columns(pl.col("line").cast(pl.UInt64))
+                    done += whole
+                if whole < batch.height:
+                    break
+            else:
+                self.last_line = done
+                return
         except (pl.exceptions.PolarsError, OSError):
             pass  # read the rest (and find where the file breaks) with Python's zlib
         yield from self._python(done)

@@ -127,7 +127,7 @@ def _decode(
         rows = frame["text"].str.json_decode(pl.Struct(schema))
     except pl.exceptions.PolarsError:
         rows = None
-    if rows is None or rows.null_count():
+    if rows is None or rows.null_count() or len(rows) != frame.height:  # spaces: no row
         if frame.height <= _SMALL:
             return _python_items(frame, keys, bad)
         half = frame.height // 2

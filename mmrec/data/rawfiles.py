@@ -159,7 +159,8 @@ def decode_json_lines(frame: pl.DataFrame, schemas: tuple[dict, ...]) -> Decoded
             rows = frame["text"].str.json_decode(pl.Struct(schema))
         except pl.exceptions.PolarsError:
             continue
-        if rows.null_count() == 0:  # a line "null" decodes to null: not an object
+        # a line "null" decodes to null: not an object; lines of spaces only decode to no row
+        if rows.null_count() == 0 and len(rows) == frame.height:
             return Decoded(rows.struct.unnest().with_columns(frame["line"]), frame.height, [])
         break
     if frame.height > _SMALL:

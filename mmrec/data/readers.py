@@ -275,7 +275,15 @@ class Reader:
         """Every row at once (small inputs, tests)."""
         stats = ReadStats()
         frames = list(self.frames(paths, max_bad_fraction, stats))
-        return RawInteractions(pl.concat(frames), stats.input_rows, dict(stats.dropped))
+        frame = pl.concat(frames) if frames else _no_rows()
+        return RawInteractions(frame, stats.input_rows, dict(stats.dropped))
+
+
+def _no_rows() -> pl.DataFrame:
+    """A reader's output without rows (every line was bad)."""
+    schema = {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64}
+    schema |= {"rating": pl.Float32, "review": pl.String}
+    return pl.DataFrame(schema=schema | {f.column: f.polars_dtype for f in extra_fields()})
 
 
 class JsonReviewsReader(Reader):
