@@ -204,10 +204,10 @@ def train_and_test(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]
 def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[Run]:
     """Test and store the run folders of ``cfg.adopt`` whose saved config is a planned,
     missing run (see :class:`ExperimentConfig`); returns the runs adopted."""
-    import torch
     import yaml
 
-    from mmrec.cli import run_lightning
+    from mmrec.checkpoints import read_checkpoint
+    from mmrec.experiments.tracking import run_tracked
 
     missing = {r.key: r for r in runs if r.baseline is None and store.get(r.key) is None}
     adopted = []
@@ -226,28 +226,31 @@ def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> li
         if run is None:
             stored = store.get(key)
             why = (
-                f"its run ({stored['variant']} seed {stored['seed']}) is already stored"
+                f"its run ({stored.get('variant', '?')} seed {stored.get('seed', '?')}) is "
+                "already stored"
                 if stored
                 else "its config is no run of this experiment (compare it with `mmrec fit "
                 "--print_config` and the experiment's settings)"
             )
             print(f"mmrec experiment: adopt: skipped {folder}: {why}", flush=True)
             continue
-        state = torch.load(best, map_location="cpu", weights_only=True)
+        state = read_checkpoint(best)  # one line, no traceback, for a damaged or crafted file
         monitor = [
             v
-            for k, v in state["callbacks"].items()
-            if k.startswith("ModelCheckpoint") and v.get("best_model_score") is not None
+            for k, v in (state.get("callbacks") or {}).items()
+            if k.startswith("ModelCheckpoint")
+            and isinstance(v, dict)
+            and v.get("best_model_score") is not None
         ]
         if not monitor:
             raise ConfigError(f"adopt: {best} records no best validation score")
         print(f"mmrec experiment: adopt: testing {run.variant} seed {run.seed} from {folder}")
-        test = run_lightning(["test", *run.args, f"--ckpt_path={best}"])
-        epochs = torch.load(last, map_location="cpu", weights_only=True)["epoch"] + 1
+        test = run_tracked(["test", *run.args, f"--ckpt_path={best}"], cfg.name, _wandb(run, cfg))
+        epochs = int(read_checkpoint(last).get("epoch", -1)) + 1
         record = {
             "test": _test_metrics(test),
             "val_ndcg@10": float(monitor[0]["best_model_score"]),
-            "best_epoch": int(state["epoch"]),
+            "best_epoch": int(state.get("epoch", -1)),
             "epochs": int(epochs),
             "train_seconds": round(last.stat().st_mtime - saved.stat().st_mtime, 1),
             "run_folder": str(folder),

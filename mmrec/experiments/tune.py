@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -243,6 +244,26 @@ def write_best(cfg: TuneConfig, study: Any, out: Path) -> Path:
     return out
 
 
+class _UserErrorOnce(logging.Filter):
+    """Drops Optuna's log of a trial stopped by a user error (its traceback, then "failed with
+    value None"): `mmrec tune` prints that error as one line that says what to change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.follow_ups: set[str] = set()  # the second record of each dropped failure
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from mmrec.parsing import user_error_types
+
+        message = record.getMessage()
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, user_error_types()):
+            trial = message.split(" failed with ", 1)[0]  # "Trial 3"
+            self.follow_ups.add(f"{trial} failed with value None.")
+            return False
+        return message not in self.follow_ups
+
+
 def tune(cfg: TuneConfig) -> Any:
     """Run (or resume) the study and write the best config; returns the study."""
     import optuna
@@ -270,7 +291,14 @@ def tune(cfg: TuneConfig) -> Any:
     optuna.storages.fail_stale_trials(study)
     done = len([t for t in study.trials if t.state.is_finished()])
     print(f"mmrec tune: study {cfg.name!r} in {url}: {done} finished trial(s) so far")
-    study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
+    quiet, handlers = _UserErrorOnce(), logging.getLogger("optuna").handlers
+    for handler in handlers:  # Optuna's own handler: its modules' records propagate to it
+        handler.addFilter(quiet)
+    try:
+        study.optimize(objective(cfg), n_trials=cfg.n_trials, catch=())
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
     out = Path(cfg.out or folder / "best.yaml")
     write_best(cfg, study, out)
     write_record(study, out.with_suffix(".md"))
