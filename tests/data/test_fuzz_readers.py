@@ -9,7 +9,6 @@ import csv
 import gzip
 import io
 import json
-import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -201,24 +200,22 @@ REVIEW_JSON = {
 
 
 @pytest.mark.parametrize("source", list(REVIEW_JSON))
-def test_json_review_readers_account_for_every_line(source):
+def test_json_review_readers_account_for_every_line(tmp_path, source):
     name, keys, ms = REVIEW_JSON[source]
 
-    with tempfile.TemporaryDirectory() as folder:
+    @fuzz(100)
+    @given(json_file(keys, ms), st.sampled_from(["plain", "gz", "cut gz"]))
+    @example(file=(b"   \n", []), kind="plain")  # polars decodes spaces to no row
+    @example(file=(b"{}\n\x1f\x00\n", []), kind="plain")  # polars' scan cuts at \x1f
+    def reviews(tried, file, kind):
+        data, kept = file
+        path = _write(tmp_path, name, data, kind != "plain", kind == "cut gz")
+        _check_reader(source, [path], _data_lines(data), kept, cut=kind == "cut gz")
+        tried.count += 1
 
-        @fuzz(100)
-        @given(json_file(keys, ms), st.sampled_from(["plain", "gz", "cut gz"]))
-        @example(file=(b"   \n", []), kind="plain")  # polars decodes spaces to no row
-        @example(file=(b"{}\n\x1f\x00\n", []), kind="plain")  # polars' scan cuts at \x1f
-        def reviews(tried, file, kind):
-            data, kept = file
-            path = _write(Path(folder), name, data, kind != "plain", kind == "cut gz")
-            _check_reader(source, [path], _data_lines(data), kept, cut=kind == "cut gz")
-            tried.count += 1
-
-        tried = Tried(f"reviews {source}", 100)
-        reviews(tried)
-        tried.report()
+    tried = Tried(f"reviews {source}", 100)
+    reviews(tried)
+    tried.report()
 
 
 #: Cells of a table: numbers as text, dates, milliseconds, empty, NUL, BOM, quotes, newlines.
@@ -259,44 +256,40 @@ def table_file(draw, header: list[str], ms: bool, sep: str = ","):
     return newline.encode().join(lines), None if garbage else len(rows), kept
 
 
-def test_tabular_reader_accounts_for_every_row():
+def test_tabular_reader_accounts_for_every_row(tmp_path):
     columns = {"user_id": "user", "item_id": "item", "timestamp": "time", "rating": "stars"}
 
-    with tempfile.TemporaryDirectory() as folder:
+    @fuzz(200)
+    @given(st.sampled_from([",", "\t"]), st.sampled_from(["plain", "gz", "cut gz"]), st.data())
+    def table(tried, sep, kind, data):
+        data, lines, kept = data.draw(table_file(list(columns.values()), False, sep))
+        name = "events.csv" if sep == "," else "events.tsv"
+        path = _write(tmp_path, name, data, kind != "plain", kind == "cut gz")
+        _check_reader("tabular", [path], lines, kept, columns, cut=kind == "cut gz")
+        tried.count += 1
 
-        @fuzz(200)
-        @given(st.sampled_from([",", "\t"]), st.sampled_from(["plain", "gz", "cut gz"]), st.data())
-        def table(tried, sep, kind, data):
-            data, lines, kept = data.draw(table_file(list(columns.values()), False, sep))
-            name = "events.csv" if sep == "," else "events.tsv"
-            path = _write(Path(folder), name, data, kind != "plain", kind == "cut gz")
-            _check_reader("tabular", [path], lines, kept, columns, cut=kind == "cut gz")
-            tried.count += 1
-
-        tried = Tried("tabular", 200)
-        table(tried)
-        tried.report()
+    tried = Tried("tabular", 200)
+    table(tried)
+    tried.report()
 
 
-def test_2023_benchmark_csv_reader_accounts_for_every_row():
+def test_2023_benchmark_csv_reader_accounts_for_every_row(tmp_path):
     header = ["user_id", "parent_asin", "timestamp", "rating"]
 
-    with tempfile.TemporaryDirectory() as folder:
+    @fuzz(200)
+    @given(table_file(header, True), table_file(header, True), st.booleans())
+    def benchmark(tried, train, test, gz):
+        paths = [
+            _write(tmp_path, f"All_Beauty.{split}.csv", data, gz)
+            for split, (data, _, _) in (("train", train), ("test", test))
+        ]
+        rows = None if None in (train[1], test[1]) else train[1] + test[1]
+        _check_reader("amazon2023", paths, rows, train[2] + test[2])
+        tried.count += 1
 
-        @fuzz(200)
-        @given(table_file(header, True), table_file(header, True), st.booleans())
-        def benchmark(tried, train, test, gz):
-            paths = [
-                _write(Path(folder), f"All_Beauty.{split}.csv", data, gz)
-                for split, (data, _, _) in (("train", train), ("test", test))
-            ]
-            rows = None if None in (train[1], test[1]) else train[1] + test[1]
-            _check_reader("amazon2023", paths, rows, train[2] + test[2])
-            tried.count += 1
-
-        tried = Tried("2023 benchmark csv", 200)
-        benchmark(tried)
-        tried.report()
+    tried = Tried("2023 benchmark csv", 200)
+    benchmark(tried)
+    tried.report()
 
 
 @st.composite
@@ -322,26 +315,25 @@ def meta_file(draw, release: str):
 
 
 @pytest.mark.parametrize("release", ["amazon2014", "amazon2018", "amazon2023"])
-def test_metadata_readers_count_every_line(release):
-    with tempfile.TemporaryDirectory() as folder:
+def test_metadata_readers_count_every_line(tmp_path, release):
 
-        @fuzz(200)
-        @given(meta_file(release), st.booleans())
-        @example(data=b"\t\n", gz=False)
-        @example(data=b'{"asin": null, "title": ""}\n\x1f\x00\n', gz=False)
-        def meta(tried, data, gz):
-            path = _write(Path(folder), "meta.json", data, gz)
-            bad = BadLines(str(path))
-            try:
-                rows = read_meta_lines(path, META_KEYS[release], bad)
-            except DataError:
-                tried.count += 1
-                return
-            assert bad.total == _data_lines(data)
-            assert rows.height + bad.num_bad <= bad.total
-            assert rows["item_id"].null_count() == 0 and isinstance(rows, pl.DataFrame)
+    @fuzz(200)
+    @given(meta_file(release), st.booleans())
+    @example(data=b"\t\n", gz=False)
+    @example(data=b'{"asin": null, "title": ""}\n\x1f\x00\n', gz=False)
+    def meta(tried, data, gz):
+        path = _write(tmp_path, "meta.json", data, gz)
+        bad = BadLines(str(path))
+        try:
+            rows = read_meta_lines(path, META_KEYS[release], bad)
+        except DataError:
             tried.count += 1
+            return
+        assert bad.total == _data_lines(data)
+        assert rows.height + bad.num_bad <= bad.total
+        assert rows["item_id"].null_count() == 0 and isinstance(rows, pl.DataFrame)
+        tried.count += 1
 
-        tried = Tried(f"metadata {release}", 200)
-        meta(tried)
-        tried.report()
+    tried = Tried(f"metadata {release}", 200)
+    meta(tried)
+    tried.report()
