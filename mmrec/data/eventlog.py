@@ -1,0 +1,136 @@
+"""The event log as of a query time: for every item at once, its events strictly before that
+time (counts, last and first event), exact, in memory bounded per item (snapshots + deltas).
+
+Item dynamics, recency baselines and serving read the log through this one class, so the
+causal cut (an event at or after the query time is never seen) lives in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+#: ``last_before`` of an item with no event before the query time.
+NEVER = -(2**62)
+
+
+class EventLog:
+    """Item events sorted by time, answering "as of time ``t``" for the whole catalogue.
+
+    ``counts_before(t)`` is the number of each item's events with ``timestamp < t``; with
+    ``t - w`` it gives the count of a window ``[t - w, t)``. Exact for any ``t``: the counts of
+    the first ``k * stride`` events are kept as snapshots (``max_snapshots`` of them), and the
+    at most ``stride`` events between the snapshot and ``t`` are added per query. Memory:
+    ``(max_snapshots + 1) * 12`` bytes per item (int32 counts + int64 last times) plus 16 bytes
+    per event, whatever the time span (no per-day buckets).
+
+    Args:
+        items: ``[E]`` item ids (1..N; 0, the padding item, is allowed and never counted apart).
+        times: ``[E]`` unix seconds of the events, in any order (ties keep the given order).
+        num_items: ``N``, so that results are ``[Q, N + 1]`` (column 0 is the padding item).
+        max_snapshots: Snapshots kept; more means less work per query, more memory.
+    """
+
+    def __init__(self, items: Tensor, times: Tensor, num_items: int, max_snapshots: int = 64):
+        items, times = torch.as_tensor(items).long(), torch.as_tensor(times).long()
+        if items.shape != times.shape or items.dim() != 1:
+            raise ValueError(f"items {tuple(items.shape)} and times {tuple(times.shape)}: [E] each")
+        if len(items) and (int(items.min()) < 0 or int(items.max()) > num_items):
+            raise ValueError(f"item ids must be in 0..{num_items}")
+        if max_snapshots < 1:
+            raise ValueError(f"max_snapshots must be >= 1, got {max_snapshots}")
+        order = torch.sort(times, stable=True).indices
+        self.items, self.times = items[order], times[order]  # [E] each, by time
+        self.num_items = int(num_items)
+        n, cols = len(self.items), self.num_items + 1
+        self.stride = max(1, math.ceil(n / max_snapshots))
+        k = n // self.stride + 1  # snapshots at 0, stride, 2 * stride ... <= n events
+        counts = torch.zeros(k, cols, dtype=torch.int32)
+        last = torch.full((k, cols), NEVER, dtype=torch.int64)
+        running, seen = torch.zeros(cols, dtype=torch.int32), torch.full((cols,), NEVER)
+        for s in range(1, k):  # k <= max_snapshots + 1: a short loop over chunks of events
+            chunk = slice((s - 1) * self.stride, s * self.stride)
+            running += torch.bincount(self.items[chunk], minlength=cols).to(torch.int32)
+            seen = seen.scatter_reduce(0, self.items[chunk], self.times[chunk], "amax")
+            counts[s], last[s] = running, seen
+        self._counts, self._last = counts, last  # [K, N + 1] each
+        # [N + 1] time of each item's first event (-NEVER, after any query time: none)
+        self.first_time = torch.full((cols,), -NEVER).scatter_reduce(
+            0, self.items, self.times, "amin"
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_folder(cls, data_dir: str | Path, max_snapshots: int = 64) -> EventLog:
+        """Every event of a prepared dataset folder (all splits: what a shop knows up to each
+        query time; the cut at the query time is made by every query)."""
+        path = Path(data_dir) / "interactions.parquet"
+        df = pl.read_parquet(path, columns=["item_idx", "timestamp"])
+        meta = Path(data_dir) / "meta.json"
+        num_items = int(df["item_idx"].max() or 0)
+        if meta.is_file():
+            import json
+
+            num_items = int(json.loads(meta.read_text())["counts"]["items"])
+        return cls(
+            torch.from_numpy(df["item_idx"].to_numpy().astype(np.int64)),
+            torch.from_numpy(df["timestamp"].to_numpy().astype(np.int64)),
+            num_items,
+            max_snapshots,
+        )
+
+    def nbytes_per_item(self) -> float:
+        """Bytes of state per catalogue item (snapshots), as the benchmark reports it."""
+        snap = self._counts.numel() * 4 + self._last.numel() * 8 + self.first_time.numel() * 8
+        return snap / (self.num_items + 1)
+
+    # ------------------------------------------------------------------ queries
+    def position(self, t: Tensor) -> Tensor:
+        """``[Q]`` number of events strictly before each query time ``t [Q]``."""
+        return torch.searchsorted(self.times, torch.as_tensor(t).long(), right=False)
+
+    def _deltas(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Snapshot of each query, and the events after it and before ``t``: ``(snap [Q],
+        row [M], event [M])`` (query row and flat event index of each delta event)."""
+        p = self.position(t)  # [Q]
+        snap = p // self.stride
+        lens = p - snap * self.stride  # [Q] < stride
+        row = torch.repeat_interleave(torch.arange(len(p)), lens)  # [M]
+        first = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        offset = torch.arange(int(lens.sum())) - first
+        event = torch.repeat_interleave(snap * self.stride, lens) + offset  # [M]
+        return snap, row, event
+
+    def counts_before(self, t: Tensor) -> Tensor:
+        """``[Q, N + 1]`` int32: each item's events with ``timestamp < t`` for each ``t [Q]``."""
+        snap, row, event = self._deltas(t)
+        out = self._counts[snap]  # [Q, N + 1] (a copy)
+        cols = self.num_items + 1
+        flat = out.view(-1)
+        flat.index_add_(0, row * cols + self.items[event], torch.ones_like(row, dtype=torch.int32))
+        return out
+
+    def window_counts(self, t: Tensor, seconds: Tensor | list[float]) -> Tensor:
+        """``[Q, W, N + 1]`` int32: each item's events in ``[t - w, t)`` for each window ``w``
+        (seconds) of ``seconds [W]``."""
+        t = torch.as_tensor(t).long()
+        w = torch.as_tensor(seconds, dtype=torch.float64).round().long()  # [W]
+        starts = (t[:, None] - w[None, :]).reshape(-1)  # [Q * W]
+        both = self.counts_before(torch.cat([t, starts]))  # [Q + Q * W, N + 1]
+        now, before = both[: len(t)], both[len(t) :].view(len(t), len(w), -1)
+        return now[:, None, :] - before
+
+    def last_before(self, t: Tensor) -> Tensor:
+        """``[Q, N + 1]`` int64: time of each item's last event before ``t`` (``NEVER``: none)."""
+        snap, row, event = self._deltas(t)
+        out = self._last[snap]  # [Q, N + 1]
+        cols = self.num_items + 1
+        flat = out.view(-1)
+        return flat.scatter_reduce(
+            0, row * cols + self.items[event], self.times[event], "amax"
+        ).view_as(out)
