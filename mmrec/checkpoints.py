@@ -21,6 +21,12 @@ LINKED = ("num_items", "num_users", "data_dir", "time_granularity", "max_len")
 CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
+def names_python_objects(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's ``weights_only`` load refused a file because it names Python objects
+    (a pickle payload), rather than because it is no pickle at all (random bytes)."""
+    return "GLOBAL" in str(err) or "global" in str(err)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """A checkpoint file as a dict of tensors and plain values (``weights_only``), on the CPU.
 
@@ -41,7 +47,7 @@ def read_checkpoint(path: str | Path) -> dict:
                 raise
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format
     except pickle.UnpicklingError as err:
-        if "GLOBAL" not in str(err) and "global" not in str(err):  # garbage, not an object
+        if not names_python_objects(err):  # garbage, not an object
             raise ConfigError(
                 f"checkpoint {path} cannot be read (not a pickle of tensors): not a torch "
                 "checkpoint? pass a .ckpt written by `mmrec fit`"

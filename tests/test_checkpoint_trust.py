@@ -308,3 +308,16 @@ def test_the_command_line_from_the_issue_imports_nothing(data, tmp_path):
     )
     assert out.returncode == 1 and "ConfigError: checkpoint" in out.stderr
     assert not marker.ran.exists()
+
+
+def test_embed_names_a_clip_file_that_is_no_checkpoint_in_one_line(data, tmp_path, capfd):
+    (tmp_path / "noise.pt").write_bytes(bytes(range(256)) * 8)
+    args = ["embed", f"--dataset={data}", f"--model={tmp_path / 'noise.pt'}"]
+    assert main([*args, "--modalities", "text"]) == 2
+    err = capfd.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("mmrec embed")] == [
+        f"mmrec embed: error: could not load CLIP model '{tmp_path / 'noise.pt'}': not a CLIP "
+        "checkpoint (a TorchScript archive or a state_dict of tensors); pass --model with the "
+        "path of a CLIP checkpoint file"
+    ]
+    assert "Traceback" not in err and "holds Python objects" not in err

@@ -154,7 +154,15 @@ class ClipModel:
             model, preprocess = self._clip.load(
                 self.model_path, device=self.device, jit=False, download_root=self.download_root
             )
-        except pickle.UnpicklingError:  # torch.load (weights_only) refused Python objects
+        except pickle.UnpicklingError as e:  # torch.load (weights_only) refused the file
+            from mmrec.checkpoints import names_python_objects
+
+            if not names_python_objects(e):
+                raise ModelLoadError(
+                    f"could not load CLIP model {self.model_path!r}: not a CLIP checkpoint (a "
+                    "TorchScript archive or a state_dict of tensors); pass --model with the "
+                    "path of a CLIP checkpoint file"
+                ) from None
             raise ModelLoadError(
                 f"CLIP checkpoint {self.model_path!r} refused: it holds Python objects, not only "
                 "tensors, and loading those would run code from the file; use the official "
@@ -163,7 +171,8 @@ class ClipModel:
         except (OSError, RuntimeError) as e:  # URLError is an OSError; bad checkpoint: Runtime
             where = self.download_root or "~/.cache/clip"
             raise ModelLoadError(
-                f"could not load CLIP model {self.model_path!r} ({type(e).__name__}: {e}); "
+                f"could not load CLIP model {self.model_path!r} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); "
                 f"without network, put the checkpoint in {where} or pass --model with the path "
                 "of a CLIP checkpoint file"
             ) from e
