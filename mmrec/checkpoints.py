@@ -90,6 +90,7 @@ def checked_hparams(ckpt: dict, path: str | Path, trusted: list[str]) -> dict:
     if not isinstance(hparams, dict):
         raise ConfigError(f"checkpoint {path} refused: its hyper_parameters are not a mapping")
     hparams = dict(hparams)
+    hparams.pop("trusted_modules", None)  # trust comes from the caller, never from the file
     instantiator = hparams.pop("_instantiator", None)
     if instantiator is not None and instantiator != CLI_INSTANTIATOR:
         raise ConfigError(

@@ -149,6 +149,16 @@ def test_every_class_path_of_the_stored_config_is_checked(data, tmp_path, entry,
     assert message in str(info.value) and "this" not in sys.modules
 
 
+def test_a_checkpoint_cannot_trust_a_module_itself(data, tmp_path, marker):
+    spec = marker.spec()
+    path = _save(
+        _model(data), tmp_path / "evil.ckpt", item_encoders=spec, trusted_modules=[marker.name]
+    )
+    with pytest.raises(ConfigError, match=f"'{marker.name}.Encoder' lives in module"):
+        MMRecModule.load_from_checkpoint(path)
+    marker.assert_not_imported()
+
+
 def test_a_cli_checkpoint_still_loads_with_its_weights(data, tmp_path):
     model = _model(data)
     again = MMRecModule.load_from_checkpoint(_save(model, tmp_path / "ok.ckpt"))
