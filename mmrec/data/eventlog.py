@@ -76,7 +76,7 @@ class EventLog:
         if meta.is_file():
             import json
 
-            num_items = int(json.loads(meta.read_text())["counts"]["items"])
+            num_items = int(json.loads(meta.read_text())["num_items"])
         return cls(
             torch.from_numpy(df["item_idx"].to_numpy().astype(np.int64)),
             torch.from_numpy(df["timestamp"].to_numpy().astype(np.int64)),
