@@ -6,7 +6,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -32,13 +32,14 @@ class AmazonDataModule(LightningDataModule):
     at every position), ``query_time`` = the next event's timestamp. Older events of long
     histories are not trained on (one window per user and epoch). With ``prefix_samples``:
     one row per training target instead, its preceding events, the loss at the last position.
-    Validation / test: one row per user with targets in that split and a non-empty history.
-    The history is every event before the targets (valid: train events; test: train + valid
-    events; for a temporal split, events before the cut-off), its last ``max_len`` events form
-    the sequence, the last position's ``query_time`` is the (first) target's timestamp, and
-    ``exclude_items`` holds every distinct item of the whole history. Targets (several per user
-    in a temporal split) are deduplicated. Users whose targets have no history are skipped and
-    counted in ``self.skipped``.
+    Validation / test (``eval_protocol="one_shot"``): one row per user with targets in that
+    split and a non-empty history. The history is every event before the targets (valid: train
+    events; test: train + valid events; for a temporal split, events before the cut-off), its
+    last ``max_len`` events form the sequence, the last position's ``query_time`` is the
+    (first) target's timestamp, and ``exclude_items`` holds every distinct item of the whole
+    history. Targets (several per user in a temporal split) are deduplicated. Users whose
+    targets have no history are skipped and counted in ``self.skipped``.
+    ``eval_protocol="successive"``: one row per target event instead (see the argument).
     Predict: one row per user with all of their events as history; the last ``query_time``
     (and ``target_time``) is ``predict_time``; ``target_items`` is a ``[B, 1]`` of zeros.
 
@@ -94,6 +95,23 @@ class AmazonDataModule(LightningDataModule):
             (default): one row per user, its most recent window, with a loss at every position.
             Same targets and softmax cost per epoch; the sequence model reads more events
             (Beauty 2014: 1.10M instead of 0.13M, 8.6x) and an epoch takes more steps.
+        eval_protocol: How validation and test rows are cut (training and predict rows are
+            the same under both). ``one_shot`` (default): each user's split items predicted
+            once, at the user's first event of the split, from the events before the split
+            (the rows above). ``successive`` (streaming): every event of the split is a
+            target of its own row (a repeated (user, item) within the split counts once, at
+            its first event), predicted from everything before it: the user's events before
+            it, earlier events of the same split included, form the history, ``query_time``
+            and ``target_time`` are the target's own timestamp, and ``exclude_items`` holds
+            the history's items; the weights stay as trained (as in a shop between
+            retrains). "Before" is the order of the dataset (user, time, then file order):
+            the user's own events of the target's day (same timestamp, day-granular data)
+            that come earlier in the file are history, later ones are not. Anything read from
+            the global event log for a row (item dynamics, recency baselines) counts only
+            events with a timestamp strictly before the target's time, so other users'
+            events of that day are never seen. Targets at a user's first event have no
+            history: skipped and counted in ``self.skipped`` (targets, not users). Under
+            leave-one-out both protocols give the same rows.
     """
 
     def __init__(
@@ -112,6 +130,7 @@ class AmazonDataModule(LightningDataModule):
         bucket_window: int = 1,
         pack_sequences: bool = True,
         prefix_samples: bool = False,
+        eval_protocol: Literal["one_shot", "successive"] = "one_shot",
     ):
         super().__init__()
         if max_len < 1:
@@ -131,6 +150,11 @@ class AmazonDataModule(LightningDataModule):
         self.trim_padding, self.bucket_window = trim_padding, bucket_window
         self.pack_sequences = pack_sequences
         self.prefix_samples = prefix_samples
+        if eval_protocol not in ("one_shot", "successive"):
+            raise ValueError(
+                f"eval_protocol must be 'one_shot' or 'successive', got {eval_protocol!r}"
+            )
+        self.eval_protocol = eval_protocol
         self.predict_time = to_unix(predict_time, name="predict_time")
         self._meta: dict[str, Any] | None = None
         self._prepare_checked = False
@@ -163,6 +187,18 @@ class AmazonDataModule(LightningDataModule):
     def time_granularity(self) -> str:
         """``"day"`` or ``"second"`` (meta.json)."""
         return str(self.meta.get("time_granularity", "second"))
+
+    def protocol_description(self) -> str:
+        """The split and evaluation protocol in words, for a results table, e.g.
+        ``"temporal (valid from 2013-11-01, test from 2013-12-01 to 2014-01-01), successive"``
+        or ``"leave-one-out"`` (where both evaluation protocols give the same rows)."""
+        split = self.meta.get("split", {})
+        if split.get("protocol") != "temporal":
+            return "leave-one-out" if split.get("protocol") == "loo" else str(split.get("protocol"))
+        test = f"test from {split.get('test_start')}"
+        test += f" to {split['test_end']}" if split.get("test_end") else ""
+        eval_words = self.eval_protocol.replace("_", "-")
+        return f"temporal (valid from {split.get('valid_start')}, {test}), {eval_words}"
 
     @property
     def items(self) -> pl.DataFrame:
@@ -246,7 +282,7 @@ class AmazonDataModule(LightningDataModule):
             first = np.cumsum(per) - per
             users = np.repeat(users, per)
             end = start[users] + 1 + np.arange(int(per.sum())) - np.repeat(first, per)
-        rows = self._rows(users, start[users], end, ts[end], None)
+        rows = self._rows(users, start[users], end, ts[end])
         self.datasets["train"] = SequenceDataset(
             self._events,
             rows,
@@ -257,14 +293,11 @@ class AmazonDataModule(LightningDataModule):
         )
         tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()  # dedup targets
         for name, c in (("valid", 1), ("test", 2)):
-            hist = n[0] + (n[1] if c == 2 else 0)
-            self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
-            users = np.flatnonzero((n[c] > 0) & (hist > 0))
-            end = start[users] + hist[users]
-            sel = (code == c) & tgt_first
-            per_user = np.bincount(u[sel], minlength=self.num_users)  # [U] targets
-            tgt_off = np.concatenate([[0], np.cumsum(per_user)])
-            rows = self._rows(users, start[users], end, ts[end], (tgt_off, items[sel]))
+            sel = (code == c) & tgt_first  # [N] the split's targets
+            if self.eval_protocol == "successive":
+                rows = self._successive_rows(name, sel, u, items, ts, start)
+            else:
+                rows = self._one_shot_rows(name, c, sel, n, u, items, ts, start)
             self.datasets[name] = self._eval_set(rows)
         users = np.flatnonzero(count > 0)
         end = start[users] + count[users]
@@ -272,7 +305,31 @@ class AmazonDataModule(LightningDataModule):
             qlast = ts[end - 1] + DAY
         else:
             qlast = np.full(len(users), self.predict_time)
-        self.datasets["predict"] = self._eval_set(self._rows(users, start[users], end, qlast, None))
+        self.datasets["predict"] = self._eval_set(self._rows(users, start[users], end, qlast))
+
+    def _one_shot_rows(self, name, c, sel, n, u, items, ts, start) -> _Rows:
+        """One row per user with targets in split ``c``: history = the earlier splits' events,
+        query time = the first target's time, targets = the user's targets ``sel``."""
+        hist = n[0] + (n[1] if c == 2 else 0)  # [U]
+        self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
+        users = np.flatnonzero((n[c] > 0) & (hist > 0))
+        end = start[users] + hist[users]
+        per_user = np.bincount(u[sel], minlength=self.num_users)  # [U] targets
+        off = np.concatenate([[0], np.cumsum(per_user)])  # [U+1]
+        targets = (off[users], off[users + 1] - off[users], items[sel])
+        return self._rows(users, start[users], end, ts[end], targets)
+
+    def _successive_rows(self, name, sel, u, items, ts, start) -> _Rows:
+        """One row per target event ``j`` of ``sel``: history = the user's events before ``j``
+        in the flat (user, time, file) order, query time = ``ts[j]``, target = ``items[j]``."""
+        j = np.flatnonzero(sel)  # [R] flat index of each target event
+        has = j > start[u[j]]  # a target at the user's first event has no history
+        self.skipped[name] = {"no_history": int(np.sum(~has))}
+        j = j[has]
+        users = u[j]
+        one = np.ones(len(j), np.int64)
+        targets = (np.arange(len(j)), one, items[j])
+        return self._rows(users, start[users], j, ts[j], targets)
 
     def _eval_set(self, rows: _Rows) -> SequenceDataset:
         return SequenceDataset(
@@ -280,16 +337,18 @@ class AmazonDataModule(LightningDataModule):
         )
 
     @staticmethod
-    def _rows(users, begin, end, qlast, targets) -> _Rows:
+    def _rows(users, begin, end, qlast, targets=None) -> _Rows:
+        """``_Rows`` of ``[R]`` arrays; ``targets``: ``(start [R], count [R], flat items)``,
+        each row's targets being ``flat[start : start + count]`` (None: no targets)."""
         t = torch.from_numpy
         if targets is None:
             zero = torch.zeros(len(users), dtype=torch.long)
             tgt_start, tgt_cnt, tgt_items = zero, zero, torch.zeros(1, dtype=torch.long)
         else:
-            off, flat = targets
-            tgt_start = t(off[users].astype(np.int64))
-            tgt_cnt = t((off[users + 1] - off[users]).astype(np.int64))
-            tgt_items = t(np.append(flat, 0))
+            first, cnt, flat = targets
+            tgt_start = t(np.asarray(first, np.int64))
+            tgt_cnt = t(np.asarray(cnt, np.int64))
+            tgt_items = t(np.append(flat, 0).astype(np.int64))
         return _Rows(
             user=t(users.astype(np.int64)),
             begin=t(np.asarray(begin, np.int64)),

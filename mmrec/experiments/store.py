@@ -38,6 +38,8 @@ VOLATILE = (
 #: they existed: at that value they are left out of the key, so stored runs keep their keys.
 ADDED_LATER = {
     "data.prefix_samples": False,
+    "data.eval_protocol": "one_shot",
+    "data.prepare.test_end": None,
 }
 
 #: The same for init arguments of callbacks (``trainer.callbacks`` entries), by class path.
