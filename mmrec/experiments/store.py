@@ -38,6 +38,7 @@ VOLATILE = (
 #: they existed: at that value they are left out of the key, so stored runs keep their keys.
 ADDED_LATER = {
     "data.prefix_samples": False,
+    "data.prepare.allow_truncated": False,
     "data.eval_protocol": "one_shot",
     "data.prepare.test_end": None,
 }

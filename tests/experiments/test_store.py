@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.experiments.store import ResultStore, run_key
+from mmrec.experiments.store import ADDED_LATER, ResultStore, run_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,3 +91,17 @@ def test_runs_with_another_seed_everything_and_the_same_data_seed_have_other_key
     assert one["data"]["seed"] == two["data"]["seed"] == 0
     assert run_key(one) != run_key(two)
     assert run_key(one) == run_key(json.loads(json.dumps(one)) | {"name": "other"})
+
+
+@pytest.mark.parametrize("dotted", sorted(ADDED_LATER))
+def test_every_option_added_later_keeps_keys_at_its_old_value_only(dotted):
+    before = {"seed_everything": 0, "data": {"data_dir": "d", "prepare": {"source": "s"}}}
+    *parents, leaf = dotted.split(".")
+    at_old = json.loads(json.dumps(before))
+    node = at_old
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = ADDED_LATER[dotted]
+    assert run_key(at_old) == run_key(before)
+    node[leaf] = "another value"
+    assert run_key(at_old) != run_key(before)
