@@ -186,16 +186,31 @@ class Cleaned:
 
 
 def clean_ingested(
-    data: Ingested, *, kcore: int, keep_repeats: bool, dropped: dict[str, int]
+    data: Ingested,
+    *,
+    kcore: int,
+    keep_repeats: bool,
+    dropped: dict[str, int],
+    before: int | None = None,
 ) -> Cleaned:
-    """Duplicates, repeats and k-core on the ingested rows; ids; the output order.
+    """Duplicates, repeats, the end of time and k-core on the ingested rows; ids; the output
+    order.
 
     Memory: user and item codes of every input row (8 bytes a row) plus sort buffers; time and
-    rating are read back for repeated pairs and kept rows only, the review text never (its
-    hash, for repeated pairs only).
+    rating are read back for repeated pairs and kept rows only (with ``before``: the time of
+    every row), the review text never (its hash, for repeated pairs only).
+
+    Args:
+        before: Unix seconds: rows at/after it are dropped (``after_test_end``) once the
+            duplicate and repeat rules have run, before the k-core.
     """
     u, i = data.column("u"), data.column("i")
     keep = drop_duplicates(u, i, data.take, keep_repeats=keep_repeats, dropped=dropped)
+    if before is not None:
+        late = keep & (data.column("ts") >= before)
+        dropped["after_test_end"] = int(late.sum())
+        keep &= ~late
+        del late
     apply_kcore(keep, u, i, kcore, dropped)
     require_rows(keep, kcore, dropped)
     rows = np.flatnonzero(keep)

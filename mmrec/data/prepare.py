@@ -78,7 +78,13 @@ class PrepareConfig:
             train) or ``temporal`` (global cut-offs ``valid_start``/``test_start``).
         valid_start: ISO date/time (UTC); temporal split: events at/after it (and before
             ``test_start``) are valid.
-        test_start: ISO date/time (UTC); temporal split: events at/after it are test.
+        test_start: ISO date/time (UTC); temporal split: events at/after it (and before
+            ``test_end``) are test.
+        test_end: ISO date/time (UTC); temporal split: the end of the test window. Events
+            at/after it are dropped (meta.json ``dropped``: ``after_test_end``) after the
+            duplicate and repeat rules and before the k-core, so the folder holds the data as
+            of that time (e.g. valid_start 2013-11-01, test_start 2013-12-01, test_end
+            2014-01-01: December 2013 as a fold of Beauty 2014). Unset: no end.
         columns: Tabular only: our column -> the file's column, for user_id, item_id, timestamp
             (required) and rating, review (optional), e.g. '{"user_id": "reviewerID"}'.
         item_text: Optional item title file, one item a line: ``<item_id> <title words...>``
@@ -117,6 +123,7 @@ class PrepareConfig:
     split: Literal["loo", "temporal"] = "loo"
     valid_start: str | None = None
     test_start: str | None = None
+    test_end: str | None = None
     columns: dict[str, str] | None = None
     item_text: str | None = None
     item_attributes: str | None = None
@@ -162,7 +169,7 @@ def _parse_time(name: str, value: str | None) -> int | None:
         raise DataError(str(err)) from None
 
 
-def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
+def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None, int | None]:
     if cfg.source is None:
         raise DataError(f"--source is required: one of {list(READERS)}")
     if not cfg.out:
@@ -184,7 +191,15 @@ def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None]:
             "--split temporal needs --valid_start and --test_start (ISO dates), "
             "valid_start <= test_start"
         )
-    return valid, test
+    end = _parse_time("test_end", cfg.test_end)
+    if end is not None and cfg.split != "temporal":
+        raise DataError("--test_end applies to --split temporal only")
+    if end is not None and test is not None and end <= test:
+        raise DataError(
+            f"--test_end {cfg.test_end} must be after --test_start {cfg.test_start} "
+            "(valid_start <= test_start < test_end)"
+        )
+    return valid, test, end
 
 
 def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None]:
@@ -212,7 +227,7 @@ _NOT_SETTINGS = (
 )  # fmt: skip
 #: Settings added after folders were first fingerprinted: left out while at their default, so a
 #: folder prepared before they existed stays valid.
-_LATER_SETTINGS = {"review_text": False, "allow_truncated": False}
+_LATER_SETTINGS = {"review_text": False, "allow_truncated": False, "test_end": None}
 
 
 def settings(cfg: PrepareConfig) -> dict:
@@ -354,7 +369,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         The dataset folder.
     """
     start = time.perf_counter()
-    valid_ts, test_ts = _validate(cfg)
+    valid_ts, test_ts, end_ts = _validate(cfg)
     out = Path(cfg.out)
     reviews, meta = _inputs(cfg, progress)
     files = _input_files(cfg, reviews, meta)
@@ -380,7 +395,9 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         truncated = stats.truncated
         bar.update()
         bar.set_postfix_str("cleaning")
-        kept = clean_ingested(data, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped)
+        kept = clean_ingested(
+            data, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped, before=end_ts
+        )
         split = split_codes(cfg.split, kept.user_idx, kept.ts, valid_ts, test_ts)
         info = _meta_info(cfg, kept, split, input_rows, dropped)
         bar.update()
@@ -463,6 +480,11 @@ def _meta_info(
             "valid_start_ts": _parse_time("valid_start", cfg.valid_start),
             "test_start_ts": _parse_time("test_start", cfg.test_start),
         }
+        if cfg.test_end is not None:
+            split_info |= {
+                "test_end": cfg.test_end,
+                "test_end_ts": _parse_time("test_end", cfg.test_end),
+            }
     return {
         "source": cfg.source,
         "version": FORMAT_VERSION,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from mmrec.data.datamodule import AmazonDataModule
+from mmrec.data.errors import DataError
+from mmrec.data.prepare import PrepareConfig
 from mmrec.data.synthetic import make_synthetic_dataset
 from tests.data.test_datamodule import LOO_ROWS, batch_of, eq, write_folder
+from tests.data.test_prepare import _prep
 
 # (user, item, time, rating, split); user 0 buys item 2 again in test (a target: it is not
 # in test before) and item 4 twice in test (once a target); 410 is a same-day tie (2, then 5)
@@ -166,3 +170,45 @@ def test_new_options_at_their_default_keep_stored_run_keys():
     successive = config(eval_protocol="successive", prepare={"test_end": None})
     ended = config(eval_protocol="one_shot", prepare={"test_end": "2014-01-01"})
     assert len({run_key(before), run_key(successive), run_key(ended)}) == 3
+
+
+def test_test_end_drops_later_events_before_the_kcore_and_counts_them(tmp_path):
+    day, base = 86400, 18262 * 86400  # 2020-01-01
+    rows = [(f"u{k % 4}", f"i{k % 13}", base + k * day // 2, 5) for k in range(40)]
+    rows += [("u0", "late", base + 18 * day, 5), ("u9", "i1", base + 19 * day, 5)]
+    windows = {"valid_start": "2020-01-10", "test_start": "2020-01-15", "test_end": "2020-01-18"}
+    out, inter, meta = _prep(tmp_path, rows, split="temporal", **windows)
+    assert int(inter["timestamp"].max()) < base + 17 * day  # k >= 34 (day 17 on) is gone
+    assert meta["dropped"] == {"duplicate": 0, "repeat": 0, "after_test_end": 8}
+    assert meta["num_interactions"] == 34 and meta["input_rows"] == 42
+    assert meta["split"]["counts"] == {"train": 18, "valid": 10, "test": 6}
+    assert meta["split"]["test_end"] == "2020-01-18"
+    assert meta["split"]["test_end_ts"] == base + 17 * day
+    assert (meta["num_users"], meta["num_items"]) == (4, 13)  # "late" and "u9" never existed
+    dm = module(out, max_len=4, eval_protocol="successive")
+    assert len(dm.datasets["test"]) == 6 and dm.skipped["test"] == {"no_history": 0}
+    assert dm.protocol_description() == (
+        "temporal (valid from 2020-01-10, test from 2020-01-15 to 2020-01-18), successive"
+    )
+    # an item bought only after test_end is no item of the folder, so k-core counts without it
+    _, kept, meta = _prep(tmp_path, rows, split="temporal", kcore=2, out=str(tmp_path / "k"),
+                          **windows)  # fmt: skip
+    assert meta["dropped"]["after_test_end"] == 8 and meta["dropped"]["kcore"] == 0
+    assert kept.height == 34
+
+
+def test_test_end_is_validated_and_left_out_of_older_fingerprints(tmp_path):
+    from mmrec.data.prepare import settings
+
+    rows = [("u0", "i0", 86400, 5)]
+    bad = {"split": "temporal", "valid_start": "2020-01-01", "test_start": "2020-02-01"}
+    for end in ("2020-02-01", "2020-01-15"):
+        with pytest.raises(DataError, match=r"--test_end .* must be after --test_start 2020-02-01"):
+            _prep(tmp_path, rows, **bad, test_end=end)
+    with pytest.raises(DataError, match="--test_end applies to --split temporal only"):
+        _prep(tmp_path, rows, test_end="2020-02-01")
+    with pytest.raises(DataError, match="--test_end"):
+        _prep(tmp_path, rows, **bad, test_end="February")
+    base = PrepareConfig(source="tabular", split="temporal", valid_start="a", test_start="b")
+    assert "test_end" not in settings(base)  # same fingerprint as before the option existed
+    assert settings(dataclasses.replace(base, test_end="2014-01-01"))["test_end"] == "2014-01-01"
