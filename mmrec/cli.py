@@ -165,6 +165,18 @@ def _cli_class():
                 cfg.checkpoint.dirpath = str(self.run.checkpoints)
             if cfg.last_checkpoint.dirpath is None:
                 cfg.last_checkpoint.dirpath = cfg.checkpoint.dirpath
+            if cfg.data.get("fit_on_valid") and command == "fit":
+                # refit: the validation events are trained on, so nothing validates, stops or
+                # picks a checkpoint early: the epoch count is given, best.ckpt = the last epoch
+                cfg.trainer.limit_val_batches = 0
+                cfg.trainer.num_sanity_val_steps = 0
+                cfg.early_stopping.check_on_train_epoch_end = False
+                cfg.checkpoint.monitor = None
+                print(
+                    f"mmrec fit: data.fit_on_valid: training on train + valid events for "
+                    f"{cfg.trainer.max_epochs} epochs, no validation",
+                    flush=True,
+                )
 
         def after_instantiate_classes(self) -> None:
             if self.ckpt_hparams:

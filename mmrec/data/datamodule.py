@@ -112,6 +112,13 @@ class AmazonDataModule(LightningDataModule):
             events of that day are never seen. Targets at a user's first event have no
             history: skipped and counted in ``self.skipped`` (targets, not users). Under
             leave-one-out both protocols give the same rows.
+        fit_on_valid: Refit before test: train on the training and validation events
+            together (each user's window then ends at their last validation event) and leave
+            the validation rows empty; the test rows are unchanged. For training again, for
+            the number of epochs chosen on validation, up to the start of the test window, as
+            a deployed system retrains up to the present (``mmrec experiment`` with
+            ``refit: true``). Popularity counts (``item_train_counts``) include the
+            validation events too.
     """
 
     def __init__(
@@ -131,6 +138,7 @@ class AmazonDataModule(LightningDataModule):
         pack_sequences: bool = True,
         prefix_samples: bool = False,
         eval_protocol: Literal["one_shot", "successive"] = "one_shot",
+        fit_on_valid: bool = False,
     ):
         super().__init__()
         if max_len < 1:
@@ -155,6 +163,7 @@ class AmazonDataModule(LightningDataModule):
                 f"eval_protocol must be 'one_shot' or 'successive', got {eval_protocol!r}"
             )
         self.eval_protocol = eval_protocol
+        self.fit_on_valid = fit_on_valid
         self.predict_time = to_unix(predict_time, name="predict_time")
         self._meta: dict[str, Any] | None = None
         self._prepare_checked = False
@@ -198,7 +207,8 @@ class AmazonDataModule(LightningDataModule):
         test = f"test from {split.get('test_start')}"
         test += f" to {split['test_end']}" if split.get("test_end") else ""
         eval_words = self.eval_protocol.replace("_", "-")
-        return f"temporal (valid from {split.get('valid_start')}, {test}), {eval_words}"
+        refit = ", refit on train + valid" if self.fit_on_valid else ""
+        return f"temporal (valid from {split.get('valid_start')}, {test}), {eval_words}{refit}"
 
     @property
     def items(self) -> pl.DataFrame:
@@ -263,9 +273,16 @@ class AmazonDataModule(LightningDataModule):
         key = u * (num_items + 1) + items  # [N] (user, item) pair
         self._events = _flat_events(df, items, key)
         self._item_train_counts = torch.from_numpy(
-            np.bincount(items[code == 0], minlength=num_items + 1).astype(np.int64)
+            np.bincount(items[code <= self._last_fit_split], minlength=num_items + 1).astype(
+                np.int64
+            )
         )
         self._build_datasets(u, items, ts, code, key)
+
+    @property
+    def _last_fit_split(self) -> int:
+        """The last split code trained on: 0 (train), or 1 (valid) with ``fit_on_valid``."""
+        return 1 if self.fit_on_valid else 0
 
     def _build_datasets(
         self, u: np.ndarray, items: np.ndarray, ts: np.ndarray, code: np.ndarray, key: np.ndarray
@@ -274,11 +291,12 @@ class AmazonDataModule(LightningDataModule):
         count = np.bincount(u, minlength=self.num_users)  # [U] events per user
         start = np.concatenate([[0], np.cumsum(count)[:-1]])  # [U] flat index of the first
         n = [np.bincount(u[code == c], minlength=self.num_users) for c in range(3)]  # per split
-        # training: inputs = the first n_train - 1 train events, the last one is only a target
-        users = np.flatnonzero(n[0] >= 2)
-        end = start[users] + n[0][users] - 1
-        if self.prefix_samples:  # one row per target: the prefixes of 1..n_train - 1 events
-            per = n[0][users] - 1
+        # training: inputs = the first n_fit - 1 events, the last one is only a target
+        n_fit = n[0] + (n[1] if self.fit_on_valid else 0)  # [U] training (+ valid) events
+        users = np.flatnonzero(n_fit >= 2)
+        end = start[users] + n_fit[users] - 1
+        if self.prefix_samples:  # one row per target: the prefixes of 1..n_fit - 1 events
+            per = n_fit[users] - 1
             first = np.cumsum(per) - per
             users = np.repeat(users, per)
             end = start[users] + 1 + np.arange(int(per.sum())) - np.repeat(first, per)
@@ -294,7 +312,11 @@ class AmazonDataModule(LightningDataModule):
         tgt_first = pl.Series(key * 3 + code).is_first_distinct().to_numpy()  # dedup targets
         for name, c in (("valid", 1), ("test", 2)):
             sel = (code == c) & tgt_first  # [N] the split's targets
-            if self.eval_protocol == "successive":
+            if c == 1 and self.fit_on_valid:  # trained on: nothing left to validate
+                none = np.zeros(0, np.int64)
+                rows = self._rows(none, none, none, none, (none, none, none))
+                self.skipped[name] = {"fit_on_valid": int(np.sum(sel))}
+            elif self.eval_protocol == "successive":
                 rows = self._successive_rows(name, sel, u, items, ts, start)
             else:
                 rows = self._one_shot_rows(name, c, sel, n, u, items, ts, start)

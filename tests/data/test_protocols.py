@@ -212,3 +212,53 @@ def test_test_end_is_validated_and_left_out_of_older_fingerprints(tmp_path):
     base = PrepareConfig(source="tabular", split="temporal", valid_start="a", test_start="b")
     assert "test_end" not in settings(base)  # same fingerprint as before the option existed
     assert settings(dataclasses.replace(base, test_end="2014-01-01"))["test_end"] == "2014-01-01"
+
+
+def test_fit_on_valid_trains_through_validation_and_leaves_test_rows_as_they_are(temporal):
+    plain = module(temporal, max_len=8)
+    refit = module(temporal, max_len=8, fit_on_valid=True)
+    # training rows: inputs = every train + valid event but the last, targets shifted by one
+    assert eq(refit.datasets["train"].rows.user, [0, 2])
+    t = batch_of(refit, "train")
+    got = {int(u): t["item_ids"][r][t["mask"][r]].tolist() for r, u in enumerate(t["user_idx"])}
+    assert got == {0: [1, 2], 2: [3]}  # user 1 has one train + valid event: no training row
+    plain_train = batch_of(plain, "train")
+    assert plain_train["item_ids"][plain_train["mask"]].tolist() == [1, 3]  # before: train only
+    assert len(refit.datasets["valid"]) == 0 and refit.skipped["valid"] == {"fit_on_valid": 2}
+    assert refit.item_train_counts.tolist() == [0, 2, 1, 2, 0, 1, 0]
+    assert plain.item_train_counts.tolist() == [0, 2, 1, 1, 0, 0, 0]
+    a, b = batch_of(plain, "test"), batch_of(refit, "test")
+    assert a.keys() == b.keys() and all(eq(a[k], b[k]) for k in a)
+    assert refit.protocol_description().endswith("one-shot, refit on train + valid")
+
+
+def test_a_refit_fit_trains_the_given_epochs_without_validation(tmp_path, capsys):
+    import torch
+    import yaml
+
+    from mmrec.cli import main
+
+    data = make_synthetic_dataset(
+        tmp_path / "ds", num_users=40, num_items=40, split="temporal", seed=1
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "trainer": {"max_epochs": 3, "logger": False, "enable_progress_bar": False},
+                "data": {"data_dir": str(data), "prepare": None, "max_len": 8, "batch_size": 16},
+                "model": {"d_model": 8},
+            }
+        )
+    )
+    root = tmp_path / "runs"
+    args = [f"--config={config}", f"--trainer.default_root_dir={root}", "--data.fit_on_valid=true"]
+    assert main(["fit", *args]) == 0
+    assert "training on train + valid events for 3 epochs, no validation" in capsys.readouterr().out
+    ckpts = root / "tiny" / "latest" / "checkpoints"
+    best, last = (torch.load(ckpts / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    assert best["epoch"] == last["epoch"] == 2  # every epoch ran, the last one is "best"
+    for name, tensor in last["state_dict"].items():
+        assert torch.equal(best["state_dict"][name], tensor), name
+    assert main(["test", *args, "--ckpt_path=best"]) == 0
