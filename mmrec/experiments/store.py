@@ -41,6 +41,7 @@ ADDED_LATER = {
     "data.prepare.allow_truncated": False,
     "data.eval_protocol": "one_shot",
     "data.prepare.test_end": None,
+    "data.fit_on_valid": False,
 }
 
 #: The same for init arguments of callbacks (``trainer.callbacks`` entries), by class path.
