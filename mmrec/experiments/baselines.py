@@ -1,11 +1,13 @@
-"""Non-neural baselines (popularity, last-item co-occurrence) scored by the model's evaluation."""
+"""Non-neural baselines (popularity, co-occurrence, causal recency counts, blends) scored by the
+model's evaluation."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -14,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrec.calendar import DAY
+from mmrec.config import Configurable, instantiate
+from mmrec.data.eventlog import EventLog
 from mmrec.evaluation.beyond import BeyondAccuracy, topk_from_scores
 from mmrec.evaluation.metrics import RankingMetrics, check_ks, per_user_table
 from mmrec.evaluation.ranking import rank_from_scores
@@ -38,22 +43,77 @@ def training_transitions(dm: AmazonDataModule) -> tuple[np.ndarray, np.ndarray]:
     dm.setup()
     ds = dm.datasets["train"]
     items = ds.ev.items  # [E + 1] flat items sorted by user then time, sentinel last
-    begin, end = ds.rows.begin, ds.rows.end  # [R]
-    n = end - begin  # [R] transitions per user
-    pos = torch.repeat_interleave(begin - torch.cumsum(n, 0) + n, n) + torch.arange(int(n.sum()))
+    _, pos = spans(ds.rows.begin, ds.rows.end)  # [P] a training input and its next event
     return items[pos].numpy(), items[pos + 1].numpy()
 
 
-class Baseline(ABC):
-    """A recommender without training steps: ``fit`` on the training split, then score batches.
+def event_transitions(dm: AmazonDataModule) -> tuple[Tensor, Tensor, Tensor]:
+    """Every pair of consecutive events of one user, all splits (what a shop has seen by the
+    end of the log): ``(prev [P], next [P], time [P])`` int64, ``time`` = the next event's.
+
+    Read from the datamodule's flat events (sorted by user, then time, then file order): the
+    predict rows span each user's whole sequence. Cut each query with ``time < t``.
+    """
+    dm.setup()
+    ds = dm.datasets["predict"]
+    _, pos = spans(ds.rows.begin, ds.rows.end - 1)  # [P] every event but each user's last
+    return ds.ev.items[pos], ds.ev.items[pos + 1], ds.ev.ts[pos + 1]
+
+
+def spans(start: Tensor, stop: Tensor) -> tuple[Tensor, Tensor]:
+    """Every position of the ranges ``[start[q], stop[q])`` (empty where ``stop <= start``):
+    ``(row [M], index [M])``, the query ``q`` and the position, in query then position order."""
+    lens = (stop - start).clamp_min(0)  # [Q]
+    row = torch.repeat_interleave(torch.arange(len(lens)), lens)  # [M]
+    first = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)  # [M] row's first slot
+    return row, start[row] + torch.arange(len(row)) - first
+
+
+def event_log(dm: AmazonDataModule) -> EventLog:
+    """Every event of ``dm``'s folder, all splits (prepared first when ``dm`` is configured
+    to); each query cuts it at its time (:class:`~mmrec.data.eventlog.EventLog`)."""
+    dm.prepare_data()
+    log = EventLog.from_folder(dm.data_dir)
+    if log.num_items != dm.num_items:
+        raise ValueError(
+            f"{dm.data_dir}: event log of {log.num_items} items, meta.json {dm.num_items}"
+        )
+    return log
+
+
+def last_items(batch: dict[str, Tensor]) -> Tensor:
+    """``[B]`` the last real item of each row's (left-padded) history; 0 without history."""
+    return torch.where(batch["mask"][:, -1], batch["item_ids"][:, -1], 0)
+
+
+def per_time(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    """``fn(t)`` for ``t [Q]``, computed once per distinct time (rows of a batch share query
+    times: one per day in day-granular data) and gathered back: ``[Q, ...]``."""
+    times, inverse = torch.unique(torch.as_tensor(t).long(), return_inverse=True)
+    return fn(times)[inverse]
+
+
+def _padding_out(scores: Tensor) -> Tensor:
+    """``scores [B, N + 1]`` with column 0 (the padding item) set to ``-inf``, in place."""
+    scores[:, 0] = float("-inf")
+    return scores
+
+
+class Baseline(Configurable, ABC):
+    """A recommender without training steps: ``fit`` on the datamodule, then score batches.
 
     Subclasses score the whole catalogue for a batch of the datamodule's evaluation loaders, so
-    :func:`evaluate_baseline` ranks them exactly like the model (``rank_from_scores``).
+    :func:`evaluate_baseline` ranks them exactly like the model (``rank_from_scores``). A
+    baseline reads either the training split only, or the whole event log cut at each row's
+    query time (``target_time``: events strictly before it). Constructor arguments are
+    recorded (:class:`~mmrec.config.Configurable`), so an experiment names a baseline by
+    ``class_path`` and ``init_args``.
     """
 
     @abstractmethod
     def fit(self, dm: AmazonDataModule) -> Self:
-        """Estimate from the training split of ``dm`` only; returns ``self``."""
+        """Estimate from ``dm`` (the training split, or the event log that each row's query
+        time cuts); returns ``self``."""
 
     @abstractmethod
     def scores(self, batch: dict[str, Tensor]) -> Tensor:
@@ -129,9 +189,231 @@ class LastItemCoOccurrence(Baseline):
         """``[B, N + 1]`` scores from the last real item of each row's history (left-padded
         ``item_ids``; a row without history gets the popularity term only)."""
         self._check_fitted(self.transitions)
-        last = torch.where(batch["mask"][:, -1], batch["item_ids"][:, -1], 0)  # [B]
+        last = last_items(batch)  # [B]
         rows = self.transitions[last.cpu().numpy()].toarray()  # [B, N + 1]
         return torch.from_numpy(rows) + self.prior
+
+
+class RecentCountBaseline(Baseline):
+    """Score of an item = its events in the ``window_days`` before the row's query time:
+    ``[t - w, t)``, ``t`` = ``target_time``, from the whole event log (every user, every
+    split), so nothing at or after ``t`` is counted.
+
+    Items with equal counts tie (the ranking counts ties against the baseline); most of the
+    catalogue has no event in a short window.
+
+    Args:
+        window_days: Window length ``w`` in days (> 0; fractions allowed).
+    """
+
+    def __init__(self, window_days: float = 3.0) -> None:
+        if not window_days > 0:
+            raise ValueError(f"window_days must be > 0, got {window_days}")
+        self.window_days = float(window_days)
+        self.log: EventLog | None = None
+
+    def fit(self, dm: AmazonDataModule) -> Self:
+        """Reads every event of ``dm``'s folder (:func:`event_log`)."""
+        self.log = event_log(dm)
+        return self
+
+    def scores(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, N + 1]``: each item's events in ``[t - w, t)`` of the row's ``target_time``."""
+        self._check_fitted(self.log)
+        window = [self.window_days * DAY]
+        counts = per_time(lambda t: self.log.window_counts(t, window)[:, 0], batch["target_time"])
+        return _padding_out(counts.to(torch.float32))  # [B, N + 1]
+
+
+class DecayedCounts:
+    """Exponentially time-decayed event counts of every item before a query time ``t``:
+    ``sum over events e of the item with time_e < t of 0.5 ** ((t - time_e) / half_life)``.
+
+    Exact (to float64 rounding) for any ``t``, in the memory of the log's snapshots: the decayed
+    sums of the first ``k * stride`` events (``stride`` of ``log``) are kept as of a reference
+    time ``ref_k`` (the time of the last of them), so each query scales one snapshot by
+    ``0.5 ** ((t - ref_k) / half_life)`` and adds the at most ``stride`` events between the
+    snapshot and ``t``; every exponent is <= 0 (no overflow, whatever the time span). The cut
+    at ``t`` is the log's (:meth:`~mmrec.data.eventlog.EventLog.position`). Memory:
+    ``(snapshots + 1) * 8`` bytes per item.
+
+    Args:
+        log: The event log.
+        half_life_seconds: Age at which an event weighs 1/2 (> 0).
+    """
+
+    def __init__(self, log: EventLog, half_life_seconds: float) -> None:
+        if not half_life_seconds > 0:
+            raise ValueError(f"half_life must be > 0, got {half_life_seconds}")
+        self.log, self.half_life = log, float(half_life_seconds)
+        items, times, stride = log.items, log.times, log.stride  # [E], [E] by time
+        k, cols = len(items) // stride + 1, log.num_items + 1
+        self.sums = torch.zeros(k, cols, dtype=torch.float64)  # [K, N + 1] as of ref
+        self.ref = torch.zeros(k, dtype=torch.int64)  # [K]
+        running = torch.zeros(cols, dtype=torch.float64)
+        at = int(times[0]) if len(times) else 0
+        self.ref[0] = at
+        for s in range(1, k):  # k <= snapshots + 1: a short loop over chunks of events
+            chunk = slice((s - 1) * stride, s * stride)
+            now = int(times[s * stride - 1])
+            running *= 2.0 ** ((at - now) / self.half_life)
+            running.index_add_(0, items[chunk], self._weight(times[chunk] - now))
+            self.sums[s], self.ref[s], at = running, now, now
+
+    def _weight(self, age: Tensor) -> Tensor:
+        """``0.5 ** (-age / half_life)`` in float64 for ``age`` (time - reference) <= 0."""
+        return torch.exp2(age.to(torch.float64) / self.half_life)
+
+    def before(self, t: Tensor) -> Tensor:
+        """``[Q, N + 1]`` float64 decayed counts of the events strictly before each ``t [Q]``."""
+        t = torch.as_tensor(t).long()
+        stride, cols = self.log.stride, self.log.num_items + 1
+        p = self.log.position(t)  # [Q] events before t
+        snap = p // stride  # [Q] its first snap * stride events are before t
+        out = self.sums[snap] * self._weight((self.ref[snap] - t).clamp_max(0))[:, None]
+        row, event = spans(snap * stride, p)  # [M] the events after the snapshot, before t
+        weight = self._weight(self.log.times[event] - t[row])
+        out.view(-1).index_add_(0, row * cols + self.log.items[event], weight)
+        return out
+
+    def nbytes_per_item(self) -> float:
+        """Bytes of state per catalogue item (the decayed snapshots)."""
+        return self.sums.numel() * 8 / (self.log.num_items + 1)
+
+
+class DecayedCountBaseline(Baseline):
+    """Score of an item = its exponentially time-decayed number of events before the row's
+    query time ``t``: each event at ``time < t`` weighs ``0.5 ** ((t - time) / half_life)``
+    (:class:`DecayedCounts`; every user, every split).
+
+    Args:
+        half_life_days: Age in days at which an event counts one half (> 0).
+    """
+
+    def __init__(self, half_life_days: float = 7.0) -> None:
+        if not half_life_days > 0:
+            raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
+        self.half_life_days = float(half_life_days)
+        self.counts: DecayedCounts | None = None
+
+    def fit(self, dm: AmazonDataModule) -> Self:
+        """Reads every event of ``dm``'s folder and builds the decayed snapshots."""
+        self.counts = DecayedCounts(event_log(dm), self.half_life_days * DAY)
+        return self
+
+    def scores(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, N + 1]``: decayed counts as of each row's ``target_time``."""
+        self._check_fitted(self.counts)
+        counts = per_time(self.counts.before, batch["target_time"])  # [B, N + 1]
+        return _padding_out(counts.to(torch.float32))
+
+
+class CausalCoOccurrence(Baseline):
+    """Score of item ``j`` for a row whose last history item is ``i`` = the number of
+    transitions ``i -> j`` (consecutive events of one user, any split) whose ``j`` event
+    happened strictly before the row's query time ``t``, optionally time-decayed, plus
+    ``popularity_weight * count_j(t) / max count(t)`` with ``count(t)`` = the events before
+    ``t`` (causal too) as a tie-breaker.
+
+    Unlike :class:`LastItemCoOccurrence` (training transitions only), what followed what up to
+    the query time counts, validation and earlier test events of other users included. The
+    transitions are sorted by ``(prev, time)`` (a CSR by previous item in time order); a row
+    reads ``[start_i, searchsorted(i, t))`` of its last item, so a batch costs its rows'
+    transitions only. Undecayed, one more transition outweighs the popularity term
+    (``popularity_weight < 1``); decayed, an old transition may weigh less than it.
+
+    Args:
+        half_life_days: None: every transition before ``t`` counts 1; a number: it weighs
+            ``0.5 ** ((t - time) / half_life)`` (``time`` = the next event's time).
+        popularity_weight: Weight of the normalised causal popularity (in [0, 1)); 0 leaves
+            ties among equal counts.
+    """
+
+    def __init__(self, half_life_days: float | None = None, popularity_weight: float = 1e-3):
+        if half_life_days is not None and not half_life_days > 0:
+            raise ValueError(f"half_life_days must be > 0 or None, got {half_life_days}")
+        if not 0 <= popularity_weight < 1:
+            raise ValueError(f"popularity_weight must be in [0, 1), got {popularity_weight}")
+        self.half_life_days = half_life_days
+        self.popularity_weight = popularity_weight
+        self.keys: Tensor | None = None  # [P] prev * span + (time - t0), sorted
+        self.next_items: Tensor | None = None  # [P]
+        self.times: Tensor | None = None  # [P]
+        self.log: EventLog | None = None
+        self.num_items, self.t0, self.span = 0, 0, 2  # set by fit
+
+    def fit(self, dm: AmazonDataModule) -> Self:
+        """Sorts every transition of ``dm`` (:func:`event_transitions`) by previous item, then
+        time; reads the event log for the popularity term."""
+        prev, nxt, time = event_transitions(dm)  # [P] each
+        self.num_items = dm.num_items
+        self.t0 = int(time.min()) if len(time) else 0
+        self.span = (int(time.max()) - self.t0 if len(time) else 0) + 2  # > any time - t0
+        keys, order = torch.sort(prev * self.span + (time - self.t0), stable=True)
+        self.keys, self.next_items, self.times = keys, nxt[order], time[order]
+        self.log = event_log(dm) if self.popularity_weight > 0 else None
+        return self
+
+    def scores(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, N + 1]`` from the transitions of each row's last history item before its
+        ``target_time`` (a row without history gets the popularity term only)."""
+        self._check_fitted(self.keys)
+        last, t = last_items(batch), batch["target_time"].long()  # [B] each
+        row_start = last * self.span
+        cut = row_start + (t - self.t0).clamp(0, self.span - 1)  # key of (last, t)
+        start = torch.searchsorted(self.keys, row_start)  # [B]
+        stop = torch.searchsorted(self.keys, cut)  # [B] transitions of last with time < t
+        row, idx = spans(start, stop)  # [M]
+        if self.half_life_days is None:
+            weight = torch.ones(len(idx), dtype=torch.float64)
+        else:
+            age = (self.times[idx] - t[row]).to(torch.float64)  # [M] <= 0
+            weight = torch.exp2(age / (self.half_life_days * DAY))
+        cols = self.num_items + 1
+        out = torch.zeros(len(t), cols, dtype=torch.float64)
+        out.view(-1).index_add_(0, row * cols + self.next_items[idx], weight)
+        out = out.to(torch.float32)  # [B, N + 1]
+        if self.log is not None:
+            counts = per_time(self.log.counts_before, t).to(torch.float32)  # [B, N + 1]
+            top = counts.max(dim=1, keepdim=True).values.clamp_min(1.0)
+            out = out + self.popularity_weight * counts / top
+        return _padding_out(out)
+
+
+class BlendBaseline(Baseline):
+    """A weighted blend of two baselines: ``first``'s scores + ``weight`` x ``second``'s.
+
+    E.g. causal co-occurrence + 0.1 x the 3-day count (what followed the last item, broken by
+    what sells now). Blends nest (``first`` may itself be a blend).
+
+    Args:
+        first: A baseline, or its ``{class_path, init_args}`` spec.
+        second: A baseline, or its spec.
+        weight: Factor of ``second``'s scores (finite).
+    """
+
+    def __init__(
+        self,
+        first: Baseline | dict[str, Any],
+        second: Baseline | dict[str, Any],
+        weight: float = 1.0,
+    ) -> None:
+        if not math.isfinite(weight):
+            raise ValueError(f"weight must be finite, got {weight}")
+        self.first = instantiate(first, Baseline, "BlendBaseline.first")
+        self.second = instantiate(second, Baseline, "BlendBaseline.second")
+        self.weight = float(weight)
+
+    def fit(self, dm: AmazonDataModule) -> Self:
+        """Fits both baselines."""
+        self.first.fit(dm)
+        self.second.fit(dm)
+        return self
+
+    def scores(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, N + 1]`` = ``first + weight * second`` (column 0 = ``-inf``)."""
+        blend = self.first.scores(batch) + self.weight * self.second.scores(batch)
+        return _padding_out(blend)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ class ExperimentConfig:
         reference: The variant the others are tested against (default: the first variant).
         overrides: Dotted overrides for every variant (after ``base``, before its own).
         baselines: Non-neural baselines evaluated on the base config's data and test split,
-            name -> class path (e.g. ``mmrec.experiments.baselines.PopularityBaseline``);
-            they join the table (deterministic: one run stands for every seed).
+            name -> class path (e.g. ``mmrec.experiments.baselines.PopularityBaseline``) or
+            ``{class_path, init_args}`` (subclasses of ``Baseline`` only); they join the table
+            (deterministic: one run stands for every seed) and are evaluated even with
+            ``train`` false (they train nothing).
         published: Published figures listed beside the table: mappings with ``model``,
             metric values (``ndcg@10``, ``hr@10``...), ``uses_target_time``, ``uses_content``
             and ``source``.
@@ -51,7 +53,7 @@ class ExperimentConfig:
             files of other stores here to assemble results made elsewhere.
         root: Root folder of the run folders (``trainer.default_root_dir``).
         train: Train and test the runs without a stored result; False only assembles the
-            stored ones and names what is missing.
+            stored ones and names what is missing (missing baselines are still evaluated).
         shard: ``i/n``: run only the missing runs ``i, i+n, i+2n...`` (for several processes
             or machines sharing one store).
         jobs: Run the missing runs in this many processes on this machine (torch threads
@@ -81,7 +83,7 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     reference: str | None = None
     overrides: list[str] = field(default_factory=list)
-    baselines: dict[str, str] = field(default_factory=dict)
+    baselines: dict[str, str | dict[str, Any]] = field(default_factory=dict)
     published: list[dict[str, Any]] = field(default_factory=list)
     variant_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics: list[str] = field(
@@ -108,7 +110,7 @@ class Run:
     seed: int
     args: tuple[str, ...]
     key: str
-    baseline: str | None = None
+    baseline: str | dict[str, Any] | None = None
 
 
 def slug(text: str) -> str:
@@ -158,10 +160,49 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
             runs.append(Run(variant, seed, tuple(args), run_key(resolve_config(args))))
     if cfg.baselines:
         data = resolve_config(common)["data"]
-        for variant, class_path in cfg.baselines.items():
-            key = run_key({"baseline": class_path, "data": data, "ks": _ks(cfg)})
-            runs.append(Run(variant, 0, tuple(common), key, baseline=class_path))
+        for variant, entry in cfg.baselines.items():
+            spec = baseline_spec(entry, f"baselines[{variant!r}]")
+            key = run_key({"baseline": spec, "data": data, "ks": _ks(cfg)})
+            runs.append(Run(variant, 0, tuple(common), key, baseline=spec))
     return runs
+
+
+def build_baseline(entry: str | dict[str, Any], slot: str):
+    """The :class:`~mmrec.experiments.baselines.Baseline` of a ``baselines`` entry (a class
+    path or a ``{class_path, init_args}`` spec), built by :func:`~mmrec.config.instantiate`:
+    only a ``Baseline`` subclass, every class checked before anything is called."""
+    from mmrec.config import instantiate
+    from mmrec.experiments.baselines import Baseline
+
+    spec = {"class_path": entry} if isinstance(entry, str) else _plain(entry)
+    try:
+        return instantiate(spec, Baseline, slot)
+    except (ImportError, TypeError, ValueError) as err:
+        message = str(err)  # the checks name the slot; a constructor's own error does not
+        raise ConfigError(message if slot in message else f"{slot}: {message}") from err
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with jsonargparse's Namespaces (what a nested ``class_path`` mapping of a
+    config file is parsed into) turned back into dicts."""
+    from jsonargparse import Namespace
+
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def baseline_spec(entry: str | dict[str, Any], slot: str) -> str | dict[str, Any]:
+    """What a baseline's run key holds: a class path as given (the keys of stored runs stay),
+    a spec with every init argument filled in (defaults given or not, one key)."""
+    from mmrec.config import component_spec
+
+    baseline = build_baseline(entry, slot)  # checked now, not after the variants' training
+    return entry if isinstance(entry, str) else component_spec(baseline)
 
 
 def _ks(cfg: ExperimentConfig) -> list[int]:
@@ -283,9 +324,8 @@ def _describe(record: dict, run: Run, cfg: ExperimentConfig) -> dict:
 
 
 def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
-    """Fit a baseline on the training split of the base data and test it (same metrics)."""
-    import importlib
-
+    """Fit a baseline on the base data (its training split, or the event log each query time
+    cuts) and test it (same metrics)."""
     from mmrec.cli import resolve_config
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.data.prepare import PrepareConfig
@@ -294,8 +334,7 @@ def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFra
     data = dict(resolve_config(list(run.args))["data"])
     data["prepare"] = PrepareConfig(**(data.get("prepare") or {}))
     dm = AmazonDataModule(**data)
-    module, _, name = run.baseline.rpartition(".")
-    baseline = getattr(importlib.import_module(module), name)().fit(dm)
+    baseline = build_baseline(run.baseline, f"baselines[{run.variant!r}]").fit(dm)
     start = time.perf_counter()
     result = evaluate(baseline, dm, "test", ks=_ks(cfg), beyond=True)
     seconds = round(time.perf_counter() - start, 1)
@@ -437,13 +476,18 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     here = Path(config_file).parent if config_file else Path()
     store = ResultStore(cfg.store)
     runs = plan(cfg, here)
-    check_code(cfg, runs, store, training=cfg.train or bool(cfg.adopt))
+    made = runs  # the runs this process may make: missing baselines even without training
+    if not (cfg.train or cfg.adopt):
+        made = [r for r in runs if r.baseline is not None or store.get(r.key) is not None]
+    check_code(cfg, made, store, training=True)
     if cfg.adopt and not cfg.claims:
         adopt_runs(cfg, runs, store)
     if cfg.train and cfg.jobs > 1:
         run_jobs(cfg, here)
     elif cfg.train:
         execute(cfg, runs, store)
+    else:  # baselines train nothing: evaluated when missing, even when only assembling
+        execute(cfg, [r for r in runs if r.baseline is not None], store)
     if cfg.report:
         check_code(cfg, runs, store, training=False)
         out = Path(cfg.out or Path("runs") / "experiments" / cfg.name)
