@@ -101,6 +101,11 @@ class ExperimentConfig:
     adopt: list[str] = field(default_factory=list)
     claims: str | None = None
 
+    def __post_init__(self) -> None:
+        # plain dicts, as written in the file (jsonargparse parses a nested class_path mapping
+        # into a Namespace): for the run keys, the tables and the workers' YAML (``jobs``)
+        self.baselines = {name: _plain(entry) for name, entry in self.baselines.items()}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -174,7 +179,7 @@ def build_baseline(entry: str | dict[str, Any], slot: str):
     from mmrec.config import instantiate
     from mmrec.experiments.baselines import Baseline
 
-    spec = {"class_path": entry} if isinstance(entry, str) else _plain(entry)
+    spec = {"class_path": entry} if isinstance(entry, str) else entry
     try:
         return instantiate(spec, Baseline, slot)
     except (ImportError, TypeError, ValueError) as err:

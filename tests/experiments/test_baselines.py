@@ -405,6 +405,10 @@ def test_experiment_evaluates_baselines_with_init_args_without_training(
     assert main(["experiment", f"--config={path}"]) == 0
     assert "1 run(s) missing: ID only seed 0" in capsys.readouterr().out
     cfg, _ = exp.config_from_args([f"--config={path}"])
+    # plain dicts, no jsonargparse Namespace (the workers of `jobs` read them as YAML)
+    assert yaml.safe_load(yaml.safe_dump(cfg.baselines))["blend"]["init_args"]["second"] == {
+        "class_path": recent, "init_args": {"window_days": 3.0}
+    }  # fmt: skip
     runs = {r.variant: r for r in exp.plan(cfg)}
     # a class path keeps the key it always had; a spec's key holds every init argument
     data = resolve_config(list(runs["popularity"].args))["data"]
