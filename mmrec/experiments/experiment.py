@@ -75,6 +75,12 @@ class ExperimentConfig:
         claims: Folder where the worker processes of ``jobs`` claim runs (one empty file per
             run key): each takes the next unclaimed run, so none waits while runs are left.
             Set by ``mmrec experiment`` for its workers; not needed by hand.
+        refit: Refit before test: every model run also gets a twin, ``<variant> (refit)``,
+            trained again on the training and validation events together
+            (``data.fit_on_valid``) for the epochs its own validation chose (best epoch + 1),
+            then tested: as a deployed system retrains up to the present before it serves.
+            A twin runs after its original (it waits while the original has no result); the
+            tables list both, so every figure has its protocol, with and without refit.
     """
 
     name: str
@@ -100,6 +106,7 @@ class ExperimentConfig:
     mixed_code: bool = True
     adopt: list[str] = field(default_factory=list)
     claims: str | None = None
+    refit: bool = False
 
     def __post_init__(self) -> None:
         # plain dicts, as written in the file (jsonargparse parses a nested class_path mapping
@@ -116,6 +123,7 @@ class Run:
     args: tuple[str, ...]
     key: str
     baseline: str | dict[str, Any] | None = None
+    refit_of: str | None = None  # a refit twin: the key of the run whose best epoch it takes
 
 
 def slug(text: str) -> str:
@@ -169,6 +177,10 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
             spec = baseline_spec(entry, f"baselines[{variant!r}]")
             key = run_key({"baseline": spec, "data": data, "ks": _ks(cfg)})
             runs.append(Run(variant, 0, tuple(common), key, baseline=spec))
+    if cfg.refit:
+        from mmrec.experiments.refit import refit_twins
+
+        runs += refit_twins(runs)
     return runs
 
 
@@ -352,10 +364,14 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
     index, count = (int(x) for x in cfg.shard.split("/"))
     # baselines first (seconds), then seed by seed: a stopped experiment has every variant's
     # first seeds rather than every seed of the first variants
-    order = sorted(runs, key=lambda r: (r.baseline is None, r.seed))
+    # (refit twins after every original run: they take their epoch count from it)
+    order = sorted(runs, key=lambda r: (r.baseline is None, r.refit_of is not None, r.seed))
     missing = [r for r in order if store.get(r.key) is None][index::count]
     done = []
     for i, run in enumerate(missing, 1):
+        if run.refit_of is not None and store.get(run.refit_of) is None:
+            print(f"mmrec experiment: {run.variant} seed {run.seed} waits for its run", flush=True)
+            continue
         if cfg.claims and not _claim(Path(cfg.claims), run.key):
             continue  # another worker has it
         if store.get(run.key) is not None:
@@ -363,7 +379,11 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
         done.append(run)
         what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
         print(f"mmrec experiment: [{i}/{len(missing)}] {what} (key {run.key})", flush=True)
-        if run.baseline is None:
+        if run.refit_of is not None:
+            from mmrec.experiments.refit import refit_and_test
+
+            record, per_user = refit_and_test(run, cfg, store)  # type: ignore[misc]
+        elif run.baseline is None:
             record, per_user = train_and_test(run, cfg)
         else:
             record, per_user = evaluate_baseline(run, cfg)

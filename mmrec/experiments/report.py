@@ -156,6 +156,8 @@ def write_report(
         f"Base configs: {', '.join(f'`{b}`' for b in cfg.base)}"
         + (f"; overrides for all: `{' '.join(cfg.overrides)}`" if cfg.overrides else ""),
         "",
+        f"Protocol: {_protocol(runs)}.",
+        "",
         "| variant | "
         + " | ".join(_header(m) for m in cfg.metrics)
         + " | best val NDCG@10 | seeds | epochs | train s | what it adds |",
@@ -166,7 +168,7 @@ def write_report(
         val = [r["val_ndcg@10"] for r in records if "val_ndcg@10" in r]
         epochs = "/".join(str(r.get("epochs", 0)) for r in records)
         secs = np.mean([r.get("train_seconds", 0.0) for r in records])
-        what = cfg.baselines.get(variant) or " ".join(cfg.variants.get(variant) or []) or "base"
+        what = _what(cfg, variant)
         seeds = "—" if variant in cfg.baselines else ",".join(str(r["seed"]) for r in records)
         lines.append(
             f"| {variant} | " + " | ".join(cells)
@@ -204,6 +206,37 @@ def write_report(
     lines += ["", f"Per run: `results.csv`; plot: `results.png`. Store keys: {_keys(found)}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return missing
+
+
+def _protocol(runs: list[Run]) -> str:
+    """The split and evaluation protocol of the model runs' data, in words (with "refit on
+    train + valid" for the rows marked so), or why it is unknown."""
+    from mmrec.cli import resolve_config
+    from mmrec.data.datamodule import AmazonDataModule
+
+    run = next((r for r in runs if r.baseline is None and r.refit_of is None), None)
+    if run is None:
+        run = next(iter(runs), None)
+    if run is None:
+        return "unknown (no runs)"
+    data = dict(resolve_config(list(run.args))["data"]) | {"prepare": None}
+    try:
+        text = AmazonDataModule(**data).protocol_description()
+    except (OSError, ValueError, KeyError) as err:
+        return f"unknown ({data.get('data_dir')}: {err})"
+    refit = any(r.refit_of is not None for r in runs)
+    return text + ("; rows marked (refit): trained again on train + valid" if refit else "")
+
+
+def _what(cfg: ExperimentConfig, variant: str) -> str:
+    """The entries a row adds to the base configs (a refit twin: its variant's, refit)."""
+    from mmrec.experiments.refit import SUFFIX
+
+    if variant in cfg.baselines:
+        return str(cfg.baselines[variant])
+    own = variant.removesuffix(SUFFIX)
+    what = " ".join(cfg.variants.get(own) or []) or "base"
+    return f"{what}, refit on train + valid" if own != variant else what
 
 
 def _keys(found: dict[str, list[dict]]) -> str:

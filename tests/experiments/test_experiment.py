@@ -450,3 +450,58 @@ def test_each_fit_and_test_is_its_own_wandb_run_grouped_by_experiment(tmp_path, 
     assert len(folders) == 4 and {f.name.rsplit("-", 1)[1] for f in folders} == {
         run_id for run_id, *_ in started
     }
+
+
+def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys):
+    from mmrec.data.synthetic import make_synthetic_dataset
+    from mmrec.experiments.experiment import ExperimentConfig, execute, plan
+    from mmrec.experiments.store import ResultStore
+
+    data = make_synthetic_dataset(
+        tmp_path / "ds", num_users=60, num_items=40, split="temporal", seed=4
+    )
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"max_epochs": 3, "enable_progress_bar": False, "logger": False},
+                "data": {"data_dir": str(data), "prepare": None, "max_len": 8, "batch_size": 16},
+                "model": {"d_model": 8},
+            }
+        )
+    )
+    config = {
+        "name": "refit",
+        "base": [str(base)],
+        "variants": {"ID only": []},
+        "refit": True,
+        "store": str(tmp_path / "store"),
+        "root": str(tmp_path / "runs"),
+        "out": str(tmp_path / "out"),
+    }
+    cfg = ExperimentConfig(**config)
+    original, twin = plan(cfg)
+    assert twin.variant == "ID only (refit)" and twin.refit_of == original.key
+    assert "--data.fit_on_valid=true" in twin.args and twin.key != original.key
+    store = ResultStore(cfg.store)
+    assert execute(cfg, [twin], store) == []  # waits for its original
+    assert "ID only (refit) seed 0 waits for its run" in capsys.readouterr().out
+    path = tmp_path / "refit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", f"--config={path}"]) == 0
+    first, again = store.get(original.key), store.get(twin.key)
+    assert again["refit_of"] == original.key and again["variant"] == "ID only (refit)"
+    assert again["epochs"] == first["best_epoch"] + 1 == again["best_epoch"] + 1
+    assert again["val_ndcg@10"] == first["val_ndcg@10"]  # what chose the epoch count
+    assert again["test"]["ndcg@10"] != first["test"]["ndcg@10"]  # another model, same users
+    users = pl.read_parquet(tmp_path / "store" / f"{twin.key}.users.parquet")["user_idx"]
+    assert users.to_list() == pl.read_parquet(
+        tmp_path / "store" / f"{original.key}.users.parquet"
+    )["user_idx"].to_list()
+    md = (tmp_path / "out" / "results.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| ID only (refit) |"))
+    assert row.endswith("| `base, refit on train + valid` |")
+    protocol = next(line for line in md.splitlines() if line.startswith("Protocol: "))
+    assert protocol.startswith("Protocol: temporal (valid from ") and protocol.endswith(
+        "one-shot; rows marked (refit): trained again on train + valid."
+    )
