@@ -81,6 +81,12 @@ class ExperimentConfig:
             then tested: as a deployed system retrains up to the present before it serves.
             A twin runs after its original (it waits while the original has no result); the
             tables list both, so every figure has its protocol, with and without refit.
+        folds: Rolling origin: fold name -> config files and/or dotted overrides (typically
+            the data of one test window, e.g. ``data.prepare=configs/data/<fold>.yaml`` and
+            ``data.data_dir=...``), applied after each variant's own entries. Every variant,
+            seed and baseline runs on every fold; ``results.md`` of each fold goes to
+            ``<out>/<fold>/`` and the one in ``<out>`` pools the folds (every fold's test users
+            together, paired tests over them). Empty: one table, no folds.
     """
 
     name: str
@@ -107,6 +113,7 @@ class ExperimentConfig:
     adopt: list[str] = field(default_factory=list)
     claims: str | None = None
     refit: bool = False
+    folds: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # plain dicts, as written in the file (jsonargparse parses a nested class_path mapping
@@ -124,6 +131,7 @@ class Run:
     key: str
     baseline: str | dict[str, Any] | None = None
     refit_of: str | None = None  # a refit twin: the key of the run whose best epoch it takes
+    fold: str | None = None  # the rolling-origin fold it runs on (``folds``)
 
 
 def slug(text: str) -> str:
@@ -159,24 +167,29 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
         raise ConfigError(f"reference {reference!r} is not a variant: {list(cfg.variants)}")
     common = [a for entry in [*cfg.base, *cfg.overrides] for a in _entry_args(entry, here)]
     runs = []
-    for variant, entries in cfg.variants.items():
-        own = [a for entry in entries or [] for a in _entry_args(entry, here)]
-        for seed in cfg.seeds:
-            args = [
-                *common,
-                *own,
-                f"--seed_everything={seed}",
-                f"--data.seed={seed}",
-                f"--name={cfg.name}/{slug(variant)}/seed{seed}",
-                f"--trainer.default_root_dir={cfg.root}",
-            ]
-            runs.append(Run(variant, seed, tuple(args), run_key(resolve_config(args))))
-    if cfg.baselines:
-        data = resolve_config(common)["data"]
-        for variant, entry in cfg.baselines.items():
-            spec = baseline_spec(entry, f"baselines[{variant!r}]")
-            key = run_key({"baseline": spec, "data": data, "ks": _ks(cfg)})
-            runs.append(Run(variant, 0, tuple(common), key, baseline=spec))
+    for fold, fold_entries in (cfg.folds or {None: []}).items():
+        at = [a for entry in fold_entries or [] for a in _entry_args(entry, here)]
+        name = f"{cfg.name}/{slug(fold)}" if fold is not None else cfg.name
+        for variant, entries in cfg.variants.items():
+            own = [a for entry in entries or [] for a in _entry_args(entry, here)]
+            for seed in cfg.seeds:
+                args = [
+                    *common,
+                    *own,
+                    *at,
+                    f"--seed_everything={seed}",
+                    f"--data.seed={seed}",
+                    f"--name={name}/{slug(variant)}/seed{seed}",
+                    f"--trainer.default_root_dir={cfg.root}",
+                ]
+                key = run_key(resolve_config(args))
+                runs.append(Run(variant, seed, tuple(args), key, fold=fold))
+        if cfg.baselines:
+            data = resolve_config([*common, *at])["data"]
+            for variant, entry in cfg.baselines.items():
+                spec = baseline_spec(entry, f"baselines[{variant!r}]")
+                key = run_key({"baseline": spec, "data": data, "ks": _ks(cfg)})
+                runs.append(Run(variant, 0, (*common, *at), key, baseline=spec, fold=fold))
     if cfg.refit:
         from mmrec.experiments.refit import refit_twins
 
@@ -516,7 +529,12 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
     if cfg.report:
         check_code(cfg, runs, store, training=False)
         out = Path(cfg.out or Path("runs") / "experiments" / cfg.name)
-        missing = write_report(cfg, runs, store, out, config_file)
+        if cfg.folds:
+            from mmrec.experiments.folds import write_fold_reports
+
+            missing = write_fold_reports(cfg, runs, store, out, config_file)
+        else:
+            missing = write_report(cfg, runs, store, out, config_file)
         print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
         if missing:
             print(f"mmrec experiment: {len(missing)} run(s) missing: " + ", ".join(missing))

@@ -136,9 +136,17 @@ def _p(value: float) -> str:
 
 
 def write_report(
-    cfg: ExperimentConfig, runs: list[Run], store: ResultStore, out: Path, config_file: str | None
+    cfg: ExperimentConfig,
+    runs: list[Run],
+    store: ResultStore,
+    out: Path,
+    config_file: str | None,
+    title: str | None = None,
+    protocol: str | None = None,
 ) -> list[str]:
-    """Write results.md, results.csv and results.png into ``out``; returns the missing runs."""
+    """Write results.md, results.csv and results.png into ``out``; returns the missing runs.
+    ``title`` and ``protocol`` replace the experiment's name and the protocol read from the
+    runs' data (for a fold's table, and for the table pooled over folds)."""
     found, missing = collect(runs, store)
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(found, cfg.metrics, out / "results.csv")
@@ -146,7 +154,7 @@ def write_report(
     reference = cfg.reference or next(iter(cfg.variants))
     command = "mmrec experiment" + (f" --config {config_file}" if config_file else "")
     lines = [
-        f"# {cfg.name}",
+        f"# {title or cfg.name}",
         "",
         f"Made by `{command}` from stored runs (`{cfg.store}`, one JSON per resolved config: "
         "a rerun trains nothing). Test split, best-validation checkpoint of each run, mean ± "
@@ -156,7 +164,7 @@ def write_report(
         f"Base configs: {', '.join(f'`{b}`' for b in cfg.base)}"
         + (f"; overrides for all: `{' '.join(cfg.overrides)}`" if cfg.overrides else ""),
         "",
-        f"Protocol: {_protocol(runs)}.",
+        f"Protocol: {protocol or _protocol(runs)}.",
         "",
         "| variant | "
         + " | ".join(_header(m) for m in cfg.metrics)

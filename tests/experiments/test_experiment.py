@@ -495,9 +495,12 @@ def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys
     assert again["val_ndcg@10"] == first["val_ndcg@10"]  # what chose the epoch count
     assert again["test"]["ndcg@10"] != first["test"]["ndcg@10"]  # another model, same users
     users = pl.read_parquet(tmp_path / "store" / f"{twin.key}.users.parquet")["user_idx"]
-    assert users.to_list() == pl.read_parquet(
-        tmp_path / "store" / f"{original.key}.users.parquet"
-    )["user_idx"].to_list()
+    assert (
+        users.to_list()
+        == pl.read_parquet(tmp_path / "store" / f"{original.key}.users.parquet")[
+            "user_idx"
+        ].to_list()
+    )
     md = (tmp_path / "out" / "results.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| ID only (refit) |"))
     assert row.endswith("| `base, refit on train + valid` |")
@@ -505,3 +508,63 @@ def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys
     assert protocol.startswith("Protocol: temporal (valid from ") and protocol.endswith(
         "one-shot; rows marked (refit): trained again on train + valid."
     )
+
+
+def test_rolling_origin_folds_give_a_table_per_fold_and_one_pooled(tmp_path):
+    from mmrec.data.synthetic import make_synthetic_dataset
+    from mmrec.experiments.experiment import ExperimentConfig, plan, slug
+    from mmrec.experiments.store import ResultStore
+
+    folds = {}
+    for name, test_start in (("2014-06", "2014-06-01"), ("2014-09", "2014-09-01")):
+        data = make_synthetic_dataset(
+            tmp_path / name, num_users=60, num_items=40, split="temporal", seed=4,
+            valid_start="2014-03-01", test_start=test_start,
+        )  # fmt: skip
+        folds[name] = [f"data.data_dir={data}"]
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "logger": False},
+                "data": {"prepare": None, "max_len": 8, "batch_size": 16},
+                "model": {"d_model": 8},
+            }
+        )
+    )
+    config = {
+        "name": "rolling",
+        "base": [str(base)],
+        "variants": {"ID only": [], "wider": ["model.d_model=16"]},
+        "baselines": {"popularity": "mmrec.experiments.baselines.PopularityBaseline"},
+        "folds": folds,
+        "store": str(tmp_path / "store"),
+        "root": str(tmp_path / "runs"),
+        "out": str(tmp_path / "out"),
+    }
+    runs = plan(ExperimentConfig(**config))
+    assert [(r.variant, r.fold) for r in runs] == [
+        (v, f) for f in folds for v in ("ID only", "wider", "popularity")
+    ]
+    assert len({r.key for r in runs}) == 6  # the fold's data is part of every key
+    path = tmp_path / "rolling.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", f"--config={path}"]) == 0
+    store = ResultStore(tmp_path / "store")
+    users = {
+        f: store.per_user(next(r.key for r in runs if r.fold == f and r.variant == "ID only"))
+        for f in folds
+    }
+    for f in folds:
+        md = (tmp_path / "out" / slug(f) / "results.md").read_text()
+        assert md.startswith(f"# rolling, fold {f}\n")
+        row = next(line for line in md.splitlines() if line.startswith("| ID only |"))
+        assert row.split(" | ")[2].startswith(f"{users[f]['ndcg@10'].mean():.4f}")
+    pooled = (tmp_path / "out" / "results.md").read_text()
+    assert pooled.startswith("# rolling, folds pooled\n")
+    assert "Protocol: rolling origin, 2 folds pooled" in pooled
+    together = pl.concat([users[f]["ndcg@10"] for f in folds])
+    row = next(line for line in pooled.splitlines() if line.startswith("| ID only |"))
+    assert row.split(" | ")[2].startswith(f"{together.mean():.4f}")
+    n = sum(len(users[f]) for f in folds)
+    assert f"| ndcg@10 | wider | {n} |" in pooled  # paired over every fold's users
