@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -506,7 +507,7 @@ def check_code(cfg: ExperimentConfig, runs: list[Run], store: ResultStore, train
         )
 
 
-def run(cfg: ExperimentConfig, config_file: str | None) -> None:
+def run(cfg: ExperimentConfig, config_file: str | None, command: str | None = None) -> None:
     """Plan the runs, train the missing ones (here, or in ``cfg.jobs`` processes) and write
     the tables."""
     from mmrec.experiments.report import write_report
@@ -532,9 +533,9 @@ def run(cfg: ExperimentConfig, config_file: str | None) -> None:
         if cfg.folds:
             from mmrec.experiments.folds import write_fold_reports
 
-            missing = write_fold_reports(cfg, runs, store, out, config_file)
+            missing = write_fold_reports(cfg, runs, store, out, command)
         else:
-            missing = write_report(cfg, runs, store, out, config_file)
+            missing = write_report(cfg, runs, store, out, command)
         print(f"mmrec experiment: wrote {out / 'results.md'}, results.csv, results.png")
         if missing:
             print(f"mmrec experiment: {len(missing)} run(s) missing: " + ", ".join(missing))
@@ -544,8 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     """``mmrec experiment`` entry point; returns the exit code."""
     from mmrec.parsing import exit_status
 
-    cfg, config_file = config_from_args(sys.argv[1:] if argv is None else argv)
-    return exit_status("mmrec experiment", lambda: run(cfg, config_file))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, config_file = config_from_args(argv)
+    command = shlex.join(["mmrec", "experiment", *argv])
+    return exit_status("mmrec experiment", lambda: run(cfg, config_file, command))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def pooled_runs(
 
 
 def write_fold_reports(
-    cfg: ExperimentConfig, runs: list[Run], store: ResultStore, out: Path, config_file: str | None
+    cfg: ExperimentConfig, runs: list[Run], store: ResultStore, out: Path, command: str | None
 ) -> list[str]:
     """``<out>/<fold>/results.md`` of every fold and the pooled ``<out>/results.md``;
     returns the missing runs (named with their fold)."""
@@ -85,8 +85,7 @@ def write_fold_reports(
         mine = [r for r in runs if r.fold == fold]
         title = f"{cfg.name}, fold {fold}"
         missing += [
-            f"{fold}: {m}"
-            for m in write_report(cfg, mine, store, out / slug(fold), config_file, title)
+            f"{fold}: {m}" for m in write_report(cfg, mine, store, out / slug(fold), command, title)
         ]
         described.append(f"{fold}: {_protocol(mine)}")
     together, pooled = pooled_runs(runs, folds, store)
@@ -94,5 +93,5 @@ def write_fold_reports(
         f"rolling origin, {len(folds)} folds pooled (each fold's test users once; tables per "
         f"fold in {', '.join(f'`{slug(f)}/`' for f in folds)}): " + "; ".join(described)
     )
-    write_report(cfg, together, pooled, out, config_file, f"{cfg.name}, folds pooled", protocol)  # type: ignore[arg-type]
+    write_report(cfg, together, pooled, out, command, f"{cfg.name}, folds pooled", protocol)  # type: ignore[arg-type]
     return missing

@@ -140,11 +140,12 @@ def write_report(
     runs: list[Run],
     store: ResultStore,
     out: Path,
-    config_file: str | None,
+    command: str | None,
     title: str | None = None,
     protocol: str | None = None,
 ) -> list[str]:
     """Write results.md, results.csv and results.png into ``out``; returns the missing runs.
+    ``command`` is the command line that made them, as it is to be rerun.
     ``title`` and ``protocol`` replace the experiment's name and the protocol read from the
     runs' data (for a fold's table, and for the table pooled over folds)."""
     found, missing = collect(runs, store)
@@ -152,7 +153,7 @@ def write_report(
     _write_csv(found, cfg.metrics, out / "results.csv")
     _plot(found, out / "results.png")
     reference = cfg.reference or next(iter(cfg.variants))
-    command = "mmrec experiment" + (f" --config {config_file}" if config_file else "")
+    command = command or "mmrec experiment"
     lines = [
         f"# {title or cfg.name}",
         "",
