@@ -1,4 +1,5 @@
-"""Full-ranking evaluation speed/memory: mmrec.evaluation vs torchmetrics' RetrievalNormalizedDCG.
+"""Full-ranking evaluation speed/memory: mmrec.evaluation vs torchmetrics' RetrievalNormalizedDCG,
+and the cost of item dynamics.
 
 Run from the repo root:  .venv/bin/python -m benchmarks.eval_speed
 Writes benchmarks/results/eval_speed.md. Each case runs in its own process so its peak RSS is
@@ -6,6 +7,13 @@ its own. Vectors are random (D = 64, tie-free scores); on Beauty 2014 the users'
 (leave-one-out: last item = target, all earlier items excluded) are used when ../shared/data
 exists. torchmetrics gets the SAME score rows (excluded items and item 0 dropped) for a subset of
 users, and its NDCG@10 must equal ours on that subset.
+
+``--case dynamics`` (``.venv/bin/python -m benchmarks.eval_speed --case dynamics``) ranks the
+same users in evaluation batches through the model's evaluation path with and without item
+dynamics (``RecentDynamics`` at its defaults, a random last layer), each target at its own
+time, on the real Beauty 2014 events (or Beauty-sized synthetic ones: ``--synthetic``), and
+reports both throughputs and the dynamics' bytes per item. Writes
+benchmarks/results/eval_speed_dynamics.md (``_synthetic.md`` with ``--synthetic``).
 """
 
 from __future__ import annotations
@@ -133,9 +141,181 @@ def run_case(case: str, tm_users: int) -> dict:
     }
 
 
+def beauty_events(synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """Every event of Beauty 2014 (``user``, ``item``, ``time`` ``[E]`` in each user's order),
+    or Beauty-sized synthetic events (Zipf-popular items, days over 2010-2014)."""
+    if BEAUTY.exists() and not synthetic:
+        import polars as pl
+
+        df = pl.read_csv(BEAUTY, separator="\t", columns=["user_idx", "item_idx", "timestamp"])
+        cols = [torch.from_numpy(df[c].to_numpy().astype("int64")) for c in df.columns]
+        return (*cols, f"Beauty 2014 ({BEAUTY.parent.name}, real LOO histories and times)")
+    g = torch.Generator().manual_seed(0)
+    users, items, events = 22_363, 12_101, 198_502
+    user = torch.sort(torch.randint(0, users, (events,), generator=g)).values
+    weights = 1.0 / torch.arange(1, items + 1).double() ** 0.8
+    item = torch.multinomial(weights, events, replacement=True, generator=g) + 1
+    day = torch.randint(14_610, 16_436, (events,), generator=g)  # 2010-01-01 .. 2014-12-31
+    order = torch.argsort(user * 100_000 + day, stable=True)  # each user's events in time order
+    return user[order], item[order], day[order] * 86_400, "Beauty sizes (synthetic events)"
+
+
+def eval_rows(
+    user: torch.Tensor, item: torch.Tensor, when: torch.Tensor, protocol: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``targets [U, 1]``, ``target_time [U]`` and ``exclude [U, X]`` (0-padded history) of
+    the users evaluated: ``loo``, each user's last event from the ones before it; ``temporal``,
+    one-shot on the last 30 days: each user's first event in them, from the events before."""
+    first = torch.ones(len(user), dtype=torch.bool)
+    first[1:] = user[1:] != user[:-1]
+    if protocol == "loo":
+        target = torch.roll(first, -1)  # each user's last event
+        history = ~target
+    else:
+        cut = (int(when.max()) // 86_400 - 30) * 86_400
+        after = when >= cut
+        first_after = after & (first | ~torch.roll(after, 1))
+        has_history = torch.zeros(int(user.max()) + 1, dtype=torch.bool)
+        has_history[user[~after]] = True
+        target = first_after & has_history[user]
+        has_target = torch.zeros_like(has_history)
+        has_target[user[target]] = True
+        history = ~after & has_target[user]
+    row_of_user = torch.full((int(user.max()) + 1,), -1, dtype=torch.long)
+    row_of_user[user[target]] = torch.arange(int(target.sum()))
+    rows = row_of_user[user[history]]  # [H] row of each history event
+    start = torch.searchsorted(user, user)  # first event of each event's user
+    slot = (torch.arange(len(user)) - start)[history]  # position in the user's events
+    exclude = torch.zeros(int(target.sum()), int(slot.max()) + 1, dtype=torch.long)
+    exclude[rows, slot] = item[history]
+    return item[target][:, None], when[target], exclude
+
+
+def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> dict:
+    """Evaluation batches ranked with and without item dynamics, best of ``repeats``."""
+    from mmrec.data.eventlog import EventLog
+    from mmrec.encoders.dynamics import RecentDynamics
+    from mmrec.module import MMRecModule
+
+    torch.manual_seed(0)
+    user, item, when, name = beauty_events(synthetic)
+    targets, target_time, exclude = eval_rows(user, item, when, protocol)
+    n_items, n_users = int(item.max()), len(targets)
+    log = EventLog(item, when, n_items)
+    model = MMRecModule(
+        num_items=n_items, num_users=n_users, d_model=64, dynamics=[RecentDynamics()]
+    ).eval()
+    torch.nn.init.normal_(model.dynamics[0].mlp[2].weight, std=0.5)
+    g = torch.Generator().manual_seed(0)
+    item_vecs = torch.randn(n_items + 1, 64, generator=g)
+    user_vecs = torch.rand(n_users, 1, generator=g) * 1.5 * item_vecs[targets[:, 0]]
+    user_vecs += torch.randn(n_users, 64, generator=g)
+
+    def epoch(dynamics: bool) -> tuple[float, torch.Tensor]:
+        model.set_event_log(log)  # an empty cache, as after each training epoch
+        t0, out = time.perf_counter(), []
+        for lo in range(0, n_users, batch):
+            sl = slice(lo, lo + batch)
+            args = (user_vecs[sl], item_vecs, targets[sl], exclude[sl])
+            if dynamics:
+                out.append(model._rank_call(rank_targets, {"target_time": target_time[sl]}, *args))
+            else:
+                out.append(rank_targets(*args))
+        return time.perf_counter() - t0, torch.cat(out)
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ranks = {}
+    for _ in range(repeats):  # interleaved: both see the same machine load
+        for dyn in (False, True):
+            seconds, ranks[dyn] = epoch(dyn)
+            times[dyn].append(seconds)
+    ndcg = {}
+    for dyn, r in ranks.items():
+        metric = RankingMetrics(ks=(10,))
+        metric.update(r)
+        ndcg[dyn] = float(metric.compute()["ndcg@10"])
+    cached_rows = len(model._term_cache)
+    return {
+        "case": name,
+        "protocol": protocol,
+        "users": n_users,
+        "items": n_items,
+        "events": len(item),
+        "distinct_target_times": int(torch.unique(target_time).numel()),
+        "batch": batch,
+        "plain_s": min(times[False]),
+        "dyn_s": min(times[True]),
+        "plain_ups": n_users / min(times[False]),
+        "dyn_ups": n_users / min(times[True]),
+        "ndcg_plain": ndcg[False],
+        "ndcg_dyn": ndcg[True],
+        "log_bytes_per_item": log.nbytes_per_item(),
+        "log_event_bytes": 16 * len(item),
+        "cache_rows": cached_rows,
+        "cache_bytes_per_item": 4 * cached_rows,
+        "cache_mb_max": model.dynamics_cache_mb,
+        "repeats": repeats,
+        "all_s": {"plain": times[False], "dynamics": times[True]},
+    }
+
+
+def write_dynamics(results: list[dict], out: Path, command: str) -> None:
+    r0 = results[0]
+    lines = [
+        "# Evaluation speed with item dynamics (RecentDynamics) against without",
+        "",
+        f"Command: `{command}`  ",
+        f"Hardware: {hardware()}  ",
+        f"Data: {r0['case']}: {r0['items']:,} items, {r0['events']:,} events; one target per "
+        "user, ranked at its own time (`loo`: each user's last event; `temporal`: one-shot on "
+        "the last 30 days, each user's first event there). Random D=64 vectors as above; "
+        f"evaluation batches of {r0['batch']:,} users through `MMRecModule`'s ranking path "
+        "(history excluded); the dynamics' cache is emptied before each pass, as after a "
+        "training epoch, so every distinct time is computed once a pass. Best of "
+        f"{r0['repeats']} interleaved passes (the machine is shared: all passes listed).",
+        "",
+        "| protocol | users | distinct times | without: users/s (s) | with: users/s (s) "
+        "| with / without | NDCG@10 without / with | all passes without / with (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        passes = [", ".join(f"{s:.2f}" for s in r["all_s"][k]) for k in ("plain", "dynamics")]
+        lines.append(
+            f"| {r['protocol']} | {r['users']:,} | {r['distinct_target_times']:,} "
+            f"| {r['plain_ups']:,.0f} ({r['plain_s']:.2f}) | {r['dyn_ups']:,.0f} "
+            f"({r['dyn_s']:.2f}) | **{r['dyn_s'] / r['plain_s']:.2f}x** "
+            f"| {r['ndcg_plain']:.4f} / {r['ndcg_dyn']:.4f} | {passes[0]} / {passes[1]} |"
+        )
+    lines += [
+        "",
+        "Memory of the dynamics per item: the event log's snapshots "
+        f"(`EventLog.nbytes_per_item`, 64 snapshots): **{r0['log_bytes_per_item']:,.0f} "
+        "bytes**, whatever the time span; plus the events themselves "
+        f"({r0['log_event_bytes'] / 2**20:.1f} MB, 16 bytes an event). Evaluation cache of "
+        "score-term rows (4 bytes per item and cached time, at most "
+        f"`MMRecModule.dynamics_cache_mb` = {r0['cache_mb_max']:.0f} MB in all): "
+        + ", ".join(
+            f"{r['protocol']} {r['cache_rows']:,} rows = **{r['cache_bytes_per_item']:,} bytes "
+            "per item**"
+            for r in results
+        )
+        + ". No feature is stored: features are computed per distinct time from the log, in "
+        "chunks of at most `memory_budget_mb` (64 MB) of temporaries.",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=["all", "beauty", "million"], default="all")
+    parser.add_argument("--case", choices=["all", "beauty", "million", "dynamics"], default="all")
+    parser.add_argument("--batch", type=int, default=1024, help="evaluation batch (dynamics)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes of each (dynamics)")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="Beauty-sized synthetic events (dynamics)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--tm-users-beauty", type=int, default=2_000, help="users given to torchmetrics (Beauty)"
     )
@@ -146,6 +326,22 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_speed.md"
     )
     args = parser.parse_args()
+    if args.case == "dynamics":
+        out = args.out.with_name(
+            "eval_speed_dynamics_synthetic.md" if args.synthetic else "eval_speed_dynamics.md"
+        )
+        command = ".venv/bin/python -m benchmarks.eval_speed --case dynamics" + (
+            " --synthetic" if args.synthetic else ""
+        )
+        if args.threads:
+            torch.set_num_threads(args.threads)
+            command += f" --threads {args.threads}"
+        results = [
+            run_dynamics(args.batch, args.repeats, args.synthetic, protocol)
+            for protocol in ("loo", "temporal")
+        ]
+        write_dynamics(results, out, command)
+        return
     if args.case != "all":
         tm = args.tm_users_beauty if args.case == "beauty" else args.tm_users_million
         print(json.dumps(run_case(args.case, tm)))

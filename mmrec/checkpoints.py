@@ -117,11 +117,12 @@ def check_components(hparams: dict, trusted: list[str], path: str | Path = "") -
     """
     from mmrec.config import Configurable, check_spec, is_spec
     from mmrec.encoders.base import EventEncoder, ItemEncoder
+    from mmrec.encoders.dynamics import ItemDynamics
     from mmrec.fusion import Fusion
     from mmrec.losses import Loss
     from mmrec.sequence import SequenceHead
 
-    lists = {"item_encoders": ItemEncoder, "event_encoders": EventEncoder}
+    lists = {"item_encoders": ItemEncoder, "event_encoders": EventEncoder, "dynamics": ItemDynamics}
     bases = {"fusion": Fusion, "sequence": SequenceHead, "loss": Loss}
 
     def others(value: Any, where: str) -> None:

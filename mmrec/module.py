@@ -13,14 +13,16 @@ import torch
 from torch import Tensor, nn
 
 from mmrec.config import ConfigError, component_spec, instantiate
+from mmrec.data.eventlog import EventLog
 from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
+from mmrec.encoders.dynamics import ItemDynamics, TermCache
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.fusion import Fusion, SumFusion
 from mmrec.losses import FullSoftmaxCE, Loss
 from mmrec.optim import lr_factor, split_decay
 from mmrec.sequence import GPT2Sequence, SequenceHead
 
-_COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss")
+_COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss", "dynamics")
 _NOT_SAVED = (*_COMPONENTS, "trusted_modules")
 
 
@@ -29,6 +31,8 @@ class MMRecModule(L.LightningModule):
 
     The same item tower (item encoders fused into one vector per item) embeds history items
     and scores the whole catalogue, so items with content but no interactions can be scored.
+    Item dynamics (optional) add a score term per item as of the query time, read from the
+    dataset's event log (strictly before that time) in training, evaluation and serving.
     Components are built in ``__init__`` with the data's sizes, so optimisers and checkpoint
     loading see every parameter; the checkpoint's hyper-parameters hold each component's
     ``class_path``/``init_args``, so ``MMRecModule.load_from_checkpoint(path)`` alone rebuilds it.
@@ -45,6 +49,11 @@ class MMRecModule(L.LightningModule):
         fusion: How item encoder outputs are combined (default: SumFusion).
         sequence: The sequence head, a ``SequenceHead`` (default: GPT2Sequence()).
         loss: Training loss (default: FullSoftmaxCE).
+        dynamics: Item dynamics whose score terms ``[Q, N + 1]``, computed from the event log
+            strictly before each query time, are added to every item's score: each training
+            target's at its own time (``query_time``), each evaluation row's at its target's
+            time, predictions and ``mmrec recommend`` at the time asked for. The log is
+            ``data_dir``'s (``set_event_log`` hands in a newer one). Default: none.
         lr: Peak learning rate of AdamW.
         weight_decay: AdamW weight decay on the weights of linear layers
             (``mmrec.optim.DECAYED_TYPES``);
@@ -65,6 +74,9 @@ class MMRecModule(L.LightningModule):
             code or config imported already are always allowed. Not saved in checkpoints.
     """
 
+    #: Memory for score-term rows of item dynamics reused between evaluation batches.
+    dynamics_cache_mb: float = 256.0
+
     def __init__(
         self,
         num_items: int,
@@ -78,6 +90,7 @@ class MMRecModule(L.LightningModule):
         fusion: Fusion | None = None,
         sequence: SequenceHead | None = None,
         loss: Loss | None = None,
+        dynamics: list[ItemDynamics] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -107,6 +120,10 @@ class MMRecModule(L.LightningModule):
             else instantiate(sequence, SequenceHead, "sequence", trust)
         )
         loss = FullSoftmaxCE() if loss is None else instantiate(loss, Loss, "loss", trust)
+        dynamics = [
+            instantiate(d, ItemDynamics, f"dynamics[{i}]", trust)
+            for i, d in enumerate(dynamics or [])
+        ]
         self.save_hyperparameters(ignore=list(_NOT_SAVED))
         specs = {
             "item_encoders": [component_spec(e) for e in item_encoders],
@@ -114,18 +131,23 @@ class MMRecModule(L.LightningModule):
             "fusion": component_spec(fusion),
             "sequence": component_spec(sequence),
             "loss": component_spec(loss),
+            "dynamics": [component_spec(d) for d in dynamics],
         }
         self.hparams.update(specs)
         self._hparams_initial.update(specs)
 
         ctx = BuildContext(num_items, num_users, d_model, data_dir, time_granularity)
-        for enc in [*item_encoders, *event_encoders]:
+        for enc in [*item_encoders, *event_encoders, *dynamics]:
             enc.build(ctx)
         fusion.build(d_model, len(item_encoders))
         sequence.build(d_model, max_len)
         loss.build(num_items)
         self.item_encoders = nn.ModuleList(item_encoders)
         self.event_encoders = nn.ModuleList(event_encoders)
+        self.dynamics = nn.ModuleList(dynamics)
+        self._event_log: EventLog | None = None
+        self._event_log_dir: str | None = None  # the folder it was read from (None: handed in)
+        self._term_cache = TermCache()  # evaluation rows of the dynamics' term, by query time
         self.fusion, self.sequence, self.loss = fusion, sequence, loss
         self.num_items, self.ks, self.exclude_history = num_items, tuple(ks), exclude_history
 
@@ -269,6 +291,102 @@ class MMRecModule(L.LightningModule):
         """User vectors after the last (most recent) event: ``[B, D]``."""
         return self.user_vectors(batch)
 
+    # ----------------------------------------------------------------------------- dynamics
+    @property
+    def event_log(self) -> EventLog:
+        """The event log the item dynamics read: the one given to :meth:`set_event_log`, else
+        that of the datamodule's folder (``setup``) or of ``data_dir`` (read on first use)."""
+        if self._event_log is None:
+            data_dir = self.hparams.get("data_dir")
+            if not data_dir:
+                raise ConfigError(
+                    "this model's item dynamics need an event log: build it with data_dir (the "
+                    "dataset folder) or hand one in with set_event_log(EventLog(...))"
+                )
+            self._event_log, self._event_log_dir = EventLog.from_folder(data_dir), str(data_dir)
+        return self._event_log
+
+    def set_event_log(self, log: EventLog) -> None:
+        """Read item dynamics from ``log`` from now on (e.g. a newer log of the shop's events,
+        without retraining); ``setup`` keeps it instead of reading the datamodule's."""
+        if log.num_items != self.num_items:
+            raise ConfigError(
+                f"the event log has {log.num_items} items, the model {self.num_items}: map the "
+                "events to this model's item indices"
+            )
+        self._event_log, self._event_log_dir = log, None
+        self._term_cache.clear()  # rows of the old log's terms are stale
+
+    def dynamics_term(self, t: Tensor) -> Tensor | None:
+        """The dynamics' summed score term at query times ``t [Q]``: ``[Q, N + 1]``, computed
+        once per distinct time (from events strictly before it); None without dynamics.
+
+        Outside autograd (evaluation, prediction, serving) the rows of times already computed
+        are reused while the dynamics' weights, device and event log stay the same, up to
+        ``dynamics_cache_mb`` (least recently used rows go first): an evaluation epoch then
+        computes each distinct query time about once, however its rows are batched.
+        """
+        if not len(self.dynamics):
+            return None
+        times, inverse = torch.unique(t, return_inverse=True)  # [T], [Q]
+        inverse = inverse.reshape(-1)
+        cols = self.num_items + 1
+        if torch.is_grad_enabled() or len(times) > self._cache_capacity():
+            term = self._term_of(times)  # [T, N + 1]
+            return term.index_select(0, inverse.to(term.device)).view(*t.shape, cols)
+        slots = self._cached_slots(times.tolist())  # [T] rows of the cache
+        return self._term_cache.rows(slots[inverse.cpu()]).view(*t.shape, cols)
+
+    def _cache_capacity(self) -> int:
+        """Rows of the evaluation cache of dynamics terms (``dynamics_cache_mb``)."""
+        return min(2**16, int(self.dynamics_cache_mb * 2**20) // (4 * (self.num_items + 1)))
+
+    def _cached_slots(self, times: list[int]) -> Tensor:
+        """Rows of the evaluation cache holding the term at ``times`` (distinct), computing
+        the missing ones; the cache starts afresh when the dynamics' weights (an in-place
+        update bumps a tensor's version), their device, the log or the inference mode change."""
+        log, params = self.event_log, list(self.dynamics.parameters())
+        key = (id(log), torch.is_inference_mode_enabled())
+        key += tuple((p.device, p.data_ptr(), p._version) for p in params)
+        return self._term_cache.slots(key, times, self._cache_capacity(), self._term_of)
+
+    def _term_of(self, times: Tensor) -> Tensor:
+        """``[T, N + 1]``: the dynamics' summed term at distinct times ``times [T]``."""
+        log = self.event_log
+        term = self.dynamics[0](log, times)
+        for member in self.dynamics[1:]:
+            term = term + member(log, times)
+        return term
+
+    @staticmethod
+    def _row_times(batch: dict[str, Tensor]) -> Tensor:
+        """``[B]`` query time of each evaluation / prediction row (its last slot's)."""
+        t = batch.get("target_time")
+        return batch["query_time"][:, -1] if t is None else t
+
+    def _rank_call(self, fn: Any, batch: dict[str, Tensor], user_vecs: Tensor, *args: Any, **kw):
+        """``fn(user_vecs, item_vecs, *rows, **kw)`` (``rank_targets`` / ``topk_items``) with
+        the dynamics' term as of each row's query time added to its scores, chunk by chunk.
+        The batch's distinct times are computed first, in one go (when they fit the cache),
+        and rows go in query-time order, so that a chunk of users shares few of them; results
+        come back in the batch's order."""
+        if not len(self.dynamics):
+            return fn(user_vecs, *args, **kw)
+        times = self._row_times(batch)
+        order = torch.argsort(times, stable=True)  # [B]
+        ordered = times[order]
+        distinct = torch.unique(times).tolist()
+        if not torch.is_grad_enabled() and len(distinct) <= self._cache_capacity():
+            self._cached_slots(distinct)  # the batch's times in one go
+
+        def bias(lo: int, hi: int) -> Tensor:  # [hi - lo, N + 1]
+            return self.dynamics_term(ordered[lo:hi]).float()
+
+        item_vecs, rows = args[0], [a[order] if isinstance(a, Tensor) else a for a in args[1:]]
+        out = fn(user_vecs[order], item_vecs, *rows, bias=bias, **kw)
+        back = torch.argsort(order)
+        return tuple(o[back] for o in out) if isinstance(out, tuple) else out[back]
+
     # ----------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -289,6 +407,11 @@ class MMRecModule(L.LightningModule):
                     f"{', '.join(unfit)} cannot take packed training batches (several users per "
                     "row): set data.pack_sequences false (--data.pack_sequences false)"
                 )
+        data_dir = getattr(dm, "data_dir", None)
+        if len(self.dynamics) and data_dir and self._event_log_dir != str(data_dir):
+            if self._event_log is None or self._event_log_dir is not None:  # keep a log handed in
+                self._event_log, self._event_log_dir = EventLog.from_folder(data_dir), str(data_dir)
+                self._term_cache.clear()
         counts = getattr(dm, "item_train_counts", None)
         if counts is not None:
             self.loss.set_item_counts(torch.as_tensor(counts))
@@ -305,12 +428,21 @@ class MMRecModule(L.LightningModule):
             self.sequence.load_pretrained()
             self._pretrained_loaded = True
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch's mean loss over its targets (before ``loss_weight``); with dynamics,
+        each target's logits get the term as of its own time (``query_time``)."""
         item_vecs = self.item_vectors()
         hidden = self.encode(batch, item_vecs)  # [B, L, D]
         targets = batch["targets"]
         keep = targets > 0  # [B, L]
-        loss = self.loss(hidden[keep], targets[keep], item_vecs)
+        bias = self.dynamics_term(batch["query_time"][keep])  # [P, N + 1] or None
+        if bias is None:  # a loss written before dynamics existed takes no bias
+            return self.loss(hidden[keep], targets[keep], item_vecs)
+        return self.loss(hidden[keep], targets[keep], item_vecs, bias)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        targets = batch["targets"]
         self.log(
             "train/loss",
             loss,
@@ -338,7 +470,9 @@ class MMRecModule(L.LightningModule):
         user_vecs = self.user_vectors(batch, item_vecs)  # [B, D]
         targets = batch["target_items"]  # [B, T]
         with torch.autocast(user_vecs.device.type, enabled=False):  # rank in fp32, not bf16
-            ranks = rank_targets(
+            ranks = self._rank_call(
+                rank_targets,
+                batch,
                 user_vecs.float(),
                 item_vecs.float(),
                 targets,
@@ -381,7 +515,9 @@ class MMRecModule(L.LightningModule):
         if self.test_beyond.ready:  # coverage and popularity of the top-K lists
             exclude = batch.get("exclude_items") if self.exclude_history else None
             with torch.autocast(user_vecs.device.type, enabled=False):
-                _, top = topk_items(user_vecs.float(), item_vecs.float(), max(self.ks), exclude)
+                _, top = self._rank_call(
+                    topk_items, batch, user_vecs.float(), item_vecs.float(), max(self.ks), exclude
+                )
             self.test_beyond.update(top)
 
     def on_test_epoch_end(self) -> None:
@@ -432,8 +568,13 @@ class MMRecModule(L.LightningModule):
         user_vecs = self.user_vectors(batch, item_vecs)
         exclude = batch.get("exclude_items") if self.exclude_history else None
         with torch.autocast(user_vecs.device.type, enabled=False):
-            scores, items = topk_items(
-                user_vecs.float(), item_vecs.float(), self.hparams.predict_k, exclude
+            scores, items = self._rank_call(
+                topk_items,
+                batch,
+                user_vecs.float(),
+                item_vecs.float(),
+                self.hparams.predict_k,
+                exclude,
             )
         return {"user_idx": batch["user_idx"], "items": items, "scores": scores}
 

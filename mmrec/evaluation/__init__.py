@@ -3,6 +3,7 @@
 from mmrec.evaluation.metrics import RankingMetrics
 from mmrec.evaluation.ranking import (
     SampledCandidates,
+    ScoreBias,
     evaluate_scores,
     rank_from_scores,
     rank_targets,
@@ -13,6 +14,7 @@ from mmrec.evaluation.slices import SlicedRankingMetrics, plot_metric_by_month, 
 __all__ = [
     "RankingMetrics",
     "SampledCandidates",
+    "ScoreBias",
     "SlicedRankingMetrics",
     "evaluate_scores",
     "plot_metric_by_month",

@@ -18,6 +18,12 @@ users (``[u, N+1]`` under a memory budget), the targets' scores are gathered fro
 and the comparisons are counted in item chunks (or by sort + binary search when a user has
 many targets), so the result is exact, needs no top-K, and does not depend on chunk sizes.
 
+An additive score term per user (``bias``: the model's item dynamics as of each row's query
+time) is added to each chunk's scores before anything is compared, so ranks and top-K stay exact
+and the memory bound holds: a ``[U, N+1]`` tensor, or a function ``(lo, hi) -> [hi - lo, N+1]``
+that computes the rows of users ``lo:hi`` when their chunk is scored (into a new tensor, which
+the ranking then overwrites).
+
 Choices: exclusion never removes a target (an excluded item that is also a target is still
 ranked, as a target); a target id repeated in a row is ranked once, its repeats get ``inf``
 (padding); scores must not contain NaN (a clear error says so).
@@ -25,7 +31,7 @@ ranked, as a target); a target id repeated in a row is ranked once, its repeats 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +40,10 @@ from torch import Tensor
 from mmrec.evaluation.metrics import RankingMetrics, check_ks
 
 _NAN = float("nan")
+
+#: An additive score term per user: ``[U, N + 1]``, or ``(lo, hi) -> [hi - lo, N + 1]`` (a new
+#: tensor on each call: the ranking adds the scores into it).
+ScoreBias = Tensor | Callable[[int, int], Tensor]
 _MIN_CPU_ROWS = 32  # users per block at least, with the default CPU budget
 
 
@@ -140,6 +150,24 @@ def _rank_rows(
     return ranks.masked_fill(pad, float("inf"))
 
 
+def _scores(user_vecs: Tensor, item_vecs: Tensor, bias: ScoreBias | None, lo: int) -> Tensor:
+    """``[u, N+1]`` scores of the users ``lo:lo+u`` (``user_vecs [u, D]``), plus their rows
+    of ``bias`` (added by the matmul itself)."""
+    if bias is None:
+        return user_vecs @ item_vecs.T
+    hi = lo + user_vecs.shape[0]
+    rows = bias[lo:hi] if isinstance(bias, Tensor) else bias(lo, hi)
+    want = (user_vecs.shape[0], item_vecs.shape[0])
+    if tuple(rows.shape) != want:
+        raise ValueError(
+            f"bias rows {lo}:{hi} have shape {tuple(rows.shape)}, expected {want} "
+            "(one row of N+1 items per user)"
+        )
+    if isinstance(bias, Tensor) or rows.dtype != user_vecs.dtype:
+        return torch.addmm(rows.to(user_vecs), user_vecs, item_vecs.T)
+    return rows.addmm_(user_vecs, item_vecs.T)  # a function's rows are its own: scored in place
+
+
 def _check_ids(ids: Tensor | None, num_cols: int, name: str) -> None:
     if ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_cols):
         raise ValueError(
@@ -158,8 +186,10 @@ def rank_targets(
     exclude_history: bool = True,
     memory_budget_mb: float | None = None,
     sort_threshold: int = 32,
+    bias: ScoreBias | None = None,
 ) -> Tensor:
-    """Exact rank of every target among the whole catalogue (scores ``user_vecs @ item_vecs.T``).
+    """Exact rank of every target among the whole catalogue (scores ``user_vecs @ item_vecs.T``
+    plus ``bias``).
 
     Args:
         user_vecs: ``[U, D]`` user (query) vectors.
@@ -171,6 +201,8 @@ def rank_targets(
             256 MB on an accelerator, 32 MB on CPU (blocks that stay in cache rank faster).
         sort_threshold: Rows with more than this many targets are counted by sort + binary
             search instead of item-chunked comparisons (same result, faster for large T).
+        bias: An additive score term per user, ``[U, N + 1]`` or ``(lo, hi) -> [hi - lo,
+            N + 1]`` (computed per chunk of users; its temporaries are its own).
 
     Returns:
         ``[U, T]`` float ranks (1 = top), ``inf`` at padded (or repeated) targets. Exact for
@@ -197,7 +229,7 @@ def rank_targets(
     step = _user_chunk(n_cols, 8, memory_budget_mb / 2)
     out = []
     for lo in range(0, user_vecs.shape[0], step):
-        scores = user_vecs[lo : lo + step] @ item_vecs.T  # [u, N+1]
+        scores = _scores(user_vecs[lo : lo + step], item_vecs, bias, lo)  # [u, N+1]
         ex = exclude[lo : lo + step] if exclude is not None else None
         out.append(
             _rank_rows(scores, targets[lo : lo + step], ex, memory_budget_mb / 2, sort_threshold)
@@ -247,8 +279,10 @@ def topk_items(
     exclude_items: Tensor | None = None,
     *,
     memory_budget_mb: float | None = None,
+    bias: ScoreBias | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Top-``k`` items per user over the whole catalogue, chunked over users.
+    """Top-``k`` items per user over the whole catalogue (scores ``user_vecs @ item_vecs.T``
+    plus ``bias``), chunked over users.
 
     Args:
         user_vecs: ``[U, D]``.
@@ -257,6 +291,7 @@ def topk_items(
         exclude_items: ``[U, E]`` 0-padded ids never to return (e.g. the history).
         memory_budget_mb: Bound on the ``[u, N + 1]`` score block (None: as in
             :func:`rank_targets`).
+        bias: An additive score term per user, as in :func:`rank_targets`.
 
     Returns:
         ``scores [U, k]`` and ``items [U, k]``, best first. Where fewer than ``k`` items remain
@@ -271,7 +306,7 @@ def topk_items(
     step = _user_chunk(n_cols, 9, memory_budget_mb)
     all_s, all_i = [], []
     for lo in range(0, user_vecs.shape[0], step):
-        s = user_vecs[lo : lo + step] @ item_vecs.T  # [u, N+1]
+        s = _scores(user_vecs[lo : lo + step], item_vecs, bias, lo)  # [u, N+1]
         bad = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
         bad[:, 0] = True
         if exclude is not None:

@@ -42,6 +42,7 @@ ADDED_LATER = {
     "data.eval_protocol": "one_shot",
     "data.prepare.test_end": None,
     "data.fit_on_valid": False,
+    "model.dynamics": None,
 }
 
 #: The same for init arguments of callbacks (``trainer.callbacks`` entries), by class path.

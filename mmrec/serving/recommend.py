@@ -14,6 +14,7 @@ import torch
 
 from mmrec.calendar import DAY, now_unix, to_unix
 from mmrec.data.batch import history_batch
+from mmrec.data.eventlog import EventLog
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,40 @@ class Recommendation:
     score: float
 
 
+@dataclass(frozen=True)
+class EventsRead:
+    """What :meth:`Recommender.use_events` read from an events file.
+
+    Attributes:
+        path: The file.
+        events: Events of known items now in the log (of the file).
+        items: Distinct known items among them.
+        unknown_events: Events of item ids the dataset does not know (skipped).
+        unknown_ids: Those ids, distinct, in the file's order.
+        null_rows: Rows without an item id or a timestamp (skipped).
+        first, last: Unix seconds of the earliest and latest known event (None: no event).
+        appended: Whether the events were added to the dataset's log (else they replace it).
+    """
+
+    path: str
+    events: int
+    items: int
+    unknown_events: int
+    unknown_ids: list[str]
+    null_rows: int
+    first: int | None
+    last: int | None
+    appended: bool
+
+
 class Recommender:
     """Top-K recommendations from a trained :class:`~mmrec.module.MMRecModule`.
 
     The query time (``at``) enters the model through the ``query_time`` of the batch, so
     with a time-aware model the same history gets different recommendations in December and
-    in July. Items already in the history are not recommended.
+    in July. Items already in the history are not recommended. A model with item dynamics
+    adds their score term as of ``at`` from the event log: the dataset's, or the events of a
+    newer file (:meth:`use_events`), without retraining.
 
     Args:
         model: A trained model (its ``max_len`` and encoders are used as they are).
@@ -67,6 +96,9 @@ class Recommender:
         self.index = {iid: i for i, iid in enumerate(self.item_ids) if i}
         self._users: dict[str, int] | None = None
         self._item_vecs: torch.Tensor | None = None
+        self._events_span: tuple[int, int] | None = None
+        if len(model.dynamics):  # the dataset's events, until use_events hands in others
+            model.set_event_log(EventLog.from_folder(data_dir))
 
     @classmethod
     def from_checkpoint(
@@ -125,9 +157,81 @@ class Recommender:
         )
 
     def time_range(self) -> tuple[int, int] | None:
-        """First and last event time of the dataset (meta.json), or None when unknown."""
+        """First and last event time of the dataset (meta.json), widened by the events of
+        :meth:`use_events`; None when unknown."""
         span = self.meta.get("time_range")
-        return (int(span[0]), int(span[1])) if span else None
+        span = (int(span[0]), int(span[1])) if span else None
+        if self._events_span is None:
+            return span
+        if span is None:
+            return self._events_span
+        return min(span[0], self._events_span[0]), max(span[1], self._events_span[1])
+
+    # ------------------------------------------------------------------ event log
+    def use_events(self, path: str | Path, append: bool = False) -> EventsRead:
+        """Read item dynamics from the events of a file from now on, without retraining.
+
+        Args:
+            path: A ``.parquet``, ``.csv`` or ``.tsv`` file with columns ``item_id`` (the
+                dataset's raw ids, ASINs) and ``timestamp`` (unix seconds, a date or datetime
+                column, or ISO strings; UTC). Day-granular models floor the times to days, as
+                their training data was. Events of unknown items are skipped and counted.
+            append: Add the events to the dataset's log (events after it); False: they are
+                the whole log (e.g. a newer export of every event).
+
+        Returns:
+            What was read (counts, unknown ids, time span).
+
+        Raises:
+            ValueError: A missing column, an unreadable timestamp, or an unknown file type.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"events file {path} not found")
+        if path.suffix not in (".parquet", ".csv", ".tsv"):
+            raise ValueError(f"events file {path}: expected .parquet, .csv or .tsv")
+        try:
+            if path.suffix == ".parquet":
+                frame = pl.read_parquet(path)
+            else:
+                frame = pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+        except (pl.exceptions.PolarsError, OSError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"events file {path} cannot be read: {reason}") from None
+        missing = {"item_id", "timestamp"} - set(frame.columns)
+        if missing:
+            raise ValueError(
+                f"events file {path} has no column {', '.join(sorted(missing))} (columns: "
+                f"{', '.join(frame.columns)}); it needs item_id and timestamp"
+            )
+        total = frame.height
+        frame = frame.select(pl.col("item_id").cast(pl.Utf8), "timestamp").drop_nulls()
+        times = _unix_seconds(frame["timestamp"], self.granularity, path)
+        ids = frame["item_id"].to_list()
+        idx = [self.index.get(i, 0) for i in ids]
+        unknown = [i for i, j in zip(ids, idx, strict=True) if j == 0]
+        items = torch.tensor(idx, dtype=torch.long)
+        known = items > 0
+        items, times = items[known], times[known]
+        read = {"events": len(items), "items": int(torch.unique(items).numel())}
+        if len(times):
+            read |= {"first": int(times.min()), "last": int(times.max())}
+            self._events_span = (read["first"], read["last"])
+        log = self.model.event_log if append else None
+        if log is not None:
+            items, times = torch.cat([log.items, items]), torch.cat([log.times, times])
+        self.model.set_event_log(EventLog(items, times, self.model.num_items))
+        return EventsRead(
+            path=str(path),
+            events=read["events"],
+            items=read["items"],
+            unknown_events=len(unknown),
+            unknown_ids=list(dict.fromkeys(unknown)),
+            null_rows=total - frame.height,
+            first=read.get("first"),
+            last=read.get("last"),
+            appended=append,
+        )
 
     def query_time(self, at: datetime | date | str | int | None) -> int:
         """Unix seconds of ``at`` (None: now), floored to days for day-granular data."""
@@ -200,7 +304,10 @@ class Recommender:
         )
         with torch.no_grad():
             user_vec = self.model(batch)  # [1, D]
-            scores, top = _topk(user_vec.float(), self.item_vectors(), k, batch["exclude_items"])
+            bias = self.model.dynamics_term(batch["target_time"])  # [1, N + 1]: dynamics at `at`
+            scores, top = _topk(
+                user_vec.float(), self.item_vectors(), k, batch["exclude_items"], bias
+            )
         return [
             Recommendation(self.item_ids[i], self.titles[i], float(s))
             for i, s in zip(top[0].tolist(), scores[0].tolist(), strict=True)
@@ -215,11 +322,28 @@ class Recommender:
         return self._item_vecs
 
 
-def _topk(user_vec, item_vecs, k, exclude) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk(user_vec, item_vecs, k, exclude, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
     from mmrec.evaluation import topk_items
 
     k = max(1, min(k, item_vecs.shape[0] - 1))
-    return topk_items(user_vec, item_vecs, k, exclude)
+    return topk_items(user_vec, item_vecs, k, exclude, bias=bias)
+
+
+def _unix_seconds(column: pl.Series, granularity: str | None, path: Path) -> torch.Tensor:
+    """``[E]`` int64 unix seconds of an events file's timestamp column (numbers, dates,
+    datetimes or ISO strings), floored to days for day-granular models."""
+    if column.dtype == pl.Date:
+        secs = column.cast(pl.Int64) * DAY
+    elif isinstance(column.dtype, pl.Datetime):
+        secs = column.dt.epoch("s")
+    elif column.dtype.is_numeric():
+        secs = column.cast(pl.Float64).floor().cast(pl.Int64)
+    else:
+        values = column.cast(pl.Utf8).to_list()
+        parsed = {v: to_unix(v, name=f"timestamp in {path}") for v in set(values)}
+        secs = pl.Series([parsed[v] for v in values], dtype=pl.Int64)
+    out = torch.from_numpy(secs.to_numpy().astype("int64"))
+    return out - out % DAY if granularity == "day" else out
 
 
 @dataclass
@@ -243,6 +367,11 @@ class RecommendConfig:
         device: Torch device to run the model on.
         trust_module: Packages outside mmrec that the checkpoint's components may be imported
             from (importing runs code: only for checkpoints you trust).
+        events: A newer log of events for the model's item dynamics (a .parquet, .csv or .tsv
+            with columns item_id, the dataset's raw ids, and timestamp): the dynamics as of
+            ``at`` are read from it instead of the dataset's events, without retraining.
+            Events of unknown items are skipped and reported.
+        append_events: Add the ``events`` to the dataset's events instead of replacing them.
     """
 
     ckpt_path: str
@@ -254,6 +383,8 @@ class RecommendConfig:
     data_dir: str | None = None
     device: str = "cpu"
     trust_module: list[str] | None = None
+    events: str | None = None
+    append_events: bool = False
 
 
 def build_parser():
@@ -270,12 +401,40 @@ def config_from_args(argv: list[str] | None = None) -> RecommendConfig:
     from mmrec.config import bool_flags
     from mmrec.parsing import parse_settings
 
-    argv = bool_flags(sys.argv[1:] if argv is None else argv, ["json"])
+    argv = bool_flags(sys.argv[1:] if argv is None else argv, ["json", "append_events"])
     return parse_settings(RecommendConfig, build_parser(), argv)
 
 
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def _report_events(read: EventsRead, has_dynamics: bool) -> None:
+    """One line on stderr about an events file (and one per problem)."""
+    if not has_dynamics:
+        print(
+            "mmrec recommend: warning: the model has no item dynamics: --events changes nothing",
+            file=sys.stderr,
+        )
+    span = f", {_iso(read.first)} .. {_iso(read.last)}" if read.first is not None else ""
+    how = "added to the dataset's events" if read.appended else "replacing the dataset's events"
+    print(
+        f"mmrec recommend: events from {read.path}: {read.events} events of {read.items} "
+        f"items{span}, {how}",
+        file=sys.stderr,
+    )
+    if read.unknown_events:
+        shown = ", ".join(read.unknown_ids[:20]) + (" ..." if len(read.unknown_ids) > 20 else "")
+        print(
+            f"mmrec recommend: warning: {read.unknown_events} events of "
+            f"{len(read.unknown_ids)} item id(s) unknown to the dataset skipped: {shown}",
+            file=sys.stderr,
+        )
+    if read.null_rows:
+        print(
+            f"mmrec recommend: warning: {read.null_rows} rows without item_id or timestamp skipped",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,9 +458,12 @@ def main(argv: list[str] | None = None) -> int:
                 "--history ID,ID,... for a user the model never saw"
             )
         query = rec.query_time(cfg.at)
+        read = rec.use_events(cfg.events, cfg.append_events) if cfg.events else None
     except (FileNotFoundError, ValueError, KeyError, ImportError, TypeError) as err:
         print(f"mmrec recommend: error: {err}", file=sys.stderr)
         return 2
+    if read is not None:
+        _report_events(read, bool(len(rec.model.dynamics)))
     if cfg.at is None:
         print(
             f"mmrec recommend: no --at given: recommending for now, {_iso(query)}", file=sys.stderr
@@ -342,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             "unknown_items": unknown,
             "recommendations": [asdict(r) for r in recs],
         }
+        if read is not None:
+            out["events"] = asdict(read)
         print(json.dumps(out, indent=2))
         return 0
     print(f"top {len(recs)} for {cfg.user or 'the given history'} at {_iso(query)}")

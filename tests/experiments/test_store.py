@@ -95,7 +95,11 @@ def test_runs_with_another_seed_everything_and_the_same_data_seed_have_other_key
 
 @pytest.mark.parametrize("dotted", sorted(ADDED_LATER))
 def test_every_option_added_later_keeps_keys_at_its_old_value_only(dotted):
-    before = {"seed_everything": 0, "data": {"data_dir": "d", "prepare": {"source": "s"}}}
+    before = {
+        "seed_everything": 0,
+        "data": {"data_dir": "d", "prepare": {"source": "s"}},
+        "model": {"d_model": 64},
+    }
     *parents, leaf = dotted.split(".")
     at_old = json.loads(json.dumps(before))
     node = at_old

@@ -1,0 +1,255 @@
+"""Item dynamics: (item, query time) -> an additive score term for the whole catalogue, read
+from the event log strictly before the query time (recent counts, trend, age, recency)."""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmrec.calendar import DAY
+from mmrec.data.eventlog import EventLog
+from mmrec.encoders.base import BuildContext, Encoder
+
+#: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units.
+_MLP_BLOCK = 2**17
+
+
+class ItemDynamics(Encoder):
+    """Base of ``MMRecModule``'s ``dynamics`` slot: ``forward(log, t [Q]) -> [Q, N + 1]``.
+
+    Row ``q`` of the result is added to the scores of every item for a query asked at time
+    ``t[q]`` (training targets at their own time, evaluation rows at the target's time,
+    serving at ``at``). A member cuts ``log`` only where :class:`EventLog` does (its queries
+    and ``position``: events strictly before ``t``), so an event at or after the query time
+    never changes the term. Column 0 (padding) is never scored. The log is handed in by the
+    model (it is data, not a weight: never saved in checkpoints).
+    """
+
+    num_items: int = 0
+
+    def build(self, ctx: BuildContext) -> None:
+        super().build(ctx)
+        self.num_items = ctx.num_items
+
+    def forward(self, log: EventLog, t: Tensor) -> Tensor:  # [Q] -> [Q, N + 1]
+        raise NotImplementedError
+
+
+class RecentDynamics(ItemDynamics):
+    """What is being bought now, by a small learned function of each item's recent events.
+
+    Features of (query time ``t``, item), all from events with ``timestamp < t``:
+    ``log1p`` of the item's events in each window ``[t - w, t)`` of ``windows_days``; the
+    trend ``log((c_s + 1) / (c_l * s / l + 1))`` (the rate over the short window ``s``
+    against the long one ``l`` of ``trend_days``: 0 when steady); the item's age
+    ``log1p(days since its first event)``; the time since its last event ``log1p(days)``;
+    and a flag for an item with no event yet (age and recency are 0 then).
+    A 2-layer MLP (``features -> hidden -> 1``, ReLU) turns them into the score term; its last
+    layer starts at zero, so training starts from the model without dynamics.
+
+    Cost: the features are ``len(windows_days) + 4`` numbers per (time, item), computed per
+    distinct query time in chunks of at most ``memory_budget_mb`` of temporaries; in training
+    each chunk is recomputed in the backward pass (activation checkpointing) instead of being
+    kept, so memory stays at the ``[times, N + 1]`` term. State per item: the event log's
+    (``EventLog.nbytes_per_item``); no feature is stored (the model keeps computed terms for
+    evaluation, up to ``MMRecModule.dynamics_cache_mb``). Features are computed on the CPU,
+    where the log is; only the MLP runs on the model's device.
+
+    Args:
+        windows_days: Lengths of the count windows, in days.
+        trend_days: ``(short, long)`` windows of the trend feature, both in ``windows_days``;
+            None: no trend feature.
+        hidden: Hidden units of the MLP.
+        memory_budget_mb: Bound on the temporaries of one chunk of query times (does not
+            change the result).
+    """
+
+    def __init__(
+        self,
+        windows_days: Sequence[float] = (1.0, 7.0, 30.0, 365.0),
+        trend_days: tuple[float, float] | None = (7.0, 30.0),
+        hidden: int = 8,
+        memory_budget_mb: float = 64.0,
+    ) -> None:
+        super().__init__()
+        self.windows_days = [float(w) for w in windows_days]
+        if not self.windows_days or min(self.windows_days) <= 0:
+            raise ValueError(f"windows_days must be positive lengths, got {list(windows_days)}")
+        self.trend = None
+        if trend_days is not None:
+            short, long = (float(w) for w in trend_days)
+            if short not in self.windows_days or long not in self.windows_days or short >= long:
+                raise ValueError(
+                    f"trend_days {tuple(trend_days)} must be (short, long), short < long, both "
+                    f"in windows_days {self.windows_days}"
+                )
+            self.trend = (self.windows_days.index(short), self.windows_days.index(long))
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        self.hidden = hidden
+        self.memory_budget_mb = memory_budget_mb
+        self.num_features = len(self.windows_days) + (self.trend is not None) + 3
+
+    def build(self, ctx: BuildContext) -> None:
+        super().build(ctx)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.num_features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)
+        )
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def features(self, log: EventLog, t: Tensor) -> Tensor:
+        """``[F, Q, N + 1]`` float32 features at query times ``t [Q]``, in the order of the
+        class docstring (on the CPU, where the log is)."""
+        t = t.detach().long().cpu().contiguous()
+        if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):  # the counts sweep time upwards
+            order = torch.argsort(t)
+            return self.features(log, t[order])[:, torch.argsort(order)]
+        q, w, cols = len(t), len(self.windows_days), log.num_items + 1
+        windows = torch.empty(w, q, cols, dtype=torch.int32)  # [W, Q, N + 1]
+        for i, days in enumerate(self.windows_days):  # events in [t - w, t)
+            _window_counts_ascending(log, t, round(days * DAY), windows[i])
+        x = torch.empty(self.num_features, q, cols)  # [F, Q, N + 1]
+        torch.log1p(windows, out=x[:w])
+        j = w
+        if self.trend is not None:  # log((c_s + 1) / (c_l * s / l + 1))
+            s, lng = self.trend
+            ratio = self.windows_days[s] / self.windows_days[lng]
+            torch.sub(x[s], torch.log1p(windows[lng] * ratio), out=x[j])
+            j += 1
+        unseen = log.first_time[None, :] >= t[:, None]  # no event before t: no first, no last
+        for k, edge in ((j, log.first_time[None, :]), (j + 1, log.last_before(t))):
+            x[k].copy_(t[:, None] - edge).div_(DAY).log1p_().masked_fill_(unseen, 0.0)
+        x[j + 2].copy_(unseen)
+        return x
+
+    # ------------------------------------------------------------------ term
+    def _chunk(self, log: EventLog, t: Tensor) -> Tensor:
+        """``[q, N + 1]`` term of one chunk of query times."""
+        first, last = self.mlp[0], self.mlp[2]
+        x = self.features(log, t).to(first.weight.device)  # [F, q, N + 1]
+        f, q, cols = x.shape
+        flat, outs = x.view(f, -1), []
+        for lo in range(0, flat.shape[1], _MLP_BLOCK):  # hidden units of a block stay in cache
+            h = torch.addmm(first.bias[:, None], first.weight, flat[:, lo : lo + _MLP_BLOCK])
+            outs.append(torch.addmm(last.bias[:, None], last.weight, h.relu_()))  # [1, block]
+        out = torch.cat(outs, 1).view(q, cols)
+        return out.masked_fill(torch.arange(cols, device=out.device) == 0, 0.0)
+
+    def forward(self, log: EventLog, t: Tensor) -> Tensor:
+        if log.num_items != self.num_items:
+            raise ValueError(
+                f"the event log has {log.num_items} items, the model {self.num_items}: the log of "
+                "another dataset?"
+            )
+        cols = self.num_items + 1
+        # bytes of temporaries per query time: counts, features, int64 times, hidden units
+        per_time = cols * 4 * (len(self.windows_days) + self.num_features + 8 + self.hidden)
+        step = max(1, int(self.memory_budget_mb * 2**20) // per_time)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        part = functools.partial(self._chunk, log)
+        outs = [
+            checkpoint(part, t[lo : lo + step], use_reentrant=False)
+            if grad
+            else part(t[lo : lo + step])
+            for lo in range(0, len(t), step)
+        ]
+        if not outs:
+            return torch.zeros(0, cols, device=self.mlp[0].weight.device)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+class TermCache:
+    """Rows of a score term by query time, reused while a key (the weights, device and log
+    that made them) stays the same; at most ``capacity`` rows, least recently used go first.
+
+    Rows live in one ``[capacity, N + 1]`` table, so a batch's rows are one gather.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._key: Hashable | None = None
+        self._slots: OrderedDict[int, int] = OrderedDict()  # time -> row of the table
+        self._free: list[int] = []
+        self._table: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @torch.no_grad()
+    def slots(
+        self,
+        key: Hashable,
+        times: list[int],
+        capacity: int,
+        compute: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """``[T]`` rows holding the term at each of ``times`` (distinct, at most
+        ``capacity``), from ``compute(missing times [M]) -> [M, N + 1]`` where not held."""
+        if key != self._key or self._table is not None and len(self._table) != capacity:
+            self.clear()
+            self._key, self._free = key, list(range(capacity - 1, -1, -1))
+        slots, free = self._slots, self._free
+        missing = [s for s in times if s not in slots]
+        for s in times:
+            if s in slots:
+                slots.move_to_end(s)  # the least recently used first
+        if missing:
+            fresh = compute(torch.tensor(missing, dtype=torch.long))  # [M, N + 1]
+            if self._table is None:
+                self._table = fresh.new_empty(capacity, fresh.shape[1])
+            while len(free) < len(missing):  # evicts no wanted time: they were moved last
+                free.append(slots.popitem(last=False)[1])
+            at = [free.pop() for _ in missing]
+            self._table[torch.tensor(at, device=fresh.device)] = fresh
+            slots.update(zip(missing, at, strict=True))
+        return torch.tensor([slots[s] for s in times], dtype=torch.long)
+
+    def rows(self, slots: Tensor) -> Tensor:
+        """``[Q, N + 1]`` (a new tensor): the table's rows ``slots [Q]``."""
+        return self._table.index_select(0, slots.to(self._table.device))
+
+
+def _window_counts_ascending(log: EventLog, t: Tensor, seconds: int, out: Tensor) -> Tensor:
+    """``log.window_counts(t, [seconds])[:, 0]`` (events in ``[t - seconds, t)``) for
+    ascending times ``t [Q]``, into ``out [Q, N + 1]`` int32.
+
+    A row whose window moved by few events since the previous time is that row plus the
+    events that entered the window minus those that left it (both cut by ``log.position``:
+    events strictly before a time), by a running sum; the others (the first, and those after
+    a gap of more than ``log.stride`` events) are the log's own query. Close times (a batch's
+    distinct days) then cost a pass or two over their rows, not two snapshots and deltas each.
+    """
+    q, cols = len(t), log.num_items + 1
+    hi, lo = log.position(t), log.position(t - seconds)  # [Q] each
+    moved = (hi[1:] - hi[:-1]) + (lo[1:] - lo[:-1])  # [Q - 1] events in or out of the window
+    fresh = torch.ones(q, dtype=torch.bool)
+    fresh[1:] = moved > log.stride
+    starts = fresh.nonzero()[:, 0]  # [S] rows read from the log
+    out.zero_()
+    out[starts] = log.window_counts(t[starts], [seconds])[:, 0]
+    swept = ~fresh[1:]  # [Q - 1] rows 1.. that add the events since the previous time
+    for p, sign in ((hi, 1), (lo, -1)):
+        lens = (p[1:] - p[:-1]) * swept  # [Q - 1]
+        total = int(lens.sum())
+        if total:
+            row = torch.repeat_interleave(torch.arange(1, q), lens)  # [M] row of each event
+            first = torch.repeat_interleave(p[:-1], lens)  # the previous time's cut
+            offset = torch.arange(total) - torch.repeat_interleave(
+                torch.cumsum(lens, 0) - lens, lens
+            )
+            at = row * cols + log.items[first + offset]
+            out.view(-1).index_add_(0, at, torch.full((total,), sign, dtype=torch.int32))
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), q], strict=True):
+        if b - a > 1:
+            torch.cumsum(out[a:b], 0, out=out[a:b])  # a running sum from each read row
+    return out
