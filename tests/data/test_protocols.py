@@ -232,26 +232,28 @@ def test_fit_on_valid_trains_through_validation_and_leaves_test_rows_as_they_are
     assert refit.protocol_description().endswith("one-shot, refit on train + valid")
 
 
+def tiny_config(path: Path, data_dir: Path | None, max_epochs: int, **top) -> Path:
+    """A fit config of a tiny ID-only model on a prepared folder (none: the caller gives
+    ``data.data_dir``), no logger, no progress bar; ``top``: more top-level entries."""
+    import yaml
+
+    data = {"prepare": None, "max_len": 8, "batch_size": 16}
+    data |= {"data_dir": str(data_dir)} if data_dir is not None else {}
+    trainer = {"max_epochs": max_epochs, "logger": False, "enable_progress_bar": False}
+    config = {"trainer": trainer, "data": data, "model": {"d_model": 8}} | top
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_a_refit_fit_trains_the_given_epochs_without_validation(tmp_path, capsys):
     import torch
-    import yaml
 
     from mmrec.cli import main
 
     data = make_synthetic_dataset(
         tmp_path / "ds", num_users=40, num_items=40, split="temporal", seed=1
     )
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "trainer": {"max_epochs": 3, "logger": False, "enable_progress_bar": False},
-                "data": {"data_dir": str(data), "prepare": None, "max_len": 8, "batch_size": 16},
-                "model": {"d_model": 8},
-            }
-        )
-    )
+    config = tiny_config(tmp_path / "tiny.yaml", data, 3, name="tiny")
     root = tmp_path / "runs"
     args = [f"--config={config}", f"--trainer.default_root_dir={root}", "--data.fit_on_valid=true"]
     assert main(["fit", *args]) == 0

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mmrec.cli import main
+from tests.data.test_protocols import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "mmrec" / "data" / "shipped"
@@ -460,16 +461,7 @@ def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys
     data = make_synthetic_dataset(
         tmp_path / "ds", num_users=60, num_items=40, split="temporal", seed=4
     )
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {"max_epochs": 3, "enable_progress_bar": False, "logger": False},
-                "data": {"data_dir": str(data), "prepare": None, "max_len": 8, "batch_size": 16},
-                "model": {"d_model": 8},
-            }
-        )
-    )
+    base = tiny_config(tmp_path / "base.yaml", data, 3)
     config = {
         "name": "refit",
         "base": [str(base)],
@@ -522,16 +514,7 @@ def test_rolling_origin_folds_give_a_table_per_fold_and_one_pooled(tmp_path):
             valid_start="2014-03-01", test_start=test_start,
         )  # fmt: skip
         folds[name] = [f"data.data_dir={data}"]
-    base = tmp_path / "base.yaml"
-    base.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "logger": False},
-                "data": {"prepare": None, "max_len": 8, "batch_size": 16},
-                "model": {"d_model": 8},
-            }
-        )
-    )
+    base = tiny_config(tmp_path / "base.yaml", None, 1)
     config = {
         "name": "rolling",
         "base": [str(base)],
