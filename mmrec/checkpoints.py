@@ -151,6 +151,33 @@ def check_components(hparams: dict, trusted: list[str], path: str | Path = "") -
         raise ConfigError(f"{where} refused: {err}") from None
 
 
+def check_weights(model: Any, state: dict, path: str | Path) -> None:
+    """The checkpoint's weights must fit the model its hyper-parameters build: the same names
+    and shapes, before torch reports a mismatch as a long traceback.
+
+    Raises:
+        ConfigError: One line naming the file, with the counts of missing, unexpected and
+            differently shaped weights and one example.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        k
+        for k in own
+        if k in state
+        and (not hasattr(state[k], "shape") or tuple(state[k].shape) != tuple(own[k].shape))
+    ]
+    if missing or unexpected or shapes:
+        example = (missing or unexpected or shapes)[0]
+        raise ConfigError(
+            f"checkpoint {path}: its weights do not fit the model its hyper-parameters build "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of another "
+            f"shape or type, e.g. {example!r}); a damaged or edited checkpoint? pass one "
+            "written by `mmrec fit`"
+        )
+
+
 def given_model_options(argv: list[str]) -> set[str]:
     """Model constructor arguments named on the command line (``--model.d_model 64``)."""
     names = set()

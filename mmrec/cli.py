@@ -61,6 +61,7 @@ when the launcher has no job id of its own).
 def _cli_class():
     """Build the LightningCLI subclass (imports Lightning lazily, so `mmrec --help` is fast)."""
     import torch
+    from jsonargparse import ArgumentError
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -70,6 +71,7 @@ def _cli_class():
         LINKED,
         check_command_line,
         check_data,
+        check_weights,
         checked_hparams,
         read_checkpoint,
     )
@@ -93,6 +95,7 @@ def _cli_class():
 
         run: Run
         ckpt_hparams: dict[str, Any]
+        ckpt_state: dict[str, Any]
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
@@ -149,13 +152,23 @@ def _cli_class():
             ckpt = read_checkpoint(cfg.ckpt_path)
             trusted = cfg.model.get("trusted_modules") or []
             hparams = checked_hparams(ckpt, cfg.ckpt_path, trusted)
-            self.ckpt_hparams = hparams
+            self.ckpt_hparams, self.ckpt_state = hparams, ckpt["state_dict"]
             if not hparams or command == "run":
                 return
             check_command_line(cfg.model, hparams, sys.argv[1:])
             skip = (*EVAL_OPTIONS, *LINKED)
             keep = {k: v for k, v in hparams.items() if k not in skip and not k.startswith("_")}
-            self.config = self.parser.parse_object({command: {"model": keep}}, self.config)
+            exits, self.parser.exit_on_error = self.parser.exit_on_error, False
+            try:
+                self.config = self.parser.parse_object({command: {"model": keep}}, self.config)
+            except ArgumentError as err:
+                reason = " ".join(str(err).split())[:300]
+                raise ConfigError(
+                    f"checkpoint {cfg.ckpt_path}: its stored model config does not parse "
+                    f"({reason}); a damaged or edited checkpoint? pass one written by `mmrec fit`"
+                ) from None
+            finally:
+                self.parser.exit_on_error = exits
 
         def before_instantiate_classes(self) -> None:
             cfg, command = self._command_config()
@@ -181,6 +194,8 @@ def _cli_class():
         def after_instantiate_classes(self) -> None:
             if self.ckpt_hparams:
                 check_data(self.ckpt_hparams, self.datamodule, self.config_init)
+                cfg, _ = self._command_config()
+                check_weights(self.model, self.ckpt_state, cfg.ckpt_path)
 
         def instantiate_trainer(self, **kwargs):
             config_logger = self._get(self.config_init, "trainer", default={}).get("logger")

@@ -214,7 +214,7 @@ class MMRecModule(L.LightningModule):
         """
         import yaml
 
-        from mmrec.checkpoints import checked_hparams, read_checkpoint
+        from mmrec.checkpoints import check_weights, checked_hparams, read_checkpoint
 
         if weights_only is False:
             raise ConfigError(
@@ -240,14 +240,9 @@ class MMRecModule(L.LightningModule):
             ) from None
         model.on_load_checkpoint(ckpt)
         strict = model.strict_loading if strict is None else strict
-        try:
-            model.load_state_dict(ckpt["state_dict"], strict=strict)
-        except RuntimeError as err:
-            raise ConfigError(
-                f"checkpoint {checkpoint_path}: its weights do not fit the model its "
-                f"hyper-parameters build ({str(err).splitlines()[0].rstrip(':')}); a damaged or "
-                "edited checkpoint? pass one written by `mmrec fit`"
-            ) from None
+        if strict:
+            check_weights(model, ckpt["state_dict"], checkpoint_path)
+        model.load_state_dict(ckpt["state_dict"], strict=strict)
         if isinstance(map_location, (str, torch.device)):
             model = model.to(map_location)
         return model

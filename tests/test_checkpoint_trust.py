@@ -277,6 +277,34 @@ def test_broken_checkpoints_are_one_line_naming_the_file(data, tmp_path, capsys)
     assert not (tmp_path / "ran").exists()
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("init_arg", "its stored model config does not parse"),
+        (
+            "weights",
+            "its weights do not fit the model its hyper-parameters build (1 missing, 1 unexpected",
+        ),
+    ],
+)
+def test_lightning_commands_answer_an_edited_checkpoint_in_one_line(
+    data, tmp_path, capsys, edit, message
+):
+    model = _model(data)
+    path = _save(model, tmp_path / "edited.ckpt")
+    state = torch.load(path, weights_only=True)
+    if edit == "init_arg":
+        state["hyper_parameters"]["sequence"]["init_args"]["n_layer"] = "two"
+    else:
+        name = next(iter(state["state_dict"]))
+        state["state_dict"][name + "_renamed"] = state["state_dict"].pop(name)
+    torch.save(state, path)
+    args = ["test", f"--config={_config(tmp_path, data)}", f"--ckpt_path={path}"]
+    assert main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("mmrec test")]
+    assert len(err) == 1 and err[0].startswith(f"mmrec test: error: checkpoint {path}: {message}")
+
+
 def test_embed_refuses_a_pickled_clip_checkpoint_with_one_line(data, tmp_path, capfd):
     _pickle_payload(tmp_path / "clip.pt", tmp_path / "ran")
     args = ["embed", f"--dataset={data}", f"--model={tmp_path / 'clip.pt'}", "--modalities", "text"]
