@@ -512,6 +512,7 @@ def run(cfg: ExperimentConfig, config_file: str | None, command: str | None = No
     the tables."""
     from mmrec.experiments.report import write_report
 
+    current_code()  # the code this process imported, read now: the tree may change while it runs
     here = Path(config_file).parent if config_file else Path()
     store = ResultStore(cfg.store)
     runs = plan(cfg, here)
