@@ -88,6 +88,13 @@ class ExperimentConfig:
             seed and baseline runs on every fold; ``results.md`` of each fold goes to
             ``<out>/<fold>/`` and the one in ``<out>`` pools the folds (every fold's test users
             together, paired tests over them). Empty: one table, no folds.
+        test_overrides: Dotted overrides applied when testing only, e.g.
+            ``data.eval_protocol=successive``: models trained and early-stopped as without
+            them (validation included), then tested under them, as a deployed model is
+            between retrains. A model run whose training is stored (the same run without
+            them, from any experiment) is tested from that run's best checkpoint instead of
+            being trained again; a run trained here also stores that run (tested without
+            them). Baselines are evaluated under them too.
     """
 
     name: str
@@ -115,6 +122,7 @@ class ExperimentConfig:
     claims: str | None = None
     refit: bool = False
     folds: dict[str, list[str]] = field(default_factory=dict)
+    test_overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # plain dicts, as written in the file (jsonargparse parses a nested class_path mapping
@@ -133,6 +141,8 @@ class Run:
     baseline: str | dict[str, Any] | None = None
     refit_of: str | None = None  # a refit twin: the key of the run whose best epoch it takes
     fold: str | None = None  # the rolling-origin fold it runs on (``folds``)
+    test_args: tuple[str, ...] = ()  # options of its test only (``test_overrides``)
+    trained_as: str | None = None  # with test_args: the key of the run whose training it is
 
 
 def slug(text: str) -> str:
@@ -157,6 +167,17 @@ def _entry_args(entry: str, here: Path) -> list[str]:
     return [f"--{key.strip().lstrip('-')}={value.strip()}"]
 
 
+def _test_entry_args(entry: str) -> list[str]:
+    """``--key=value`` of a ``test_overrides`` entry (dotted overrides only: a config file
+    could change the training)."""
+    if "=" not in entry:
+        raise ConfigError(
+            f"test_overrides entry {entry!r} is no dotted override key=value (e.g. "
+            "data.eval_protocol=successive)"
+        )
+    return _entry_args(entry, Path())
+
+
 def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
     """Every run of the experiment, variants x seeds, then the baselines (seed 0)."""
     from mmrec.cli import resolve_config
@@ -167,6 +188,7 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
     if reference not in cfg.variants and reference not in cfg.baselines:
         raise ConfigError(f"reference {reference!r} is not a variant: {list(cfg.variants)}")
     common = [a for entry in [*cfg.base, *cfg.overrides] for a in _entry_args(entry, here)]
+    tested = tuple(a for entry in cfg.test_overrides for a in _test_entry_args(entry))
     runs = []
     for fold, fold_entries in (cfg.folds or {None: []}).items():
         at = [a for entry in fold_entries or [] for a in _entry_args(entry, here)]
@@ -184,13 +206,22 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
                     f"--trainer.default_root_dir={cfg.root}",
                 ]
                 key = run_key(resolve_config(args))
-                runs.append(Run(variant, seed, tuple(args), key, fold=fold))
+                if not tested:
+                    runs.append(Run(variant, seed, tuple(args), key, fold=fold))
+                    continue
+                # its own key: the training's, and the whole config it is tested with
+                both = run_key({"trained_as": key, "tested_as": resolve_config([*args, *tested])})
+                runs.append(
+                    Run(variant, seed, tuple(args), both, fold=fold, test_args=tested,
+                        trained_as=key)
+                )  # fmt: skip
         if cfg.baselines:
-            data = resolve_config([*common, *at])["data"]
+            data = resolve_config([*common, *at, *tested])["data"]
             for variant, entry in cfg.baselines.items():
                 spec = baseline_spec(entry, f"baselines[{variant!r}]")
                 key = run_key({"baseline": spec, "data": data, "ks": _ks(cfg)})
-                runs.append(Run(variant, 0, (*common, *at), key, baseline=spec, fold=fold))
+                args = (*common, *at, *tested)
+                runs.append(Run(variant, 0, args, key, baseline=spec, fold=fold))
     if cfg.refit:
         from mmrec.experiments.refit import refit_twins
 
@@ -247,11 +278,19 @@ def _wandb(run: Run, cfg: ExperimentConfig) -> dict[str, Any]:
                            "key": run.key}}  # fmt: skip
 
 
-def train_and_test(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
+def train_and_test(
+    run: Run, cfg: ExperimentConfig, store: ResultStore | None = None
+) -> tuple[dict, pl.DataFrame]:
     """Fit a run, test its best-validation checkpoint: ``(record, per-user table)``; the fit
-    and the test are W&B runs of their own, grouped by experiment."""
+    and the test are W&B runs of their own, grouped by experiment. A run with ``test_args``
+    is tested from the stored training of ``trained_as`` when its best checkpoint is on disk
+    (no training); trained here, that training is stored too (tested without them)."""
     import torch
 
+    if run.test_args and store is not None:
+        reused = _tested_from_stored(run, cfg, store)
+        if reused is not None:
+            return reused
     start = time.perf_counter()
     fit = run_tracked(["fit", *run.args], cfg.name, _wandb(run, cfg))
     train_s = time.perf_counter() - start
@@ -259,17 +298,57 @@ def train_and_test(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]
     if not ckpt.best_model_path:
         raise ConfigError(f"{run.variant} seed {run.seed}: the fit saved no best checkpoint")
     best_epoch = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"]
-    test = run_tracked(
-        ["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"], cfg.name, _wandb(run, cfg)
-    )
     record = {
-        "test": _test_metrics(test),
         "val_ndcg@10": float(ckpt.best_model_score),
         "best_epoch": int(best_epoch),
         "epochs": int(fit.trainer.current_epoch),
         "train_seconds": round(train_s, 1),
         "run_folder": str(fit.run.folder),
     }
+    if run.test_args and store is not None and store.get(run.trained_as) is None:
+        plain = dataclasses.replace(run, key=run.trained_as, test_args=(), trained_as=None)
+        test = run_tracked(
+            ["test", *run.args, f"--ckpt_path={ckpt.best_model_path}"], cfg.name,
+            _wandb(plain, cfg),
+        )  # fmt: skip
+        store.put(plain.key, _describe(record | {"test": _test_metrics(test)}, plain, cfg),
+                  test.model.per_user)  # fmt: skip
+    test = run_tracked(
+        ["test", *run.args, *run.test_args, f"--ckpt_path={ckpt.best_model_path}"],
+        cfg.name, _wandb(run, cfg),
+    )  # fmt: skip
+    record = {"test": _test_metrics(test), **record}
+    if run.test_args:
+        record["trained_as"] = run.trained_as
+    return record, test.model.per_user
+
+
+def _tested_from_stored(
+    run: Run, cfg: ExperimentConfig, store: ResultStore
+) -> tuple[dict, pl.DataFrame] | None:
+    """``run`` tested under its ``test_args`` from the best checkpoint of its stored training
+    (``trained_as``); None when that run is not stored or its checkpoint is gone."""
+    from mmrec.experiments.tracking import run_tracked
+
+    trained = store.get(run.trained_as)
+    folder = (trained or {}).get("run_folder")
+    best = Path(folder) / "checkpoints" / "best.ckpt" if folder else None
+    if best is None or not best.is_file():
+        if trained is not None:
+            print(
+                f"mmrec experiment: {run.variant} seed {run.seed}: the checkpoint of its stored "
+                f"training ({best or 'no run folder'}) is gone: training it again", flush=True
+            )  # fmt: skip
+        return None
+    print(f"mmrec experiment: {run.variant} seed {run.seed}: testing the stored training "
+          f"{run.trained_as} ({best})", flush=True)  # fmt: skip
+    test = run_tracked(
+        ["test", *run.args, *run.test_args, f"--ckpt_path={best}"], cfg.name, _wandb(run, cfg)
+    )
+    record = {"test": _test_metrics(test)} | {
+        k: trained[k] for k in ("val_ndcg@10", "best_epoch", "epochs", "train_seconds")
+    }
+    record |= {"run_folder": folder, "trained_as": run.trained_as}
     return record, test.model.per_user
 
 
@@ -281,7 +360,11 @@ def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> li
     from mmrec.checkpoints import read_checkpoint
     from mmrec.experiments.tracking import run_tracked
 
-    missing = {r.key: r for r in runs if r.baseline is None and store.get(r.key) is None}
+    missing = {
+        r.trained_as or r.key: r
+        for r in runs
+        if r.baseline is None and r.refit_of is None and store.get(r.key) is None
+    }
     adopted = []
     for entry in cfg.adopt:
         folder = Path(entry)
@@ -317,7 +400,10 @@ def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> li
         if not monitor:
             raise ConfigError(f"adopt: {best} records no best validation score")
         print(f"mmrec experiment: adopt: testing {run.variant} seed {run.seed} from {folder}")
-        test = run_tracked(["test", *run.args, f"--ckpt_path={best}"], cfg.name, _wandb(run, cfg))
+        test = run_tracked(
+            ["test", *run.args, *run.test_args, f"--ckpt_path={best}"], cfg.name,
+            _wandb(run, cfg),
+        )  # fmt: skip
         epochs = int(read_checkpoint(last).get("epoch", -1)) + 1
         record = {
             "test": _test_metrics(test),
@@ -328,6 +414,8 @@ def adopt_runs(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> li
             "run_folder": str(folder),
             "adopted": True,
         }
+        if run.test_args:
+            record["trained_as"] = run.trained_as
         store.put(run.key, _describe(record, run, cfg), test.model.per_user)
         adopted.append(run)
     return adopted
@@ -398,7 +486,7 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
 
             record, per_user = refit_and_test(run, cfg, store)  # type: ignore[misc]
         elif run.baseline is None:
-            record, per_user = train_and_test(run, cfg)
+            record, per_user = train_and_test(run, cfg, store)
         else:
             record, per_user = evaluate_baseline(run, cfg)
         store.put(run.key, _describe(record, run, cfg), per_user)

@@ -32,7 +32,12 @@ def refit_twins(runs: list[Run]) -> list[Run]:
         key = run_key({"refit_of": run.key})
         twins.append(
             dataclasses.replace(
-                run, variant=run.variant + SUFFIX, args=args, key=key, refit_of=run.key
+                run,
+                variant=run.variant + SUFFIX,
+                args=args,
+                key=key,
+                refit_of=run.key,
+                trained_as=None,
             )
         )
     return twins
@@ -55,7 +60,9 @@ def refit_and_test(
     fit = run_tracked(["fit", *args], cfg.name, _wandb(run, cfg))
     train_s = time.perf_counter() - start
     last = fit.trainer.checkpoint_callback.best_model_path  # no monitor: the last epoch
-    test = run_tracked(["test", *args, f"--ckpt_path={last}"], cfg.name, _wandb(run, cfg))
+    test = run_tracked(
+        ["test", *args, *run.test_args, f"--ckpt_path={last}"], cfg.name, _wandb(run, cfg)
+    )
     record = {
         "test": _test_metrics(test),
         "val_ndcg@10": float(original["val_ndcg@10"]),  # what chose the epoch count

@@ -228,11 +228,16 @@ def _protocol(runs: list[Run]) -> str:
         run = next(iter(runs), None)
     if run is None:
         return "unknown (no runs)"
-    data = dict(resolve_config(list(run.args))["data"]) | {"prepare": None}
-    try:
-        text = AmazonDataModule(**data).protocol_description()
-    except (OSError, ValueError, KeyError) as err:
-        return f"unknown ({data.get('data_dir')}: {err})"
+    texts = []
+    for args in (run.args, (*run.args, *run.test_args)):
+        data = dict(resolve_config(list(args))["data"]) | {"prepare": None}
+        try:
+            texts.append(AmazonDataModule(**data).protocol_description())
+        except (OSError, ValueError, KeyError) as err:
+            return f"unknown ({data.get('data_dir')}: {err})"
+    trained, text = texts
+    if text != trained:  # test_overrides: tested otherwise than validated
+        text += f" at test; the models trained and their epochs chosen as: {trained}"
     refit = any(r.refit_of is not None for r in runs)
     return text + ("; rows marked (refit): trained again on train + valid" if refit else "")
 

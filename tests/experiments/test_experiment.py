@@ -551,3 +551,68 @@ def test_rolling_origin_folds_give_a_table_per_fold_and_one_pooled(tmp_path):
     assert row.split(" | ")[2].startswith(f"{together.mean():.4f}")
     n = sum(len(users[f]) for f in folds)
     assert f"| ndcg@10 | wider | {n} |" in pooled  # paired over every fold's users
+
+
+def test_test_overrides_test_the_stored_training_under_another_protocol(tmp_path, capsys):
+    """A successive table of models trained for a one-shot one: tested from their stored best
+    checkpoints (no training), the one-shot runs' validation and epochs kept; a run with no
+    stored training is trained once and stored under both keys."""
+    from mmrec.config import ConfigError
+    from mmrec.data.synthetic import make_synthetic_dataset
+    from mmrec.experiments.experiment import ExperimentConfig, plan
+    from mmrec.experiments.store import ResultStore
+
+    data = make_synthetic_dataset(
+        tmp_path / "ds", num_users=60, num_items=40, split="temporal", seed=4
+    )
+    base = tiny_config(tmp_path / "base.yaml", data, 2)
+    common = {"base": [str(base)], "store": str(tmp_path / "store"),
+              "root": str(tmp_path / "runs")}  # fmt: skip
+    one_shot = common | {"name": "once", "variants": {"ID only": []},
+                         "out": str(tmp_path / "once")}  # fmt: skip
+    path = tmp_path / "once.yaml"
+    path.write_text(yaml.safe_dump(one_shot))
+    assert main(["experiment", f"--config={path}"]) == 0
+    streaming = common | {
+        "name": "streaming",
+        "variants": {"ID only": [], "wider": ["model.d_model=16"]},
+        "baselines": {"popularity": "mmrec.experiments.baselines.PopularityBaseline"},
+        "test_overrides": ["data.eval_protocol=successive"],
+        "out": str(tmp_path / "streaming"),
+    }
+    runs = plan(ExperimentConfig(**streaming))
+    (trained,) = plan(ExperimentConfig(**one_shot))
+    stored, pop = (next(r for r in runs if r.variant == v) for v in ("ID only", "popularity"))
+    assert stored.trained_as == trained.key and stored.key != trained.key
+    assert stored.test_args == ("--data.eval_protocol=successive",)
+    # a baseline is evaluated as with the same setting in overrides (one key)
+    same = plan(ExperimentConfig(**common | {
+        "name": "x", "variants": {"ID only": []}, "overrides": ["data.eval_protocol=successive"],
+        "baselines": streaming["baselines"]}))  # fmt: skip
+    assert pop.key == same[-1].key
+    capsys.readouterr()
+    path = tmp_path / "streaming.yaml"
+    path.write_text(yaml.safe_dump(streaming))
+    assert main(["experiment", f"--config={path}"]) == 0
+    out = capsys.readouterr().out
+    assert f"ID only seed 0: testing the stored training {trained.key}" in out
+    store = ResultStore(tmp_path / "store")
+    first, again = store.get(trained.key), store.get(stored.key)
+    assert again["trained_as"] == trained.key and again["run_folder"] == first["run_folder"]
+    for k in ("val_ndcg@10", "best_epoch", "epochs", "train_seconds"):
+        assert again[k] == first[k], k
+    # successive: a row per test event, the one-shot table a row per user
+    rows, users = store.per_user(stored.key), store.per_user(trained.key)
+    assert len(rows) > len(users) and set(rows["user_idx"]) == set(users["user_idx"])
+    # "wider" had no stored training: trained here once, stored under both keys
+    wider = next(r for r in runs if r.variant == "wider")
+    assert store.get(wider.trained_as)["run_folder"] == store.get(wider.key)["run_folder"]
+    assert "trained_as" not in store.get(wider.trained_as)
+    md = (tmp_path / "streaming" / "results.md").read_text()
+    protocol = next(line for line in md.splitlines() if line.startswith("Protocol: "))
+    assert "successive at test; the models trained and their epochs chosen as: temporal" in (
+        protocol
+    ) and protocol.endswith("one-shot.")
+    streaming["test_overrides"] = ["configs/x.yaml"]
+    with pytest.raises(ConfigError, match="is no dotted override key=value"):
+        plan(ExperimentConfig(**streaming))
