@@ -458,7 +458,10 @@ def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFra
     result = evaluate(baseline, dm, "test", ks=_ks(cfg), beyond=True)
     seconds = round(time.perf_counter() - start, 1)
     per_user = result.per_user.sort("user_idx")
-    return {"test": result.metrics, "epochs": 0, "train_seconds": seconds}, per_user
+    # validation, as the models': what chooses among baselines and their settings
+    val = evaluate(baseline, dm, "valid", ks=[10]).metrics["ndcg@10"]
+    record = {"test": result.metrics, "val_ndcg@10": float(val), "epochs": 0}
+    return record | {"train_seconds": seconds}, per_user
 
 
 def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[Run]:
@@ -468,7 +471,7 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
     # first seeds rather than every seed of the first variants
     # (refit twins after every original run: they take their epoch count from it)
     order = sorted(runs, key=lambda r: (r.baseline is None, r.refit_of is not None, r.seed))
-    missing = [r for r in order if store.get(r.key) is None][index::count]
+    missing = [r for r in order if _missing(r, store)][index::count]
     done = []
     for i, run in enumerate(missing, 1):
         if run.refit_of is not None and store.get(run.refit_of) is None:
@@ -476,7 +479,7 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
             continue
         if cfg.claims and not _claim(Path(cfg.claims), run.key):
             continue  # another worker has it
-        if store.get(run.key) is not None:
+        if not _missing(run, store):
             continue
         done.append(run)
         what = f"{run.variant} seed {run.seed}" if run.baseline is None else run.variant
@@ -491,6 +494,13 @@ def execute(cfg: ExperimentConfig, runs: list[Run], store: ResultStore) -> list[
             record, per_user = evaluate_baseline(run, cfg)
         store.put(run.key, _describe(record, run, cfg), per_user)
     return done
+
+
+def _missing(run: Run, store: ResultStore) -> bool:
+    """Whether ``run`` is to be made: not stored, or a baseline stored before baselines were
+    validated (seconds to evaluate again; its key and test figures stay)."""
+    record = store.get(run.key)
+    return record is None or (run.baseline is not None and "val_ndcg@10" not in record)
 
 
 def _claim(folder: Path, key: str) -> bool:

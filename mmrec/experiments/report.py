@@ -185,6 +185,7 @@ def write_report(
         )  # fmt: skip
     if missing:
         lines += ["", f"Missing runs (not stored yet): {', '.join(missing)}."]
+    lines += _chosen_on_validation(cfg, found)
     rows = significance(cfg, found, store)
     if rows:
         lines += [
@@ -215,6 +216,29 @@ def write_report(
     lines += ["", f"Per run: `results.csv`; plot: `results.png`. Store keys: {_keys(found)}."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return missing
+
+
+def _chosen_on_validation(cfg: ExperimentConfig, found: dict[str, list[dict]]) -> list[str]:
+    """A line naming the baseline and the model variant with the best mean validation
+    NDCG@10: the ones to compare, chosen without the test split."""
+    best = {}
+    for kind, names in (
+        ("baseline", set(cfg.baselines)),
+        ("model", set(found) - set(cfg.baselines)),
+    ):
+        val = {
+            v: float(np.mean([r["val_ndcg@10"] for r in found[v]]))
+            for v in names
+            if v in found and found[v] and all("val_ndcg@10" in r for r in found[v])
+        }
+        if val:
+            name = max(val, key=val.get)
+            test = np.mean([r["test"].get("ndcg@10", math.nan) for r in found[name]])
+            best[kind] = f"{name} (val {val[name]:.4f}, test {test:.4f})"
+    if not best:
+        return []
+    return ["", "Chosen on validation (NDCG@10), test shown beside: "
+            + "; ".join(f"best {k}: {v}" for k, v in best.items()) + "."]  # fmt: skip
 
 
 def _protocol(runs: list[Run]) -> str:

@@ -84,6 +84,26 @@ def test_experiment_stores_every_run_and_writes_the_tables(experiment):
     assert "| ndcg@10 | ID + time | " in md and "| hr@10 | popularity | " in md
     assert "| Some paper | 0.1 | 0.2 | no | no | a log |" in md
     assert (tmp / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # baselines are validated as the models are: what chooses between them
+    pop = by["popularity", 0]
+    assert 0 < pop["val_ndcg@10"] < 1 and pop["val_ndcg@10"] != pop["test"]["ndcg@10"]
+    models = {v: (by[v, 0]["val_ndcg@10"] + by[v, 1]["val_ndcg@10"]) / 2
+              for v in ("ID only", "ID + time")}  # fmt: skip
+    best = max(models, key=models.get)
+    assert f"Chosen on validation (NDCG@10), test shown beside: best baseline: popularity (val {pop['val_ndcg@10']:.4f}, test {pop['test']['ndcg@10']:.4f}); best model: {best} (val {models[best]:.4f}, " in md  # noqa: E501
+
+
+def test_a_baseline_stored_without_validation_is_evaluated_again(experiment, tmp_path):
+    tmp, path = experiment
+    store = tmp_path / "store"
+    shutil.copytree(tmp / "store", store)
+    record = next(p for p in store.glob("*.json") if '"popularity"' in p.read_text())
+    old = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in old.items() if k != "val_ndcg@10"}))
+    assert main(["experiment", f"--config={path}", f"--store={store}", "--train=false",
+                 f"--out={tmp_path / 'out'}"]) == 0  # fmt: skip
+    again = json.loads(record.read_text())
+    assert again["val_ndcg@10"] == old["val_ndcg@10"] and again["test"] == old["test"]
 
 
 def test_rerun_trains_nothing(experiment, monkeypatch):
@@ -167,9 +187,9 @@ def test_workers_claim_runs_so_each_runs_once_and_seeds_go_first(tmp_path, monke
 
     trained = []
 
-    def fake_train(run, cfg):
+    def fake_train(run, cfg, *store):
         trained.append((run.variant, run.seed))
-        return {"test": {}}, pl.DataFrame({"user_idx": [1]})
+        return {"test": {}, "val_ndcg@10": 0.0}, pl.DataFrame({"user_idx": [1]})
 
     monkeypatch.setattr(ex, "train_and_test", fake_train)
     monkeypatch.setattr(ex, "evaluate_baseline", fake_train)
@@ -315,7 +335,7 @@ def test_damaged_store_files_are_named_and_their_runs_trained_again(
     assert "2 run(s) missing: ID only seed 0, ID + time seed 1" in captured.out
     trained = []
 
-    def retrain(run, cfg):  # the figures of the fixture's own training, without training again
+    def retrain(run, cfg, *store):  # the figures of the fixture's own training, without training again
         trained.append((run.variant, run.seed))
         original = tmp / "store" / f"{run.key}"
         fields = ("test", "val_ndcg@10", "best_epoch", "epochs", "train_seconds", "run_folder")
