@@ -101,6 +101,33 @@ def test_features_equal_a_brute_force_count_at_every_cut(max_snapshots):
             np.testing.assert_allclose(got[:, q].T.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("table_max", [2**20, 3])  # tables, and the direct path above the cap
+def test_features_of_day_granular_data_are_bitwise_the_elementwise_ones(monkeypatch, table_max):
+    """Counts and whole-day ages read tables of log1p: the very values the elementwise ops
+    give (a model trained on either scores the same), and second-granular times still get
+    their exact ages (the brute-force test above)."""
+    import mmrec.encoders.dynamics as dyn_module
+
+    monkeypatch.setattr(dyn_module, "_TABLE_MAX", table_max)
+    items, times, n = _hand_log(seed=5)
+    times = times - times % DAY  # day-granular, as the Amazon 2014 and 2018 files
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
+    dyn = RecentDynamics(windows_days=(1, 7, 30), trend_days=(7, 30))
+    t = torch.from_numpy(np.unique(times))[::3]
+    got = dyn.features(log, t)
+    counts = log.window_counts(t, [DAY, 7 * DAY, 30 * DAY]).permute(1, 0, 2)  # [W, Q, N + 1]
+    want = [torch.log1p(c) for c in counts]
+    want.append(want[1] - torch.log1p(counts[2] * (7.0 / 30.0)))
+    unseen = log.first_time[None, :] >= t[:, None]
+    for edge in (log.first_time[None, :], log.last_before(t)):
+        seconds = torch.empty(unseen.shape).copy_(t[:, None] - edge)
+        want.append(seconds.div_(DAY).log1p_().masked_fill_(unseen, 0.0))
+    want.append(unseen.float())
+    for f, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(a, b), f
+    assert int(counts.max()) > 3  # the capped run takes the direct path for some windows
+
+
 def test_recent_dynamics_checks_its_settings():
     with pytest.raises(ValueError, match="windows_days"):
         RecentDynamics(windows_days=(1, 7), trend_days=(7, 30))

@@ -90,7 +90,10 @@ def test_experiment_stores_every_run_and_writes_the_tables(experiment):
     models = {v: (by[v, 0]["val_ndcg@10"] + by[v, 1]["val_ndcg@10"]) / 2
               for v in ("ID only", "ID + time")}  # fmt: skip
     best = max(models, key=models.get)
-    assert f"Chosen on validation (NDCG@10), test shown beside: best baseline: popularity (val {pop['val_ndcg@10']:.4f}, test {pop['test']['ndcg@10']:.4f}); best model: {best} (val {models[best]:.4f}, " in md  # noqa: E501
+    assert (
+        f"Chosen on validation (NDCG@10), test shown beside: best baseline: popularity (val {pop['val_ndcg@10']:.4f}, test {pop['test']['ndcg@10']:.4f}); best model: {best} (val {models[best]:.4f}, "
+        in md
+    )  # noqa: E501
 
 
 def test_a_baseline_stored_without_validation_is_evaluated_again(experiment, tmp_path):
@@ -335,7 +338,7 @@ def test_damaged_store_files_are_named_and_their_runs_trained_again(
     assert "2 run(s) missing: ID only seed 0, ID + time seed 1" in captured.out
     trained = []
 
-    def retrain(run, cfg, *store):  # the figures of the fixture's own training, without training again
+    def retrain(run, cfg, *store):  # the fixture's own figures, without training again
         trained.append((run.variant, run.seed))
         original = tmp / "store" / f"{run.key}"
         fields = ("test", "val_ndcg@10", "best_epoch", "epochs", "train_seconds", "run_folder")
