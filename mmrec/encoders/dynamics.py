@@ -55,7 +55,9 @@ class RecentDynamics(ItemDynamics):
     Cost: the features are ``len(windows_days) + 4`` numbers per (time, item), computed per
     distinct query time in chunks of at most ``memory_budget_mb`` of temporaries; in training
     each chunk is recomputed in the backward pass (activation checkpointing) instead of being
-    kept, so memory stays at the ``[times, N + 1]`` term. State per item: the event log's
+    kept, so memory stays at the ``[times, N + 1]`` term, unless the batch's features and hidden
+    units fit in ``keep_features_mb`` (then they are kept, and nothing is computed twice).
+    State per item: the event log's
     (``EventLog.nbytes_per_item``); no feature is stored (the model keeps computed terms for
     evaluation, up to ``MMRecModule.dynamics_cache_mb``). Features are computed on the CPU,
     where the log is; only the MLP runs on the model's device.
@@ -68,6 +70,11 @@ class RecentDynamics(ItemDynamics):
         memory_budget_mb: Bound on the temporaries of one chunk of query times (does not
             change the result).
     """
+
+    #: Training batches whose features and hidden units fit in this many MB keep them for the
+    #: backward pass; larger ones compute them again there, chunk by chunk (activation
+    #: checkpointing). Speed only: the scores are the same either way.
+    keep_features_mb: float = 1024.0
 
     def __init__(
         self,
@@ -156,6 +163,9 @@ class RecentDynamics(ItemDynamics):
         per_time = cols * 4 * (len(self.windows_days) + self.num_features + 8 + self.hidden)
         step = max(1, int(self.memory_budget_mb * 2**20) // per_time)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        kept = len(t) * cols * 4 * (self.num_features + self.hidden + 1)  # features, hidden
+        if grad and kept <= self.keep_features_mb * 2**20:  # no recomputation in backward
+            return torch.cat([self._chunk(log, t[lo : lo + step]) for lo in range(0, len(t), step)])
         part = functools.partial(self._chunk, log)
         outs = [
             checkpoint(part, t[lo : lo + step], use_reentrant=False)

@@ -205,6 +205,28 @@ def test_a_training_loss_never_reads_an_event_after_its_positions_query_times(da
 
 
 # ------------------------------------------------------------------ training
+def test_kept_features_give_the_checkpointed_loss_and_gradients(dataset):
+    """Keeping a batch's features for the backward pass (when they fit keep_features_mb) is
+    speed only: the loss and every gradient equal those of recomputing them chunk by chunk."""
+    dm = _dm(dataset)
+    model = _for_data(dm)
+    batch = next(iter(dm.train_dataloader()))
+    results = []
+    for keep_mb in (0.0, 1024.0):
+        model.dynamics[0].keep_features_mb = keep_mb
+        model.dynamics[0].memory_budget_mb = 0.01  # several chunks
+        model.zero_grad()
+        loss = model.training_loss(batch)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        results.append((loss.detach(), [g.clone() for g in grads]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(p.grad.abs().sum() > 0 for p in model.dynamics.parameters())  # they learn
+    assert len(results[0][1]) == len(results[1][1])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_packed_training_loss_equals_the_padded_one(dataset):
     dm = _dm(dataset)
     model = _for_data(dm).eval()

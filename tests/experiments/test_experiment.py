@@ -90,10 +90,12 @@ def test_experiment_stores_every_run_and_writes_the_tables(experiment):
     models = {v: (by[v, 0]["val_ndcg@10"] + by[v, 1]["val_ndcg@10"]) / 2
               for v in ("ID only", "ID + time")}  # fmt: skip
     best = max(models, key=models.get)
-    assert (
-        f"Chosen on validation (NDCG@10), test shown beside: best baseline: popularity (val {pop['val_ndcg@10']:.4f}, test {pop['test']['ndcg@10']:.4f}); best model: {best} (val {models[best]:.4f}, "
-        in md
-    )  # noqa: E501
+    chosen = (
+        "Chosen on validation (NDCG@10), test shown beside: best baseline: popularity "
+        f"(val {pop['val_ndcg@10']:.4f}, test {pop['test']['ndcg@10']:.4f}); "
+        f"best model: {best} (val {models[best]:.4f}, "
+    )
+    assert chosen in md
 
 
 def test_a_baseline_stored_without_validation_is_evaluated_again(experiment, tmp_path):
