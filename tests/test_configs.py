@@ -129,7 +129,8 @@ def test_experiment_and_tune_configs_parse_and_resolve(path, monkeypatch):
         cfg, _ = config_from_args(["--config", str(path)])
         runs = plan(cfg)
         trained = [r for r in runs if r.baseline is None]
-        assert len(trained) == len(cfg.variants) * len(cfg.seeds)
+        copies = max(1, len(cfg.folds)) * (2 if cfg.refit else 1)  # per fold; refit twins
+        assert len(trained) == len(cfg.variants) * len(cfg.seeds) * copies
         assert len({r.key for r in trained}) == len(trained)  # every run is its own result
         assert (cfg.reference or next(iter(cfg.variants))) in cfg.variants
     else:
