@@ -45,11 +45,22 @@ class ShortErrors:
             return super().error(message, ex)  # type: ignore[misc]
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        lines = [f"{prog}: error: {message.strip()}"]
+        lines = [f"{prog}: error: {_one_line(message)}"]
         lines += [f"  {hint}" for hint in did_you_mean(message, _options(parser))]
         lines.append(f"  see `{prog} --help` for every option")
         sys.stderr.write("\n".join(lines) + "\n")
         self.exit(2)  # type: ignore[attr-defined]
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's error on one line: its first line, and the value it was given (a type
+    error lists every subtype it tried, one per line)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message.strip()
+    given = next((line for line in lines if line.startswith("Given value:")), None)
+    first = lines[0].rstrip(":")
+    return f"{first}; {given[0].lower()}{given[1:]}" if given else f"{first}: {lines[1]}"
 
 
 @cache

@@ -104,8 +104,9 @@ class ExperimentConfig:
     reference: str | None = None
     overrides: list[str] = field(default_factory=list)
     baselines: dict[str, str | dict[str, Any]] = field(default_factory=dict)
-    published: list[dict[str, Any]] = field(default_factory=list)
-    variant_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # typed values: a string of a published row stays a string ("a: b" is no mapping)
+    published: list[dict[str, str | float | bool | None]] = field(default_factory=list)
+    variant_info: dict[str, dict[str, bool | None]] = field(default_factory=dict)
     metrics: list[str] = field(
         default_factory=lambda: ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr", "map@10"]
     )
@@ -128,6 +129,53 @@ class ExperimentConfig:
         # plain dicts, as written in the file (jsonargparse parses a nested class_path mapping
         # into a Namespace): for the run keys, the tables and the workers' YAML (``jobs``)
         self.baselines = {name: _plain(entry) for name, entry in self.baselines.items()}
+        check_settings(self)
+
+
+#: Keys of a ``published`` row: its name and source, what it uses, and metric figures.
+_PUBLISHED_TEXT, _PUBLISHED_FLAGS = ("model", "source"), ("uses_target_time", "uses_content")
+
+
+def check_settings(cfg: ExperimentConfig) -> None:
+    """Refuse, in one line naming the key, an experiment whose names are not strings, whose
+    published rows miss their name, source or flags or give a figure that is not a number,
+    or whose ``variant_info`` names no variant: before anything trains."""
+    for key in ("variants", "baselines", "folds", "variant_info"):
+        for name in getattr(cfg, key) or {}:
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{key}: the name {name!r} is not a string (quote it)")
+    if not isinstance(cfg.name, str) or not cfg.name.strip():
+        raise ConfigError(f"name: {cfg.name!r} is not a string")
+    for i, row in enumerate(cfg.published):
+        where = f"published[{i}]"
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{where}: a mapping with model, figures, flags and source, got {row!r}"
+            )
+        for key in _PUBLISHED_TEXT:
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise ConfigError(
+                    f"{where}.{key}: a string is needed, got {row.get(key)!r} (quote a text "
+                    "that holds ': ')"
+                )
+        for key in _PUBLISHED_FLAGS:
+            if not isinstance(row.get(key), bool):
+                raise ConfigError(f"{where}.{key}: true or false is needed, got {row.get(key)!r}")
+        figures = {k: v for k, v in row.items() if k not in (*_PUBLISHED_TEXT, *_PUBLISHED_FLAGS)}
+        for key, value in figures.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{where}.{key}: a number is needed, got {value!r}")
+        if not figures:
+            raise ConfigError(f"{where}: no figure (e.g. ndcg@10: 0.05)")
+    for name, info in cfg.variant_info.items():
+        if name not in cfg.variants and name not in cfg.baselines:
+            raise ConfigError(f"variant_info.{name}: no variant or baseline of that name")
+        for key, value in (info or {}).items():
+            if key not in _PUBLISHED_FLAGS or not isinstance(value, bool):
+                raise ConfigError(
+                    f"variant_info.{name}.{key}: only uses_target_time / uses_content, true or "
+                    f"false, got {key}: {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -645,9 +693,13 @@ def main(argv: list[str] | None = None) -> int:
     from mmrec.parsing import exit_status
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    cfg, config_file = config_from_args(argv)
     command = shlex.join(["mmrec", "experiment", *argv])
-    return exit_status("mmrec experiment", lambda: run(cfg, config_file, command))
+
+    def parse_and_run() -> None:  # a setting refused by check_settings: one line too
+        cfg, config_file = config_from_args(argv)
+        run(cfg, config_file, command)
+
+    return exit_status("mmrec experiment", parse_and_run)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mmrec.cli import main
+from mmrec.config import ConfigError
 from tests.data.test_protocols import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -641,3 +642,55 @@ def test_test_overrides_test_the_stored_training_under_another_protocol(tmp_path
     streaming["test_overrides"] = ["configs/x.yaml"]
     with pytest.raises(ConfigError, match="is no dotted override key=value"):
         plan(ExperimentConfig(**streaming))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("model: {a: b}", "Parser key \"published\"; given value: {'a': 'b'}"),
+        ("model: [x]", "Parser key \"published\"; given value: ['x']"),
+        ("ndcg@10: high", "published[0].ndcg@10: a number is needed, got 'high'"),
+        ("uses_content: maybe", "published[0].uses_content: true or false is needed, got 'maybe'"),
+        (
+            "source: null",
+            "published[0].source: a string is needed, got None (quote a text that holds ': ')",
+        ),
+    ],
+)
+def test_a_bad_experiment_setting_is_one_line_naming_the_key(tmp_path, capsys, entry, message):
+    """A name where a mapping was parsed (an unquoted ': '), a figure that is no number or a
+    flag that is no boolean is refused before anything trains, in one line naming the key."""
+    row = {"model": "A: b", "ndcg@10": 0.1, "uses_target_time": False, "uses_content": False,
+           "source": "x"}  # fmt: skip
+    row |= yaml.safe_load("{" + entry + "}")
+    config = {"name": "bad", "base": [str(REPO / "configs" / "quickstart.yaml")],
+              "variants": {"ID only": []}, "published": [row],
+              "store": str(tmp_path / "s")}  # fmt: skip
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:  # the parser's own type errors exit, the settings' checks return
+        code = main(["experiment", f"--config={path}", "--train=false"])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"mmrec experiment: error: {message}"
+    assert "Traceback" not in err and not (tmp_path / "s").exists()
+
+
+def test_a_quoted_name_with_a_colon_stays_a_name_in_the_table(tmp_path):
+    from mmrec.experiments.experiment import ExperimentConfig, config_from_args
+
+    config = {"name": "ok", "base": ["configs/quickstart.yaml"], "variants": {"ID only": []},
+              "variant_info": {"ID only": {"uses_target_time": False}},
+              "published": [{"model": "SASRec+ (its own split: orientation only)",
+                             "ndcg@10": 0.024, "uses_target_time": False,
+                             "uses_content": False, "source": "a paper"}]}  # fmt: skip
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg, _ = config_from_args([f"--config={path}"])
+    assert cfg.published[0]["model"] == "SASRec+ (its own split: orientation only)"
+    with pytest.raises(ConfigError, match="variant_info.other: no variant or baseline"):
+        ExperimentConfig(**config | {"variant_info": {"other": {}}})
+    with pytest.raises(ConfigError, match=r"variants: the name 3 is not a string"):
+        ExperimentConfig(**config | {"variants": {3: []}})
