@@ -575,12 +575,18 @@ class MMRecModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = split_decay(self)
+        lr = self.hparams.lr
+        # item dynamics may learn faster than the rest (ItemDynamics.lr_scale)
+        scale = {id(p): m.lr_scale for m in self.dynamics for p in m.parameters()}
         groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            {"params": [p for p in params if scale.get(id(p), 1.0) == s], "lr": lr * s,
+             "weight_decay": wd}
+            for params, wd in ((decay, self.hparams.weight_decay), (no_decay, 0.0))
+            for s in sorted({1.0, *scale.values()})
+        ]  # fmt: skip
+        groups = [g for g in groups if g["params"]]
         fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused)
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=fused)
         warmup = max(int(self.hparams.warmup_steps), 0)
         ratio = self.hparams.get("lr_min_ratio")
         if not warmup and ratio is None:

@@ -31,6 +31,8 @@ class ItemDynamics(Encoder):
     """
 
     num_items: int = 0
+    #: Learning rate of this member's parameters, as a multiple of the model's ``lr``.
+    lr_scale: float = 1.0
 
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
@@ -69,6 +71,9 @@ class RecentDynamics(ItemDynamics):
         hidden: Hidden units of the MLP.
         memory_budget_mb: Bound on the temporaries of one chunk of query times (does not
             change the result).
+        lr_scale: Learning rate of the MLP as a multiple of the model's ``lr``: the term
+            starts at zero and must grow to the scale of the model's scores, in however few
+            steps a small category gives it.
     """
 
     #: Training batches whose features and hidden units fit in this many MB keep them for the
@@ -82,6 +87,7 @@ class RecentDynamics(ItemDynamics):
         trend_days: tuple[float, float] | None = (7.0, 30.0),
         hidden: int = 8,
         memory_budget_mb: float = 64.0,
+        lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.windows_days = [float(w) for w in windows_days]
@@ -100,6 +106,9 @@ class RecentDynamics(ItemDynamics):
             raise ValueError(f"hidden must be >= 1, got {hidden}")
         self.hidden = hidden
         self.memory_budget_mb = memory_budget_mb
+        if not lr_scale > 0:
+            raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
+        self.lr_scale = float(lr_scale)
         self.num_features = len(self.windows_days) + (self.trend is not None) + 3
 
     def build(self, ctx: BuildContext) -> None:

@@ -55,6 +55,12 @@ ADDED_LATER_CALLBACK_ARGS = {
 }
 
 
+#: The same for init arguments of the components in a list slot of the model, by slot.
+ADDED_LATER_COMPONENT_ARGS = {
+    ("dynamics", "lr_scale"): 1.0,
+}
+
+
 def _drop(config: dict, dotted: str, only_if: Any = ...) -> None:
     """Remove ``dotted`` from ``config`` (when its value is ``only_if``, where one is given)."""
     *parents, leaf = dotted.split(".")
@@ -79,6 +85,13 @@ def run_key(config: dict) -> str:
         _drop(config, dotted)
     for dotted, value in ADDED_LATER.items():
         _drop(config, dotted, only_if=value)
+    model = config.get("model") if isinstance(config, dict) else None
+    for (slot, arg), value in ADDED_LATER_COMPONENT_ARGS.items():
+        members = model.get(slot) if isinstance(model, dict) else None
+        for member in members if isinstance(members, list) else []:
+            init_args = member.get("init_args") if isinstance(member, dict) else None
+            if isinstance(init_args, dict) and init_args.get(arg, ...) == value:
+                init_args.pop(arg)
     callbacks = (config.get("trainer") or {}).get("callbacks") if isinstance(config, dict) else None
     for callback in callbacks if isinstance(callbacks, list) else []:
         init_args = callback.get("init_args") if isinstance(callback, dict) else None
