@@ -405,3 +405,41 @@ def test_a_config_without_dynamics_keeps_its_stored_run_key():
     )
     dyn["name"] = config["name"]
     assert run_key(dyn) != run_key(config)
+
+
+def test_lr_scale_gives_the_dynamics_their_own_learning_rate_and_keeps_old_keys(dataset):
+    """The dynamics' parameters get ``lr * lr_scale`` (every other parameter ``lr``, each in
+    its weight-decay group); a run stored before the option existed (lr_scale 1) keeps its
+    key, another scale is another run."""
+    from pathlib import Path
+
+    from mmrec.cli import resolve_config
+    from mmrec.experiments.store import run_key
+
+    dm = _dm(dataset)
+    model = _model(dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir, lr=0.002)
+    model.dynamics[0].lr_scale = 10.0
+    optimizer = model.configure_optimizers()
+    optimizer = (
+        optimizer if isinstance(optimizer, torch.optim.Optimizer) else optimizer["optimizer"]
+    )
+    by_param = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    dynamics = {id(p) for p in model.dynamics.parameters()}
+    assert dynamics and all(by_param[i] == pytest.approx(0.02) for i in dynamics)
+    others = [id(p) for p in model.parameters() if p.requires_grad and id(p) not in dynamics]
+    assert others and all(by_param[i] == pytest.approx(0.002) for i in others)
+    assert len(by_param) == len(dynamics) + len(others)  # every parameter, once
+    with pytest.raises(ValueError, match="lr_scale must be > 0"):
+        RecentDynamics(lr_scale=0.0)
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "beauty2014"
+    base = [f"--config={configs / 'sasrec.yaml'}", f"--config={configs / 'dyn_gpt2.yaml'}"]
+    old = resolve_config(base)
+    stored = json.loads(json.dumps(old, default=str))
+    stored["model"]["dynamics"][0]["init_args"].pop("lr_scale")  # as written before it existed
+    assert old["model"]["dynamics"][0]["init_args"]["lr_scale"] == 1.0
+    assert run_key(old) == run_key(stored)
+    fast = resolve_config([*base, f"--config={configs / 'dyn_fast_gpt2.yaml'}"])
+    fast["name"] = old["name"]
+    assert fast["model"]["dynamics"][0]["init_args"]["lr_scale"] == 10
+    assert run_key(fast) != run_key(old)
