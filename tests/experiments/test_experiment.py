@@ -690,7 +690,7 @@ def test_a_quoted_name_with_a_colon_stays_a_name_in_the_table(tmp_path):
     path.write_text(yaml.safe_dump(config))
     cfg, _ = config_from_args([f"--config={path}"])
     assert cfg.published[0]["model"] == "SASRec+ (its own split: orientation only)"
-    with pytest.raises(ConfigError, match="variant_info.other: no variant or baseline"):
-        ExperimentConfig(**config | {"variant_info": {"other": {}}})
+    with pytest.raises(ConfigError, match="variant_info.ID only.uses_content: only"):
+        ExperimentConfig(**config | {"variant_info": {"ID only": {"uses_content": "no"}}})
     with pytest.raises(ConfigError, match=r"variants: the name 3 is not a string"):
         ExperimentConfig(**config | {"variants": {3: []}})
