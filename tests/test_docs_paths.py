@@ -23,4 +23,3 @@ def test_every_config_and_result_a_document_names_exists(doc):
     named = _named(doc)
     missing = [p for p in named if not (REPO / p).exists()]
     assert not missing, f"{doc.name} names files that do not exist: {missing}"
-
