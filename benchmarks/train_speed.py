@@ -1,6 +1,6 @@
 """Seconds per training epoch: mmrec (Lightning, the sasrec config) vs a plain PyTorch loop.
 
-Both loops train the same model (built from configs/beauty2014/sasrec.yaml through the CLI
+Both loops train the same model (built from configs/beauty2014/sasrec_v1.yaml through the CLI
 parser, same initial weights) on the same DataLoader, with the same precision, gradient
 clipping and optimizer; the plain loop has no Lightning. Validation and checkpointing are off
 in both, so the numbers compare training epochs only. The first epoch of each is warm-up and
@@ -48,7 +48,7 @@ class EpochTimer(L.Callback):
 
 
 def build(data_dir: str, batch_size: int):
-    """Model and datamodule exactly as `mmrec fit --config configs/beauty2014/sasrec.yaml` builds
+    """Model and datamodule exactly as `mmrec fit --config configs/beauty2014/sasrec_v1.yaml` builds
     them."""
     from mmrec.cli import _cli_class
 

@@ -11,7 +11,7 @@ wall time from the start of training until validation NDCG@10 first reaches ``--
 (evaluating after every epoch; evaluation time included), and test NDCG@10/HR@10 of the
 best-validation model. RecBole does not exclude history items for sequential models, so mmrec
 runs here with history exclusion off (``exclude_history: false``) for a like-for-like table.
-mmrec uses its configs/beauty2014/sasrec.yaml (batch 256, causal loss at every position of one
+mmrec uses its configs/beauty2014/sasrec_v1.yaml (batch 256, causal loss at every position of one
 window per user); RecBole its defaults (batch 2048, one sample per prefix, i.e. ~7x more rows).
 
 RecBole is an optional benchmark dependency and needs its own virtual environment (its 1.2.1
@@ -192,7 +192,7 @@ def run_mmrec(args: argparse.Namespace, overrides: str = "") -> dict:
         fit_s = time.perf_counter() - clock.start
         test = trainer.test(model, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)[0]
     return {
-        "framework": "mmrec (configs/beauty2014/sasrec.yaml"
+        "framework": "mmrec (configs/beauty2014/sasrec_v1.yaml"
         + (f" {overrides}" if overrides else "")
         + ")",
         "train_rows": len(dm.datasets["train"]),

@@ -55,7 +55,7 @@ def dataset(tmp_path_factory):
 
 def test_configs_found():
     names = {str(p.relative_to(CONFIGS)) for p in TRAIN_CONFIGS}
-    assert {"quickstart.yaml", "beauty2014/sasrec.yaml", "beauty2014/mm_gpt2.yaml"} <= names
+    assert {"quickstart.yaml", "beauty2014/sasrec_v1.yaml", "beauty2014/mm_gpt2.yaml"} <= names
     assert any(n.startswith("ablations/") for n in names)
 
 
