@@ -357,7 +357,7 @@ def test_ema_decay_is_capped_to_a_horizon_in_epochs():
     """EMAWeights.capped_decay: a per-step decay whose horizon would span more than
     `max_horizon_epochs` epochs is lowered to one that spans exactly that many; Beauty's 88
     steps per epoch leave 0.998 and 0.999 as they are at the default cap (12 epochs)."""
-    from mmrec.runs import EMAWeights
+    from mmrec.callbacks import EMAWeights
 
     cap = EMAWeights.capped_decay
     assert cap(0.998, 88, 12.0) == 0.998 and cap(0.999, 88, 12.0) == 0.999
@@ -458,7 +458,7 @@ def test_decay_on_plateau_lowers_the_rate_keeps_its_floor_and_resumes(trained, t
     ],
 )
 def test_decay_on_plateau_rejects_bad_settings(kwargs, message):
-    from mmrec.runs import DecayOnPlateau
+    from mmrec.callbacks import DecayOnPlateau
 
     with pytest.raises(ValueError, match=re.escape(message)):
         DecayOnPlateau(**kwargs)
@@ -478,7 +478,7 @@ def test_decay_on_plateau_resets_on_improvement_in_either_mode(mode, values):
 
     import torch
 
-    from mmrec.runs import DecayOnPlateau
+    from mmrec.callbacks import DecayOnPlateau
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     trainer = SimpleNamespace(sanity_checking=False, optimizers=[optimizer],

@@ -60,6 +60,31 @@ ADDED_LATER_COMPONENT_ARGS = {
     ("dynamics", "lr_scale"): 1.0,
 }
 
+#: Classes that moved to another module after runs naming them were stored, by their class
+#: path now -> the one those runs' keys hold. The resolved config keeps the class path a config
+#: gives, so without this a config naming a class where it lives now
+#: (``mmrec.callbacks.EMAWeights``) would get another key than the same run stored under the
+#: old path (``mmrec.runs.EMAWeights``); the key reads every ``class_path`` through this map, so
+#: both spellings give the stored key. The old paths still import (re-exports), so old configs
+#: and checkpoints keep working. Issue 38 moved the callbacks out of ``mmrec.runs``.
+MOVED_CLASS_PATHS = {
+    f"mmrec.callbacks.{name}": f"mmrec.runs.{name}"
+    for name in ("EMAWeights", "DecayOnPlateau", "RandomState", "EpochLogInterval", "EpochSummary")
+}
+
+
+def _old_class_paths(node: Any) -> None:
+    """Rewrite, in place, every ``class_path`` of ``node`` found in :data:`MOVED_CLASS_PATHS`."""
+    if isinstance(node, dict):
+        path = node.get("class_path")
+        if isinstance(path, str) and path in MOVED_CLASS_PATHS:
+            node["class_path"] = MOVED_CLASS_PATHS[path]
+        for value in node.values():
+            _old_class_paths(value)
+    elif isinstance(node, list):
+        for value in node:
+            _old_class_paths(value)
+
 
 def _drop(config: dict, dotted: str, only_if: Any = ...) -> None:
     """Remove ``dotted`` from ``config`` (when its value is ``only_if``, where one is given)."""
@@ -75,12 +100,14 @@ def _drop(config: dict, dotted: str, only_if: Any = ...) -> None:
 
 def run_key(config: dict) -> str:
     """The key of a run: a hash of its resolved config without the :data:`VOLATILE` keys
-    (nor the :data:`ADDED_LATER` ones at their old behaviour's value).
+    (nor the :data:`ADDED_LATER` ones at their old behaviour's value), class paths of moved
+    classes read as their old ones (:data:`MOVED_CLASS_PATHS`).
 
     Two runs with the same key train the same model on the same data with the same seed, so
     a stored result is reused whatever experiment, process or machine made it.
     """
     config = json.loads(json.dumps(config, default=str))  # a deep copy of plain data
+    _old_class_paths(config)
     for dotted in VOLATILE:
         _drop(config, dotted)
     for dotted, value in ADDED_LATER.items():

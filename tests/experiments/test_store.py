@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.experiments.store import ADDED_LATER, ResultStore, run_key
+from mmrec.experiments.store import ADDED_LATER, MOVED_CLASS_PATHS, ResultStore, run_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_code_version_names_the_commit_and_a_dirty_tree(tmp_path):
 def test_runs_with_another_seed_everything_and_the_same_data_seed_have_other_keys():
     """Adopted or hand-run fits can differ in ``seed_everything`` alone (the experiment sets
     both seeds to one value): they must not share one stored result."""
-    from mmrec.cli import resolve_config
+    from mmrec.lightning_cli import resolve_config
 
     base = [f"--config={REPO / 'configs' / 'quickstart.yaml'}", "--data.seed=0"]
     one = resolve_config([*base, "--seed_everything=1"])
@@ -109,3 +109,21 @@ def test_every_option_added_later_keeps_keys_at_its_old_value_only(dotted):
     assert run_key(at_old) == run_key(before)
     node[leaf] = "another value"
     assert run_key(at_old) != run_key(before)
+
+
+@pytest.mark.parametrize("moved", sorted(MOVED_CLASS_PATHS))
+def test_a_moved_class_keeps_the_key_its_old_class_path_gave(moved):
+    """Issue 38 moved the callbacks from mmrec.runs to mmrec.callbacks: a run naming the new
+    path has the key stored runs got under the old one, and both paths import one class."""
+    import importlib
+
+    def config(path: str) -> dict:
+        callback = {"class_path": path, "init_args": {"decay": 0.998}}
+        return {"model": {"d_model": 64}, "trainer": {"callbacks": [callback]}}
+
+    old = MOVED_CLASS_PATHS[moved]
+    assert run_key(config(moved)) == run_key(config(old))
+    assert run_key(config(moved)) != run_key(config("mmrec.callbacks.Other"))
+    (new_module, new_name), (old_module, old_name) = (p.rsplit(".", 1) for p in (moved, old))
+    new_class = getattr(importlib.import_module(new_module), new_name)
+    assert getattr(importlib.import_module(old_module), old_name) is new_class
