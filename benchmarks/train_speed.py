@@ -50,7 +50,7 @@ class EpochTimer(L.Callback):
 def build(data_dir: str, batch_size: int):
     """Model and datamodule exactly as `mmrec fit --config configs/beauty2014/sasrec_v1.yaml` builds
     them."""
-    from mmrec.cli import _cli_class
+    from mmrec.lightning_cli import _cli_class
 
     cli_cls, model_cls, data_cls, defaults = _cli_class()
     args = [

@@ -149,7 +149,7 @@ def _stops(args: argparse.Namespace, framework: str) -> bool:
 
 def run_mmrec(args: argparse.Namespace, overrides: str = "") -> dict:
     """mmrec's sasrec config through the CLI parser, history exclusion off, timed."""
-    from mmrec.cli import _cli_class
+    from mmrec.lightning_cli import _cli_class
 
     cli_cls, model_cls, data_cls, defaults = _cli_class()
     cli = cli_cls(

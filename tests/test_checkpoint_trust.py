@@ -186,8 +186,8 @@ def test_lightning_commands_refuse_before_importing(data, tmp_path, marker, caps
 
 
 def test_experiment_adopt_refuses_with_one_line(data, tmp_path, marker, capsys):
-    from mmrec.cli import resolve_config
     from mmrec.experiments.experiment import ExperimentConfig, plan
+    from mmrec.lightning_cli import resolve_config
 
     config = _config(tmp_path, data)
     exp = {"name": "trust", "base": [str(config)], "seeds": [0], "store": str(tmp_path / "st")}

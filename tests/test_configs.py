@@ -61,7 +61,7 @@ def test_configs_found():
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_training_config_parses_and_builds(path, dataset, tmp_path, monkeypatch):
-    from mmrec.cli import _cli_class
+    from mmrec.lightning_cli import _cli_class
     from mmrec.module import MMRecModule
 
     args = _command(path)
@@ -136,8 +136,8 @@ def test_experiment_and_tune_configs_parse_and_resolve(path, monkeypatch):
     else:
         import optuna
 
-        from mmrec.cli import resolve_config
         from mmrec.experiments.tune import TuneConfig, _args, build_parser, lookup, suggest
+        from mmrec.lightning_cli import resolve_config
 
         args = build_parser().parse_args(["--config", str(path)])
         cfg = TuneConfig(**{k: args[k] for k in TuneConfig.__dataclass_fields__})
@@ -168,7 +168,7 @@ def test_data_config_names_every_setting(path):
 
 
 def test_beauty_config_on_another_category_keeps_no_beauty_settings():
-    from mmrec.cli import resolve_config
+    from mmrec.lightning_cli import resolve_config
 
     args = [
         f"--config={CONFIGS / 'beauty2014' / 'sasrec.yaml'}",

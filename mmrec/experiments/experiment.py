@@ -226,7 +226,7 @@ def _test_entry_args(entry: str) -> list[str]:
 
 def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
     """Every run of the experiment, variants x seeds, then the baselines (seed 0)."""
-    from mmrec.cli import resolve_config
+    from mmrec.lightning_cli import resolve_config
 
     if not cfg.variants:
         raise ConfigError("an experiment needs at least one variant")
@@ -491,10 +491,10 @@ def _describe(record: dict, run: Run, cfg: ExperimentConfig) -> dict:
 def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFrame]:
     """Fit a baseline on the base data (its training split, or the event log each query time
     cuts) and test it (same metrics)."""
-    from mmrec.cli import resolve_config
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.data.prepare import PrepareConfig
     from mmrec.experiments.baselines import evaluate_baseline as evaluate
+    from mmrec.lightning_cli import resolve_config
 
     data = dict(resolve_config(list(run.args))["data"])
     data["prepare"] = PrepareConfig(**(data.get("prepare") or {}))

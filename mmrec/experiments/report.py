@@ -244,8 +244,8 @@ def _chosen_on_validation(cfg: ExperimentConfig, found: dict[str, list[dict]]) -
 def _protocol(runs: list[Run]) -> str:
     """The split and evaluation protocol of the model runs' data, in words (with "refit on
     train + valid" for the rows marked so), or why it is unknown."""
-    from mmrec.cli import resolve_config
     from mmrec.data.datamodule import AmazonDataModule
+    from mmrec.lightning_cli import resolve_config
 
     run = next((r for r in runs if r.baseline is None and r.refit_of is None), None)
     if run is None:

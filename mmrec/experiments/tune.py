@@ -171,8 +171,8 @@ def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]
     """
     import json
 
-    from mmrec.cli import resolve_config
     from mmrec.experiments.experiment import _entry_args
+    from mmrec.lightning_cli import resolve_config
 
     chosen = [values["config"]] if "config" in values else []  # a categorical: one file
     sources = [*cfg.base, *chosen, *cfg.overrides]
@@ -224,7 +224,7 @@ def write_best(cfg: TuneConfig, study: Any, out: Path) -> Path:
     """The best trial's complete configuration as a YAML ``mmrec fit`` runs as is."""
     import yaml
 
-    from mmrec.cli import resolve_config
+    from mmrec.lightning_cli import resolve_config
 
     best = study.best_trial
     config = resolve_config(_args(cfg, best.params, "best"))

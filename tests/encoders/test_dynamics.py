@@ -391,8 +391,8 @@ def test_a_config_without_dynamics_keeps_its_stored_run_key():
     so results stored before the slot existed are still found; a dynamics config differs."""
     from pathlib import Path
 
-    from mmrec.cli import resolve_config
     from mmrec.experiments.store import run_key
+    from mmrec.lightning_cli import resolve_config
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "beauty2014"
     config = resolve_config([f"--config={configs / 'sasrec.yaml'}"])
@@ -413,8 +413,8 @@ def test_lr_scale_gives_the_dynamics_their_own_learning_rate_and_keeps_old_keys(
     key, another scale is another run."""
     from pathlib import Path
 
-    from mmrec.cli import resolve_config
     from mmrec.experiments.store import run_key
+    from mmrec.lightning_cli import resolve_config
 
     dm = _dm(dataset)
     model = _model(dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir, lr=0.002)

@@ -375,8 +375,9 @@ def test_experiment_evaluates_baselines_with_init_args_without_training(
     import yaml
 
     import mmrec.experiments.experiment as exp
-    from mmrec.cli import main, resolve_config
+    from mmrec.cli import main
     from mmrec.experiments.store import run_key
+    from mmrec.lightning_cli import resolve_config
 
     def refuse(*a, **k):
         raise AssertionError("a model was trained")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmrec.cli import resolve_config
 from mmrec.config import ConfigError
 from mmrec.experiments.tune import TuneConfig, _args, lookup, suggest
+from mmrec.lightning_cli import resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
@@ -94,7 +94,7 @@ def test_tune_writes_under_runs_and_each_trial_is_its_own_wandb_run(tmp_path, mo
     import torch
     import wandb
 
-    import mmrec.cli
+    import mmrec.lightning_cli
     from mmrec.experiments.tune import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -105,7 +105,7 @@ def test_tune_writes_under_runs_and_each_trial_is_its_own_wandb_run(tmp_path, mo
     seen = []
 
     def fit(argv, callbacks=()):  # what a fit's W&B logger does, without training
-        from mmrec.experiments.tracking import WandbRun
+        from mmrec.callbacks import WandbRun
 
         (info,) = [c for c in callbacks if isinstance(c, WandbRun)]
         seen.append((wandb.run, info.group, info.config))
@@ -116,7 +116,7 @@ def test_tune_writes_under_runs_and_each_trial_is_its_own_wandb_run(tmp_path, mo
         trainer = SimpleNamespace(checkpoint_callback=score)
         return SimpleNamespace(trainer=trainer, run=SimpleNamespace(folder=folder))
 
-    monkeypatch.setattr(mmrec.cli, "run_lightning", fit)
+    monkeypatch.setattr(mmrec.lightning_cli, "run_lightning", fit)
     space = [{"name": "model.lr", "type": "float", "low": 1e-3, "high": 1e-2}]
     config = {"name": "study", "base": [QUICKSTART], "n_trials": 2, "startup_trials": 1}
     config["space"] = space
