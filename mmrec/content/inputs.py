@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar, cast
 import torch
 from torch import Tensor
 
-from mmrec.data.items import clean_html
+from mmrec.text import clean_html
 
 if TYPE_CHECKING:
     import polars as pl
@@ -26,7 +26,7 @@ TEXT_COLUMNS = ("title", "brand", "categories", "description")
 
 def clean_text(value: object) -> str:
     """Text of a field for embedding: lists joined with spaces, then
-    :func:`mmrec.data.items.clean_html`; ``""`` when nothing is left."""
+    :func:`mmrec.text.clean_html`; ``""`` when nothing is left."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
