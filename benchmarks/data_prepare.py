@@ -8,7 +8,7 @@ on 2 cores; files are deleted after each case unless --keep):
     # a quicker look, no results file
     .venv/bin/python benchmarks/data_prepare.py --sizes 200000 --no-write
 
-Each case: ``mmrec.data.synthetic_raw.write_raw_files`` writes a review file and a metadata file
+Each case: ``mmrec.synthetic.raw.write_raw_files`` writes a review file and a metadata file
 (seeded; real fields, HTML debris, missing fields, duplicates, a few broken lines, several records
 for one ASIN, invalid UTF-8); the floor is ``pl.scan_ndjson(...).select(4 columns).collect(
 engine="streaming")`` run before and after the prepare (the faster run counts) on the twin file
@@ -79,7 +79,7 @@ def run(cmd: list[str]) -> dict:
 GENERATE = """
 import sys
 from pathlib import Path
-from mmrec.data.synthetic_raw import write_raw_files
+from mmrec.synthetic.raw import write_raw_files
 folder, release, rows = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 write_raw_files(folder / "raw", release, rows, seed=0)
 write_raw_files(folder / "twin", release, rows, seed=0, broken=False, meta=False)
@@ -228,7 +228,7 @@ def main() -> int:
         "duplicates, repeats, 5-core, ids, leave-one-out split, parquet files, metadata of the "
         "kept items, trend report, meta.json). Times are wall seconds of the process; peak "
         "memory is its `ru_maxrss` (`/usr/bin/time -f %M`). Files: "
-        "`mmrec.data.synthetic_raw` (seed 0).",
+        "`mmrec.synthetic.raw` (seed 0).",
         "",
         table(results),
         "",

@@ -14,7 +14,7 @@ from mmrec.lightning_cli import _cli_class, resolve_config, run_lightning
 __all__ = ["HELP", "LIGHTNING", "TOOLS", "_cli_class", "main", "resolve_config", "run_lightning"]
 
 TOOLS = {
-    "prepare": ("mmrec.data.prepare", "build a dataset folder from raw Amazon files"),
+    "prepare": ("mmrec.ingest.prepare", "build a dataset folder from raw Amazon files"),
     "embed": (
         "mmrec.content.embed",
         "compute item features (CLIP / text) into <dataset>/features/",

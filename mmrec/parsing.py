@@ -78,7 +78,7 @@ def argument_parser(**kwargs: Any):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Errors whose message tells the user what to change: shown as one line, no traceback."""
-    from mmrec.data.errors import DataError
+    from mmrec.ingest.errors import DataError
 
     return (ConfigError, DataError, FileNotFoundError)
 

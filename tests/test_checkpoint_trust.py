@@ -17,9 +17,9 @@ import yaml
 from mmrec.checkpoints import CLI_INSTANTIATOR
 from mmrec.cli import main
 from mmrec.config import ConfigError
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

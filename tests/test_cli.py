@@ -206,7 +206,7 @@ def test_evaluation_options_apply_to_a_checkpoint_others_are_refused(trained, ca
 
 
 def test_wrong_or_missing_checkpoint_is_one_clear_line(trained, tmp_path, capfd):
-    from mmrec.data.synthetic import make_synthetic_dataset
+    from mmrec.synthetic.dataset import make_synthetic_dataset
 
     root, common, run = trained
     other = make_synthetic_dataset(tmp_path / "other", num_users=30, num_items=40, seed=1)

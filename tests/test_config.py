@@ -45,7 +45,7 @@ def test_spec_round_trip_rebuilds_the_component():
 
 
 @pytest.mark.parametrize(
-    "class_path", ["os.system", "builtins.eval", "subprocess.Popen", "mmrec.data.prepare.main"]
+    "class_path", ["os.system", "builtins.eval", "subprocess.Popen", "mmrec.ingest.prepare.main"]
 )
 def test_crafted_checkpoint_runs_nothing(tmp_path, class_path):
     marker = tmp_path / "ran"

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.base import BuildContext
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -106,7 +106,7 @@ def test_training_config_parses_and_builds(path, dataset, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("path", DATA_CONFIGS, ids=lambda p: p.name)
 def test_data_config_parses(path, capsys):
-    from mmrec.data.prepare import main
+    from mmrec.ingest.prepare import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(path), "--print_config"])
@@ -160,7 +160,7 @@ def test_data_config_names_every_setting(path):
     of a base config, not merge with them: so each file sets every setting."""
     import dataclasses
 
-    from mmrec.data.prepare import PrepareConfig
+    from mmrec.ingest.prepare import PrepareConfig
 
     written = set(yaml.safe_load(path.read_text()))
     needed = {f.name for f in dataclasses.fields(PrepareConfig)}

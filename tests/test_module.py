@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from mmrec.data.datamodule import AmazonDataModule
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.rating import RatingEncoder
 from mmrec.encoders.user_context import UserContextEncoder
@@ -17,6 +16,7 @@ from mmrec.fusion import ConcatLinearFusion, GatedFusion, SumFusion
 from mmrec.losses import BCEOneNegative, SampledSoftmax
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from mmrec.calendar import DAY, to_unix
 from mmrec.data.batch import event_columns, flat_events
 from mmrec.data.dataset import SequenceDataset, _Events, _identity, _Rows
-from mmrec.data.prepare import PrepareConfig
 from mmrec.data.samplers import LengthBucketSampler, UnpaddedDistributedSampler, _dist_world
+from mmrec.ingest.prepare import PrepareConfig
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 
@@ -240,7 +240,7 @@ class AmazonDataModule(LightningDataModule):
         if self._prepare_checked:
             return
         if self.prepare is not None and self.prepare.source is not None:
-            from mmrec.data.prepare import prepare_dataset
+            from mmrec.ingest.prepare import prepare_dataset
 
             prepare_dataset(dataclasses.replace(self.prepare, out=str(out)))
             self._prepare_checked = True

@@ -492,8 +492,8 @@ def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFra
     """Fit a baseline on the base data (its training split, or the event log each query time
     cuts) and test it (same metrics)."""
     from mmrec.data.datamodule import AmazonDataModule
-    from mmrec.data.prepare import PrepareConfig
     from mmrec.experiments.baselines import evaluate_baseline as evaluate
+    from mmrec.ingest.prepare import PrepareConfig
     from mmrec.lightning_cli import resolve_config
 
     data = dict(resolve_config(list(run.args))["data"])

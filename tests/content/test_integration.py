@@ -9,13 +9,13 @@ import torch
 
 from mmrec.content.embed import main
 from mmrec.data.datamodule import AmazonDataModule
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.clip import CLIPImageEncoder, CLIPTextEncoder
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.encoders.text import ReviewTextEncoder
 from mmrec.evaluation import evaluate_scores
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from mmrec.synthetic.dataset import make_synthetic_dataset
 from tests.content.helpers import jpeg_bytes, tiny_clip_checkpoint
 
 

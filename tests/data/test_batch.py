@@ -13,8 +13,8 @@ import torch
 from mmrec.data import batch as contract
 from mmrec.data.batch import EVENT_FIELDS, Batch, EventField, history_batch
 from mmrec.data.datamodule import AmazonDataModule
-from mmrec.data.prepare import PrepareConfig, prepare_dataset
-from mmrec.data.synthetic import make_synthetic_dataset
+from mmrec.ingest.prepare import PrepareConfig, prepare_dataset
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 SPLITS = ("valid", "test", "predict")
 

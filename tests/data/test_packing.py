@@ -9,13 +9,13 @@ import torch
 
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.dataset import _first_fit_decreasing
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.base import EventEncoder
 from mmrec.encoders.rating import RatingEncoder
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.encoders.user_context import UserContextEncoder
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 KEYS = ("item_ids", "timestamps", "query_time", "targets")
 

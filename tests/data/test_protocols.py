@@ -9,11 +9,11 @@ import polars as pl
 import pytest
 
 from mmrec.data.datamodule import AmazonDataModule
-from mmrec.data.errors import DataError
-from mmrec.data.prepare import PrepareConfig
-from mmrec.data.synthetic import make_synthetic_dataset
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.prepare import PrepareConfig
+from mmrec.synthetic.dataset import make_synthetic_dataset
 from tests.data.test_datamodule import LOO_ROWS, batch_of, eq, write_folder
-from tests.data.test_prepare import _prep
+from tests.ingest.test_prepare import _prep
 
 # (user, item, time, rating, split); user 0 buys item 2 again in test (a target: it is not
 # in test before) and item 4 twice in test (once a target); 410 is a same-day tie (2, then 5)
@@ -198,7 +198,7 @@ def test_test_end_drops_later_events_before_the_kcore_and_counts_them(tmp_path):
 
 
 def test_test_end_is_validated_and_left_out_of_older_fingerprints(tmp_path):
-    from mmrec.data.prepare import settings
+    from mmrec.ingest.prepare import settings
 
     rows = [("u0", "i0", 86400, 5)]
     bad = {"split": "temporal", "valid_start": "2020-01-01", "test_start": "2020-02-01"}

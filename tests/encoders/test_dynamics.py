@@ -15,11 +15,11 @@ from torch import nn
 from mmrec.config import ConfigError
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.eventlog import EventLog
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.dynamics import RecentDynamics
 from mmrec.evaluation import rank_from_scores, rank_targets, topk_items
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 DAY = 86_400
 

@@ -240,7 +240,7 @@ def test_time_encoders_win_on_seasonal_slice(tmp_path, one_thread):
     time encoders (+ query time) must beat the same model without them by a wide margin."""
     import polars as pl
 
-    from mmrec.data.synthetic import make_synthetic_dataset
+    from mmrec.synthetic.dataset import make_synthetic_dataset
 
     path = make_synthetic_dataset(
         tmp_path / "ds", num_users=600, num_items=100, p_seasonal=0.6, seed=1

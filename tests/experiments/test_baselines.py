@@ -15,7 +15,6 @@ from mmrec.calendar import DAY
 from mmrec.config import component_spec
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.eventlog import EventLog
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.evaluation import evaluate_scores
 from mmrec.evaluation.metrics import metric_names
 from mmrec.experiments.baselines import (
@@ -33,6 +32,7 @@ from mmrec.experiments.baselines import (
     training_transitions,
 )
 from mmrec.experiments.stats import paired_test, paired_values
+from mmrec.synthetic.dataset import make_synthetic_dataset
 from tests.data.test_datamodule import write_folder
 
 INF = float("inf")

@@ -480,9 +480,9 @@ def test_each_fit_and_test_is_its_own_wandb_run_grouped_by_experiment(tmp_path, 
 
 
 def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys):
-    from mmrec.data.synthetic import make_synthetic_dataset
     from mmrec.experiments.experiment import ExperimentConfig, execute, plan
     from mmrec.experiments.store import ResultStore
+    from mmrec.synthetic.dataset import make_synthetic_dataset
 
     data = make_synthetic_dataset(
         tmp_path / "ds", num_users=60, num_items=40, split="temporal", seed=4
@@ -529,9 +529,9 @@ def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys
 
 
 def test_rolling_origin_folds_give_a_table_per_fold_and_one_pooled(tmp_path):
-    from mmrec.data.synthetic import make_synthetic_dataset
     from mmrec.experiments.experiment import ExperimentConfig, plan, slug
     from mmrec.experiments.store import ResultStore
+    from mmrec.synthetic.dataset import make_synthetic_dataset
 
     folds = {}
     for name, test_start in (("2014-06", "2014-06-01"), ("2014-09", "2014-09-01")):
@@ -584,9 +584,9 @@ def test_test_overrides_test_the_stored_training_under_another_protocol(tmp_path
     checkpoints (no training), the one-shot runs' validation and epochs kept; a run with no
     stored training is trained once and stored under both keys."""
     from mmrec.config import ConfigError
-    from mmrec.data.synthetic import make_synthetic_dataset
     from mmrec.experiments.experiment import ExperimentConfig, plan
     from mmrec.experiments.store import ResultStore
+    from mmrec.synthetic.dataset import make_synthetic_dataset
 
     data = make_synthetic_dataset(
         tmp_path / "ds", num_users=60, num_items=40, split="temporal", seed=4

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mmrec.data.datamodule import AmazonDataModule
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 from mmrec.serving.recommend import Recommender, main
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

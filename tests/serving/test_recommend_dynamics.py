@@ -13,11 +13,11 @@ from torch import nn
 
 from mmrec.calendar import to_unix
 from mmrec.data.eventlog import EventLog
-from mmrec.data.synthetic import make_synthetic_dataset
 from mmrec.encoders.dynamics import RecentDynamics
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 from mmrec.serving.recommend import Recommender, main
+from mmrec.synthetic.dataset import make_synthetic_dataset
 
 DAY = 86_400
 AT = "2014-06-10"

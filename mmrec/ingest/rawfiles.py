@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import BadLines, DataError, Truncation
-from mmrec.data.lines import LineBlocks, LineScan, require_file
+from mmrec.ingest.errors import BadLines, DataError, Truncation
+from mmrec.ingest.lines import LineBlocks, LineScan, require_file
 
 _SMALL = 64  # lines checked one by one when a frame does not decode in bulk
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.data.errors import BadLines
-from mmrec.data.items import META_KEYS, clean_items, read_item_text
-from mmrec.data.metalines import read_meta_lines
-from mmrec.data.prepare import PrepareConfig, prepare_dataset
-from mmrec.data.readers import BenchmarkCsvReader, TableReader
+from mmrec.ingest.errors import BadLines
+from mmrec.ingest.items import META_KEYS, clean_items, read_item_text
+from mmrec.ingest.metalines import read_meta_lines
+from mmrec.ingest.prepare import PrepareConfig, prepare_dataset
+from mmrec.ingest.readers import BenchmarkCsvReader, TableReader
 
 
 def _gz(path: Path, lines: list[str]) -> Path:

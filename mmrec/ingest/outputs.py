@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 
 from mmrec.data.batch import event_columns
-from mmrec.data.clean import SPLIT_NAMES, Cleaned
-from mmrec.data.ingest import Ingested
+from mmrec.ingest.clean import SPLIT_NAMES, Cleaned
+from mmrec.ingest.stream import Ingested
 
 #: Output rows per bucket of the review-text sort.
 BUCKET_ROWS = 1 << 18

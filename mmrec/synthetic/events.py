@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmrec.calendar import DAY, to_unix
-from mmrec.data.synthetic_items import SEASONS
+from mmrec.synthetic.items import SEASONS
 
 LOCATIONS = ("US-East", "US-West", "UK", "DE", "JP")
 

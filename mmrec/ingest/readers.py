@@ -14,8 +14,8 @@ import polars as pl
 
 from mmrec.calendar import DAY, to_unix
 from mmrec.data.batch import EventField, stored_fields
-from mmrec.data.errors import BadLines, DataError
-from mmrec.data.rawfiles import json_line_frames, read_bytes, read_delimited
+from mmrec.ingest.errors import BadLines, DataError
+from mmrec.ingest.rawfiles import json_line_frames, read_bytes, read_delimited
 
 __all__ = [
     "RawInteractions",

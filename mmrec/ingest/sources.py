@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mmrec.data.errors import DataError
+from mmrec.ingest.errors import DataError
 
 _SNAP = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 _UCSD = "https://datarepo.eng.ucsd.edu/mcauley_group/data"

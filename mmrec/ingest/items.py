@@ -1,6 +1,6 @@
 """Item metadata: the item table schema, record conversion, item tables and title files,
 duplicate records and per-field quality counts. (Official metadata files are read by
-``mmrec.data.metalines``; the HTML cleaner is :mod:`mmrec.text`.)"""
+``mmrec.ingest.metalines``; the HTML cleaner is :mod:`mmrec.text`.)"""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import DataError
-from mmrec.data.rawfiles import read_bytes
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.rawfiles import read_bytes
 from mmrec.text import clean_html, clean_html_series
 
 __all__ = [

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from mmrec.calendar import to_unix
-from mmrec.data.synthetic_events import (
+from mmrec.synthetic.events import (
     LOCATIONS,
     Catalogue,
     draw,
@@ -20,7 +20,7 @@ from mmrec.data.synthetic_events import (
     draw_items,
     draw_timelines,
 )
-from mmrec.data.synthetic_items import (
+from mmrec.synthetic.items import (
     CATEGORIES,
     SEASONS,
     item_table,
@@ -171,7 +171,7 @@ def _meta(
     kept, keep_repeats = len(ts), params["keep_repeats"]
     return {
         "source": "synthetic",
-        "version": 1,  # the dataset-folder format version of mmrec.data.prepare
+        "version": 1,  # the dataset-folder format version of mmrec.ingest.prepare
         "category": "Synthetic_Beauty",
         "num_users": params["num_users"],
         "num_items": params["num_items"],
@@ -305,7 +305,7 @@ def synthetic_raw_interactions(
     )
 
 
-if __name__ == "__main__":  # python -m mmrec.data.synthetic --out DIR [--num_users N ...]
+if __name__ == "__main__":  # python -m mmrec.synthetic.dataset --out DIR [--num_users N ...]
     from jsonargparse import CLI
 
     print(CLI(make_synthetic_dataset, as_positional=False))

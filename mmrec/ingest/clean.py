@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from mmrec.data.errors import DataError
-from mmrec.data.ingest import Ingested
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.stream import Ingested
 
 SPLIT_NAMES = ("train", "valid", "test")
 

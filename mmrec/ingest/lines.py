@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import DataError, Truncation
+from mmrec.ingest.errors import DataError, Truncation
 
 
 def require_file(path: Path) -> None:

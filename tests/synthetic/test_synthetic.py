@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mmrec.data.synthetic import (
+from mmrec.synthetic.dataset import (
     CATEGORIES,
     SEASONS,
     make_item_image,

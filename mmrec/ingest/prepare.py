@@ -22,10 +22,9 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from mmrec.calendar import DAY, to_unix
-from mmrec.data.clean import Cleaned, clean_ingested, split_codes
-from mmrec.data.errors import BadLines, DataError
-from mmrec.data.ingest import ingest
-from mmrec.data.items import (
+from mmrec.ingest.clean import Cleaned, clean_ingested, split_codes
+from mmrec.ingest.errors import BadLines, DataError
+from mmrec.ingest.items import (
     ITEM_SCHEMA,
     META_KEYS,
     merge_item_sources,
@@ -33,9 +32,9 @@ from mmrec.data.items import (
     read_item_text,
     read_meta_table,
 )
-from mmrec.data.metalines import read_meta_lines
-from mmrec.data.outputs import write_interactions, write_parquet
-from mmrec.data.readers import (
+from mmrec.ingest.metalines import read_meta_lines
+from mmrec.ingest.outputs import write_interactions, write_parquet
+from mmrec.ingest.readers import (
     AMAZON2014_REVIEW_KEYS,
     Amazon2023Reader,
     JsonReviewsReader,
@@ -43,7 +42,8 @@ from mmrec.data.readers import (
     TableReader,
     TimeWindow,
 )
-from mmrec.data.sources import fetch
+from mmrec.ingest.sources import fetch
+from mmrec.ingest.stream import ingest
 
 __all__ = ["DataError", "PrepareConfig", "prepare_dataset", "main"]
 
@@ -383,7 +383,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
 
     if cfg.report:  # import the plotting library while the input is read
-        from mmrec.data.report import preload
+        from mmrec.ingest.report import preload
 
         threading.Thread(target=preload, daemon=True).start()
     bar = tqdm(total=5, desc="prepare", disable=not progress, leave=False)
@@ -426,7 +426,7 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
     bar.update()
     if cfg.report:
         bar.set_postfix_str("report")
-        from mmrec.data.report import write_trend_report
+        from mmrec.ingest.report import write_trend_report
 
         write_trend_report(pl.scan_parquet(out / "interactions.parquet"), items, out / "report")
     bar.update()

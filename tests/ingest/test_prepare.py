@@ -10,8 +10,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.data.errors import DataError
-from mmrec.data.prepare import PrepareConfig, build_parser, config_from_args, main, prepare_dataset
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.prepare import (
+    PrepareConfig,
+    build_parser,
+    config_from_args,
+    main,
+    prepare_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COLS = {"user_id": "u", "item_id": "i", "timestamp": "t", "rating": "r"}
@@ -389,8 +395,8 @@ def test_real_2018_files(shared_data, tmp_path, category, kcore):
 def test_ingest_codes_round_trip_and_kcore_mask_matches_naive(tmp_path):
     import numpy as np
 
-    from mmrec.data.clean import kcore_mask
-    from mmrec.data.ingest import Ingest
+    from mmrec.ingest.clean import kcore_mask
+    from mmrec.ingest.stream import Ingest
 
     sink = Ingest(tmp_path, keep_review=False)
     for users in (["b", "ä", "b"], ["c", "ä"]):  # two frames: the codes carry over
@@ -431,7 +437,7 @@ def test_ingest_codes_round_trip_and_kcore_mask_matches_naive(tmp_path):
 
 
 def test_review_text_setting_keeps_older_folders_valid():
-    from mmrec.data.prepare import settings
+    from mmrec.ingest.prepare import settings
 
     base = PrepareConfig(source="tabular", kcore=0)
     assert "review_text" not in settings(base)  # same fingerprint as before the option existed

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrec.data.errors import DataError
-from mmrec.data.prepare import PrepareConfig, main, prepare_dataset
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.prepare import PrepareConfig, main, prepare_dataset
 
 T0 = 1_300_000_000  # 2011-03-13: Amazon review times before 1995 or in the future are dropped
 
@@ -127,7 +127,7 @@ def test_unreadable_timestamp_is_counted_under_its_reason(tmp_path, capsys):
 
 def test_kept_plus_dropped_is_checked_by_code_not_assert(tmp_path, monkeypatch):
     """The invariant survives `python -O`: a row lost without a reason is an error."""
-    import mmrec.data.prepare as prepare
+    import mmrec.ingest.prepare as prepare
 
     path = _write(tmp_path / "r.json", _good_lines())
     real = prepare._meta_info

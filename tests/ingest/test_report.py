@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from mmrec.data.report import trend_tables, write_trend_report
+from mmrec.ingest.report import trend_tables, write_trend_report
 
 DAY = 86400
 JAN1_2020 = 1577836800  # a Wednesday

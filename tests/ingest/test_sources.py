@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mmrec.data import sources
-from mmrec.data.errors import DataError
-from mmrec.data.prepare import PrepareConfig, prepare_dataset
-from mmrec.data.sources import download, official_urls
+from mmrec.ingest import sources
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.prepare import PrepareConfig, prepare_dataset
+from mmrec.ingest.sources import download, official_urls
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec.data.errors import BadLines, DataError
-from mmrec.data.items import ITEM_SCHEMA, LITERAL_ERRORS, item_values, items_frame
-from mmrec.data.lines import LineScan
+from mmrec.ingest.errors import BadLines, DataError
+from mmrec.ingest.items import ITEM_SCHEMA, LITERAL_ERRORS, item_values, items_frame
+from mmrec.ingest.lines import LineScan
 
 #: Per release: the JSON keys of ``items.META_KEYS`` with the dtypes of the official files, read
 #: in bulk (a line whose values do not fit falls back to Python, line by line).

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mmrec.calendar import to_unix
-from mmrec.data.errors import BadLines, DataError
-from mmrec.data.items import META_KEYS
-from mmrec.data.metalines import read_meta_lines
-from mmrec.data.prepare import READERS, PrepareConfig
-from mmrec.data.readers import AMAZON2014_REVIEW_KEYS, AMAZON2023_REVIEW_KEYS, TimeWindow
+from mmrec.ingest.errors import BadLines, DataError
+from mmrec.ingest.items import META_KEYS
+from mmrec.ingest.metalines import read_meta_lines
+from mmrec.ingest.prepare import READERS, PrepareConfig
+from mmrec.ingest.readers import AMAZON2014_REVIEW_KEYS, AMAZON2023_REVIEW_KEYS, TimeWindow
 
 
 def fuzz(examples: int):

@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.data.errors import DataError
-from mmrec.data.prepare import PrepareConfig, prepare_dataset
-from mmrec.data.synthetic_raw import FRAGMENT_TITLE
+from mmrec.ingest.errors import DataError
+from mmrec.ingest.prepare import PrepareConfig, prepare_dataset
+from mmrec.synthetic.raw import FRAGMENT_TITLE
 
 T0 = 1_400_000_000  # 2014-05-13
 DAY = 86400
@@ -210,7 +210,7 @@ def test_truncated_metadata_and_table_files(tmp_path):
 
 
 def test_allow_truncated_is_a_documented_option_that_keeps_old_fingerprints(capsys):
-    from mmrec.data.prepare import main, settings
+    from mmrec.ingest.prepare import main, settings
 
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -227,7 +227,7 @@ def test_real_gift_cards_cut_in_half(shared_data, tmp_path, capsys):
     """The official Gift_Cards_5.json.gz cut at half its size: 1,484 of its 2,972 lines are
     complete, the 1,485th is cut. `mmrec prepare` stops (exit 2, one line); with
     --allow_truncated true it keeps the 1,484 and meta.json records the cut."""
-    from mmrec.data.prepare import main
+    from mmrec.ingest.prepare import main
 
     data = (shared_data / "amazon2018-5core" / "Gift_Cards_5.json.gz").read_bytes()
     path = tmp_path / "Gift_Cards_5.json.gz"

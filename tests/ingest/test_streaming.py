@@ -13,12 +13,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mmrec.data import metalines, outputs
-from mmrec.data.errors import BadLines, DataError
-from mmrec.data.items import META_KEYS, records_to_items
-from mmrec.data.lines import LineScan
-from mmrec.data.prepare import PrepareConfig, prepare_dataset
-from mmrec.data.synthetic_raw import write_raw_files
+from mmrec.ingest import metalines, outputs
+from mmrec.ingest.errors import BadLines, DataError
+from mmrec.ingest.items import META_KEYS, records_to_items
+from mmrec.ingest.lines import LineScan
+from mmrec.ingest.prepare import PrepareConfig, prepare_dataset
+from mmrec.synthetic.raw import write_raw_files
 from mmrec.text import clean_html, clean_html_series
 
 T0 = 1_400_000_000
