@@ -160,7 +160,7 @@ def test_data_config_names_every_setting(path):
     of a base config, not merge with them: so each file sets every setting."""
     import dataclasses
 
-    from mmrec.ingest.prepare import PrepareConfig
+    from mmrec.ingest.settings import PrepareConfig
 
     written = set(yaml.safe_load(path.read_text()))
     needed = {f.name for f in dataclasses.fields(PrepareConfig)}

@@ -19,7 +19,7 @@ from mmrec.calendar import DAY, to_unix
 from mmrec.data.batch import event_columns, flat_events
 from mmrec.data.dataset import SequenceDataset, _Events, _identity, _Rows
 from mmrec.data.samplers import LengthBucketSampler, UnpaddedDistributedSampler, _dist_world
-from mmrec.ingest.prepare import PrepareConfig
+from mmrec.ingest.settings import PrepareConfig
 
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 

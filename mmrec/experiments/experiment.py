@@ -493,7 +493,7 @@ def evaluate_baseline(run: Run, cfg: ExperimentConfig) -> tuple[dict, pl.DataFra
     cuts) and test it (same metrics)."""
     from mmrec.data.datamodule import AmazonDataModule
     from mmrec.experiments.baselines import evaluate_baseline as evaluate
-    from mmrec.ingest.prepare import PrepareConfig
+    from mmrec.ingest.settings import PrepareConfig
     from mmrec.lightning_cli import resolve_config
 
     data = dict(resolve_config(list(run.args))["data"])

@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 from mmrec.data.datamodule import AmazonDataModule, UnpaddedDistributedSampler
 from mmrec.data.samplers import LengthBucketSampler
 from mmrec.ingest.errors import DataError
-from mmrec.ingest.prepare import PrepareConfig
+from mmrec.ingest.settings import PrepareConfig
 from mmrec.synthetic.dataset import make_synthetic_dataset
 
 NAN = float("nan")
@@ -480,7 +480,7 @@ def test_changed_input_file_is_named(tmp_path, capsys):
 
 
 def test_digest_of_a_large_file_samples_it(tmp_path, monkeypatch):
-    from mmrec.ingest import prepare
+    from mmrec.ingest import settings as prepare
 
     monkeypatch.setattr(prepare, "_WHOLE_FILE_HASH", 1000)
     monkeypatch.setattr(prepare, "_BLOCK", 10)

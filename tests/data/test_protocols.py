@@ -10,7 +10,7 @@ import pytest
 
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.ingest.errors import DataError
-from mmrec.ingest.prepare import PrepareConfig
+from mmrec.ingest.settings import PrepareConfig
 from mmrec.synthetic.dataset import make_synthetic_dataset
 from tests.data.test_datamodule import LOO_ROWS, batch_of, eq, write_folder
 from tests.ingest.test_prepare import _prep
@@ -198,7 +198,7 @@ def test_test_end_drops_later_events_before_the_kcore_and_counts_them(tmp_path):
 
 
 def test_test_end_is_validated_and_left_out_of_older_fingerprints(tmp_path):
-    from mmrec.ingest.prepare import settings
+    from mmrec.ingest.settings import settings
 
     rows = [("u0", "i0", 86400, 5)]
     bad = {"split": "temporal", "valid_start": "2020-01-01", "test_start": "2020-02-01"}

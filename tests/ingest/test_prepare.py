@@ -437,7 +437,7 @@ def test_ingest_codes_round_trip_and_kcore_mask_matches_naive(tmp_path):
 
 
 def test_review_text_setting_keeps_older_folders_valid():
-    from mmrec.ingest.prepare import settings
+    from mmrec.ingest.settings import settings
 
     base = PrepareConfig(source="tabular", kcore=0)
     assert "review_text" not in settings(base)  # same fingerprint as before the option existed

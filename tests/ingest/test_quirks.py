@@ -210,7 +210,8 @@ def test_truncated_metadata_and_table_files(tmp_path):
 
 
 def test_allow_truncated_is_a_documented_option_that_keeps_old_fingerprints(capsys):
-    from mmrec.ingest.prepare import main, settings
+    from mmrec.ingest.prepare import main
+    from mmrec.ingest.settings import settings
 
     with pytest.raises(SystemExit):
         main(["--help"])
