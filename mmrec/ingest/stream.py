@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mmrec.ingest.readers import Reader, ReadStats, extra_fields
+from mmrec.ingest.normalize import extra_fields
+from mmrec.ingest.readers import Reader, ReadStats
 
 #: Seed of the review-text hash that tells exact duplicates from repeats.
 REVIEW_HASH_SEED = 17
