@@ -200,7 +200,7 @@ class ItemImage(Modality):
             raise ValueError("embedding images needs an ImageFetcher: ItemImage(fetcher)")
 
     def embed(self, model: ContentModel, inputs: list, batch_size: int) -> Embedded:
-        from mmrec.content.decode import embed_images
+        from mmrec.content.pixels import embed_images
 
         self.check_embeddable(model)
         assert self.fetcher is not None  # checked above
@@ -222,7 +222,7 @@ class ItemImage(Modality):
         """Merge the shards' fetch outcomes into ``<stem>_image_report.json`` and log a summary."""
         import polars as pl
 
-        from mmrec.content.images import FetchReport
+        from mmrec.content.outcomes import FetchReport
 
         items = pl.read_parquet(dataset / "items.parquet", columns=["item_idx", "item_id"])
         ids = items.sort("item_idx")["item_id"].to_list()

@@ -145,29 +145,19 @@ class CLIPImageEncoder(_CLIPEncoder):
     modality = ItemImage
 
     def _inputs(self, data_dir: Path, preprocess) -> tuple[Tensor, Tensor]:
-        """``(pixels [N+1, 3, R, R] float16, present [N+1])``; items whose cached image cannot
-        be decoded are counted and named in a warning and get the missing vector."""
-        from mmrec.content.decode import decode_errors, load_rgb
-        from mmrec.content.images import ImageFetcher
+        """``(pixels [N+1, 3, R, R] float16, present [N+1])`` of the image cache
+        (:func:`mmrec.content.pixels.item_pixels`); items whose cached image cannot be decoded
+        are counted and named in a warning and get the missing vector."""
+        from mmrec.content.pixels import item_pixels
 
-        fetcher = ImageFetcher(self.image_cache or data_dir / "features" / "image_cache")
         urls = ItemImage().load(data_dir)
-        results = fetcher.fetch_many(urls, desc="images for finetune")
+        cache = self.image_cache or data_dir / "features" / "image_cache"
         res = self.clip.visual.input_resolution
-        pixels = torch.zeros(len(results) + 1, 3, res, res, dtype=torch.float16)
-        present = torch.zeros(len(results) + 1, dtype=torch.bool)
-        corrupt: list[int] = []
-        for i, r in enumerate(results, start=1):
-            if r.reason == "ok":
-                try:
-                    pixels[i] = preprocess(load_rgb(r.path)).half()
-                    present[i] = True
-                except decode_errors():
-                    corrupt.append(i)
+        pixels, present, corrupt = item_pixels(urls, cache, preprocess, res)
         if corrupt:
             shown = ", ".join(map(str, corrupt[:10])) + (", ..." if len(corrupt) > 10 else "")
             warnings.warn(
-                f"{type(self).__name__}: {len(corrupt)} of {len(results)} cached item images "
+                f"{type(self).__name__}: {len(corrupt)} of {len(urls)} cached item images "
                 f"could not be decoded (item_idx {shown}); they get the missing vector",
                 stacklevel=2,
             )

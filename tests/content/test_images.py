@@ -10,8 +10,10 @@ import socket
 import pytest
 import torch
 
-from mmrec.content.decode import MAX_PIXELS, decode_jpegs_to_pixels, embed_images, jpeg_size
-from mmrec.content.images import FetchReport, ImageFetcher, amazon_full_size, looks_like_image
+from mmrec.content.decode import MAX_PIXELS, decode_jpegs_to_pixels, jpeg_size
+from mmrec.content.images import ImageFetcher, amazon_full_size, looks_like_image
+from mmrec.content.outcomes import FetchReport
+from mmrec.content.pixels import embed_images
 from mmrec.content.urls import UrlPolicy, is_public_address
 from tests.content.helpers import (
     SLOW_S,
