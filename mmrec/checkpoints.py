@@ -71,19 +71,24 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def checked_hparams(ckpt: dict, path: str | Path, trusted: list[str]) -> dict:
+def checked_hparams(ckpt: dict, path: str | Path, trusted: list[str], *, model: type) -> dict:
     """The hyper-parameters of a checkpoint read by :func:`read_checkpoint`, every class path
     they name checked against its slot before anything imports it.
 
     Lightning's ``_instantiator`` (LightningCLI's, the only one accepted) and ``_class_path``
-    (this model's class, or a subclass already imported) are checked, then dropped: mmrec
-    builds the model itself, so jsonargparse never imports what a checkpoint names.
+    (``model``, or a subclass already imported) are checked, then dropped: mmrec builds the
+    model itself, so jsonargparse never imports what a checkpoint names.
+
+    Args:
+        ckpt: The checkpoint, as :func:`read_checkpoint` returns it.
+        path: Its file, for messages.
+        trusted: Packages outside mmrec its components may be imported from.
+        model: The model class a ``_class_path`` must name (``MMRecModule``; passed in, so
+            this module never imports the model that loads checkpoints through it).
 
     Raises:
         ConfigError: One line naming the file and the refused entry.
     """
-    from mmrec.module import MMRecModule
-
     hparams = ckpt.get("hyper_parameters")
     if hparams is None:
         return {}
@@ -102,7 +107,7 @@ def checked_hparams(ckpt: dict, path: str | Path, trusted: list[str]) -> dict:
         try:
             from mmrec.config import resolve_class
 
-            resolve_class(class_path, MMRecModule, "_class_path")
+            resolve_class(class_path, model, "_class_path")
         except (ImportError, TypeError) as err:
             raise ConfigError(f"checkpoint {path} refused: {err}") from None
     check_components(hparams, trusted, path)

@@ -106,7 +106,7 @@ def _cli_class():
                 raise ConfigError(f"--ckpt_path {cfg.ckpt_path}: no such checkpoint file")
             ckpt = read_checkpoint(cfg.ckpt_path)
             trusted = cfg.model.get("trusted_modules") or []
-            hparams = checked_hparams(ckpt, cfg.ckpt_path, trusted)
+            hparams = checked_hparams(ckpt, cfg.ckpt_path, trusted, model=MMRecModule)
             self.ckpt_hparams, self.ckpt_state = hparams, ckpt["state_dict"]
             if not hparams or command == "run":
                 return
