@@ -19,6 +19,8 @@ from mmrec.encoders.dynamics import ItemDynamics, TermCache
 from mmrec.encoders.item_id import ItemIdEncoder
 from mmrec.fusion import Fusion, SumFusion
 from mmrec.losses import FullSoftmaxCE, Loss
+from mmrec.module_dynamics import DynamicsTerms
+from mmrec.module_eval import RankingEvaluation
 from mmrec.optim import lr_factor, split_decay
 from mmrec.sequence import GPT2Sequence, SequenceHead
 
@@ -26,7 +28,7 @@ _COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss", 
 _NOT_SAVED = (*_COMPONENTS, "trusted_modules")
 
 
-class MMRecModule(L.LightningModule):
+class MMRecModule(DynamicsTerms, RankingEvaluation, L.LightningModule):
     """Sequential recommender: item tower + event encoders + GPT-2 head, scored against all items.
 
     The same item tower (item encoders fused into one vector per item) embeds history items
@@ -225,7 +227,7 @@ class MMRecModule(L.LightningModule):
         if hparams_file is not None:
             ckpt["hyper_parameters"] = yaml.safe_load(Path(hparams_file).read_text())
         trusted = list(kwargs.get("trusted_modules") or [])
-        hparams = checked_hparams(ckpt, checkpoint_path, trusted)
+        hparams = checked_hparams(ckpt, checkpoint_path, trusted, model=MMRecModule)
         hparams.update(kwargs)
         names = set(inspect.signature(cls.__init__).parameters) - {"self"}
         try:
@@ -285,102 +287,6 @@ class MMRecModule(L.LightningModule):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """User vectors after the last (most recent) event: ``[B, D]``."""
         return self.user_vectors(batch)
-
-    # ----------------------------------------------------------------------------- dynamics
-    @property
-    def event_log(self) -> EventLog:
-        """The event log the item dynamics read: the one given to :meth:`set_event_log`, else
-        that of the datamodule's folder (``setup``) or of ``data_dir`` (read on first use)."""
-        if self._event_log is None:
-            data_dir = self.hparams.get("data_dir")
-            if not data_dir:
-                raise ConfigError(
-                    "this model's item dynamics need an event log: build it with data_dir (the "
-                    "dataset folder) or hand one in with set_event_log(EventLog(...))"
-                )
-            self._event_log, self._event_log_dir = EventLog.from_folder(data_dir), str(data_dir)
-        return self._event_log
-
-    def set_event_log(self, log: EventLog) -> None:
-        """Read item dynamics from ``log`` from now on (e.g. a newer log of the shop's events,
-        without retraining); ``setup`` keeps it instead of reading the datamodule's."""
-        if log.num_items != self.num_items:
-            raise ConfigError(
-                f"the event log has {log.num_items} items, the model {self.num_items}: map the "
-                "events to this model's item indices"
-            )
-        self._event_log, self._event_log_dir = log, None
-        self._term_cache.clear()  # rows of the old log's terms are stale
-
-    def dynamics_term(self, t: Tensor) -> Tensor | None:
-        """The dynamics' summed score term at query times ``t [Q]``: ``[Q, N + 1]``, computed
-        once per distinct time (from events strictly before it); None without dynamics.
-
-        Outside autograd (evaluation, prediction, serving) the rows of times already computed
-        are reused while the dynamics' weights, device and event log stay the same, up to
-        ``dynamics_cache_mb`` (least recently used rows go first): an evaluation epoch then
-        computes each distinct query time about once, however its rows are batched.
-        """
-        if not len(self.dynamics):
-            return None
-        times, inverse = torch.unique(t, return_inverse=True)  # [T], [Q]
-        inverse = inverse.reshape(-1)
-        cols = self.num_items + 1
-        if torch.is_grad_enabled() or len(times) > self._cache_capacity():
-            term = self._term_of(times)  # [T, N + 1]
-            return term.index_select(0, inverse.to(term.device)).view(*t.shape, cols)
-        slots = self._cached_slots(times.tolist())  # [T] rows of the cache
-        return self._term_cache.rows(slots[inverse.cpu()]).view(*t.shape, cols)
-
-    def _cache_capacity(self) -> int:
-        """Rows of the evaluation cache of dynamics terms (``dynamics_cache_mb``)."""
-        return min(2**16, int(self.dynamics_cache_mb * 2**20) // (4 * (self.num_items + 1)))
-
-    def _cached_slots(self, times: list[int]) -> Tensor:
-        """Rows of the evaluation cache holding the term at ``times`` (distinct), computing
-        the missing ones; the cache starts afresh when the dynamics' weights (an in-place
-        update bumps a tensor's version), their device, the log or the inference mode change."""
-        log, params = self.event_log, list(self.dynamics.parameters())
-        key = (id(log), torch.is_inference_mode_enabled())
-        key += tuple((p.device, p.data_ptr(), p._version) for p in params)
-        return self._term_cache.slots(key, times, self._cache_capacity(), self._term_of)
-
-    def _term_of(self, times: Tensor) -> Tensor:
-        """``[T, N + 1]``: the dynamics' summed term at distinct times ``times [T]``."""
-        log = self.event_log
-        term = self.dynamics[0](log, times)
-        for member in self.dynamics[1:]:
-            term = term + member(log, times)
-        return term
-
-    @staticmethod
-    def _row_times(batch: dict[str, Tensor]) -> Tensor:
-        """``[B]`` query time of each evaluation / prediction row (its last slot's)."""
-        t = batch.get("target_time")
-        return batch["query_time"][:, -1] if t is None else t
-
-    def _rank_call(self, fn: Any, batch: dict[str, Tensor], user_vecs: Tensor, *args: Any, **kw):
-        """``fn(user_vecs, item_vecs, *rows, **kw)`` (``rank_targets`` / ``topk_items``) with
-        the dynamics' term as of each row's query time added to its scores, chunk by chunk.
-        The batch's distinct times are computed first, in one go (when they fit the cache),
-        and rows go in query-time order, so that a chunk of users shares few of them; results
-        come back in the batch's order."""
-        if not len(self.dynamics):
-            return fn(user_vecs, *args, **kw)
-        times = self._row_times(batch)
-        order = torch.argsort(times, stable=True)  # [B]
-        ordered = times[order]
-        distinct = torch.unique(times).tolist()
-        if not torch.is_grad_enabled() and len(distinct) <= self._cache_capacity():
-            self._cached_slots(distinct)  # the batch's times in one go
-
-        def bias(lo: int, hi: int) -> Tensor:  # [hi - lo, N + 1]
-            return self.dynamics_term(ordered[lo:hi]).float()
-
-        item_vecs, rows = args[0], [a[order] if isinstance(a, Tensor) else a for a in args[1:]]
-        out = fn(user_vecs[order], item_vecs, *rows, bias=bias, **kw)
-        back = torch.argsort(order)
-        return tuple(o[back] for o in out) if isinstance(out, tuple) else out[back]
 
     # ----------------------------------------------------------------------------- hooks
     def setup(self, stage: str) -> None:
@@ -448,130 +354,6 @@ class MMRecModule(L.LightningModule):
         )
         weight = batch.get("loss_weight")  # per-position weighting across batches (datamodule)
         return loss if weight is None else loss * weight
-
-    def _eval_vecs(self) -> Tensor:
-        if self._eval_item_vecs is None:
-            self._eval_item_vecs = self.item_vectors()
-        return self._eval_item_vecs
-
-    def _eval_step(
-        self, batch: dict[str, Tensor], metrics: nn.Module, slices: nn.Module | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Rank the batch's targets over the whole catalogue and update the metrics;
-        returns the ranks ``[B, T]``, the user vectors ``[B, D]`` and item vectors."""
-        from mmrec.evaluation import rank_targets
-
-        item_vecs = self._eval_vecs()
-        user_vecs = self.user_vectors(batch, item_vecs)  # [B, D]
-        targets = batch["target_items"]  # [B, T]
-        with torch.autocast(user_vecs.device.type, enabled=False):  # rank in fp32, not bf16
-            ranks = self._rank_call(
-                rank_targets,
-                batch,
-                user_vecs.float(),
-                item_vecs.float(),
-                targets,
-                batch.get("exclude_items"),
-                exclude_history=self.exclude_history,
-            )
-        metrics.update(ranks)  # counts finite ranks: repeated targets are not double-counted
-        if slices is not None and "target_time" in batch and "history_len" in batch:
-            slices.update(ranks, batch["target_time"], batch["history_len"], targets)
-        return ranks, user_vecs, item_vecs
-
-    def _eval_epoch_end(self, metrics: nn.Module) -> None:
-        self._eval_item_vecs = None
-        values = metrics.compute()
-        self.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in values.items()}, sync_dist=False
-        )
-        metrics.reset()
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_item_vecs = None
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end(self.val_metrics)
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_item_vecs = None
-        self._test_users: list[tuple[Tensor, Tensor]] = []
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        from mmrec.evaluation import topk_items
-
-        ranks, user_vecs, item_vecs = self._eval_step(
-            batch, self.test_metrics, self.test_slice_metrics
-        )
-        self._test_users.append((batch["user_idx"].detach().cpu(), ranks.detach().cpu()))
-        if self.test_beyond.ready:  # coverage and popularity of the top-K lists
-            exclude = batch.get("exclude_items") if self.exclude_history else None
-            with torch.autocast(user_vecs.device.type, enabled=False):
-                _, top = self._rank_call(
-                    topk_items, batch, user_vecs.float(), item_vecs.float(), max(self.ks), exclude
-                )
-            self.test_beyond.update(top)
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(self.test_metrics)
-        if self.test_beyond.ready:
-            self._eval_epoch_end(self.test_beyond)
-        self._write_per_user()
-        if self.test_slice_metrics is not None:
-            self._write_slices(self.test_slice_metrics)
-
-    def _write_per_user(self) -> None:
-        """``test_per_user.parquet`` (see :func:`mmrec.evaluation.outputs.write_per_user`);
-        also kept as ``self.per_user``."""
-        from mmrec.evaluation.outputs import write_per_user
-
-        rows, self._test_users = self._test_users, []
-        self.per_user = write_per_user(rows, self.ks, self._trainer, self.hparams.get("data_dir"))
-
-    def _write_slices(self, slices: nn.Module) -> None:
-        """Log HR/NDCG@10 (and users) per slice; the table and month plot are written by
-        :func:`mmrec.evaluation.outputs.write_slices`."""
-        from mmrec.evaluation.outputs import write_slices
-
-        results = {k: float(v) for k, v in slices.compute().items()}
-        slices.reset()
-        self.slice_results = results
-        if not results:
-            return
-        k = min(self.ks)
-        shown = {
-            key: torch.tensor(v)
-            for key, v in results.items()
-            if key.endswith((f"/ndcg@{k}", f"/hr@{k}"))
-        }
-        self.log_dict(shown, sync_dist=False)
-        if self._trainer is not None:
-            write_slices(results, self.trainer, f"ndcg@{k}")
-
-    def on_predict_epoch_start(self) -> None:
-        self._eval_item_vecs = None
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Top-``predict_k`` items per user: ``user_idx [B]``, ``items [B, K]``,
-        ``scores [B, K]``."""
-        from mmrec.evaluation import topk_items
-
-        item_vecs = self._eval_vecs()
-        user_vecs = self.user_vectors(batch, item_vecs)
-        exclude = batch.get("exclude_items") if self.exclude_history else None
-        with torch.autocast(user_vecs.device.type, enabled=False):
-            scores, items = self._rank_call(
-                topk_items,
-                batch,
-                user_vecs.float(),
-                item_vecs.float(),
-                self.hparams.predict_k,
-                exclude,
-            )
-        return {"user_idx": batch["user_idx"], "items": items, "scores": scores}
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = split_decay(self)

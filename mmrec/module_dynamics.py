@@ -1,0 +1,114 @@
+"""Item dynamics in :class:`~mmrec.module.MMRecModule`: the event log they read, their summed
+score term as of each query time (computed once per distinct time, cached outside autograd),
+and ranking with that term added to every item's score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmrec.config import ConfigError
+from mmrec.data.eventlog import EventLog
+
+
+class DynamicsTerms:
+    """The item-dynamics part of :class:`~mmrec.module.MMRecModule` (a mixin: it reads the
+    module's ``dynamics``, ``num_items``, ``hparams``, ``dynamics_cache_mb`` and its event-log
+    and term-cache attributes, set in ``MMRecModule.__init__``)."""
+
+    @property
+    def event_log(self) -> EventLog:
+        """The event log the item dynamics read: the one given to :meth:`set_event_log`, else
+        that of the datamodule's folder (``setup``) or of ``data_dir`` (read on first use)."""
+        if self._event_log is None:
+            data_dir = self.hparams.get("data_dir")
+            if not data_dir:
+                raise ConfigError(
+                    "this model's item dynamics need an event log: build it with data_dir (the "
+                    "dataset folder) or hand one in with set_event_log(EventLog(...))"
+                )
+            self._event_log, self._event_log_dir = EventLog.from_folder(data_dir), str(data_dir)
+        return self._event_log
+
+    def set_event_log(self, log: EventLog) -> None:
+        """Read item dynamics from ``log`` from now on (e.g. a newer log of the shop's events,
+        without retraining); ``setup`` keeps it instead of reading the datamodule's."""
+        if log.num_items != self.num_items:
+            raise ConfigError(
+                f"the event log has {log.num_items} items, the model {self.num_items}: map the "
+                "events to this model's item indices"
+            )
+        self._event_log, self._event_log_dir = log, None
+        self._term_cache.clear()  # rows of the old log's terms are stale
+
+    def dynamics_term(self, t: Tensor) -> Tensor | None:
+        """The dynamics' summed score term at query times ``t [Q]``: ``[Q, N + 1]``, computed
+        once per distinct time (from events strictly before it); None without dynamics.
+
+        Outside autograd (evaluation, prediction, serving) the rows of times already computed
+        are reused while the dynamics' weights, device and event log stay the same, up to
+        ``dynamics_cache_mb`` (least recently used rows go first): an evaluation epoch then
+        computes each distinct query time about once, however its rows are batched.
+        """
+        if not len(self.dynamics):
+            return None
+        times, inverse = torch.unique(t, return_inverse=True)  # [T], [Q]
+        inverse = inverse.reshape(-1)
+        cols = self.num_items + 1
+        if torch.is_grad_enabled() or len(times) > self._cache_capacity():
+            term = self._term_of(times)  # [T, N + 1]
+            return term.index_select(0, inverse.to(term.device)).view(*t.shape, cols)
+        slots = self._cached_slots(times.tolist())  # [T] rows of the cache
+        return self._term_cache.rows(slots[inverse.cpu()]).view(*t.shape, cols)
+
+    def _cache_capacity(self) -> int:
+        """Rows of the evaluation cache of dynamics terms (``dynamics_cache_mb``)."""
+        return min(2**16, int(self.dynamics_cache_mb * 2**20) // (4 * (self.num_items + 1)))
+
+    def _cached_slots(self, times: list[int]) -> Tensor:
+        """Rows of the evaluation cache holding the term at ``times`` (distinct), computing
+        the missing ones; the cache starts afresh when the dynamics' weights (an in-place
+        update bumps a tensor's version), their device, the log or the inference mode change."""
+        log, params = self.event_log, list(self.dynamics.parameters())
+        key = (id(log), torch.is_inference_mode_enabled())
+        key += tuple((p.device, p.data_ptr(), p._version) for p in params)
+        return self._term_cache.slots(key, times, self._cache_capacity(), self._term_of)
+
+    def _term_of(self, times: Tensor) -> Tensor:
+        """``[T, N + 1]``: the dynamics' summed term at distinct times ``times [T]``."""
+        log = self.event_log
+        term = self.dynamics[0](log, times)
+        for member in self.dynamics[1:]:
+            term = term + member(log, times)
+        return term
+
+    @staticmethod
+    def _row_times(batch: dict[str, Tensor]) -> Tensor:
+        """``[B]`` query time of each evaluation / prediction row (its last slot's)."""
+        t = batch.get("target_time")
+        return batch["query_time"][:, -1] if t is None else t
+
+    def _rank_call(self, fn: Any, batch: dict[str, Tensor], user_vecs: Tensor, *args: Any, **kw):
+        """``fn(user_vecs, item_vecs, *rows, **kw)`` (``rank_targets`` / ``topk_items``) with
+        the dynamics' term as of each row's query time added to its scores, chunk by chunk.
+        The batch's distinct times are computed first, in one go (when they fit the cache),
+        and rows go in query-time order, so that a chunk of users shares few of them; results
+        come back in the batch's order."""
+        if not len(self.dynamics):
+            return fn(user_vecs, *args, **kw)
+        times = self._row_times(batch)
+        order = torch.argsort(times, stable=True)  # [B]
+        ordered = times[order]
+        distinct = torch.unique(times).tolist()
+        if not torch.is_grad_enabled() and len(distinct) <= self._cache_capacity():
+            self._cached_slots(distinct)  # the batch's times in one go
+
+        def bias(lo: int, hi: int) -> Tensor:  # [hi - lo, N + 1]
+            return self.dynamics_term(ordered[lo:hi]).float()
+
+        item_vecs, rows = args[0], [a[order] if isinstance(a, Tensor) else a for a in args[1:]]
+        out = fn(user_vecs[order], item_vecs, *rows, bias=bias, **kw)
+        back = torch.argsort(order)
+        return tuple(o[back] for o in out) if isinstance(out, tuple) else out[back]
