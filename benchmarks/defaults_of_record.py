@@ -52,9 +52,10 @@ def paired_from_store(store: Path, default_keys: list[str], setting_keys: list[s
     def means(keys: list[str]) -> pl.DataFrame:
         frames = [pl.read_parquet(store / f"{k}.users.parquet") for k in keys]
         stacked = pl.concat([f.select("user_idx", "ndcg@10") for f in frames])
-        return stacked.group_by("user_idx").agg(pl.col("ndcg@10").mean())
+        return stacked.group_by("user_idx").agg(pl.col("ndcg@10").mean()).sort("user_idx")
 
     both = means(default_keys).join(means(setting_keys), on="user_idx", suffix="_s")
+    both = both.sort("user_idx")  # the bootstrap draws by row: one order, one interval
     r = paired_test(both["ndcg@10"].to_numpy(), both["ndcg@10_s"].to_numpy())
     return Paired(r.mean_diff, r.ci_low, r.ci_high)
 
