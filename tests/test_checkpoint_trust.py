@@ -186,7 +186,7 @@ def test_lightning_commands_refuse_before_importing(data, tmp_path, marker, caps
 
 
 def test_experiment_adopt_refuses_with_one_line(data, tmp_path, marker, capsys):
-    from mmrec.experiments.experiment import ExperimentConfig, plan
+    from mmrec.experiments.plan import ExperimentConfig, plan
     from mmrec.lightning_cli import resolve_config
 
     config = _config(tmp_path, data)

@@ -124,7 +124,8 @@ def test_experiment_and_tune_configs_parse_and_resolve(path, monkeypatch):
     assert first in (f"# mmrec experiment --config {rel}", f"# mmrec tune --config {rel}"), first
     monkeypatch.chdir(REPO)
     if first.startswith("# mmrec experiment "):
-        from mmrec.experiments.experiment import config_from_args, plan
+        from mmrec.experiments.experiment import config_from_args
+        from mmrec.experiments.plan import plan
 
         cfg, _ = config_from_args(["--config", str(path)])
         runs = plan(cfg)

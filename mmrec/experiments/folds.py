@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 if TYPE_CHECKING:
-    from mmrec.experiments.experiment import ExperimentConfig, Run
+    from mmrec.experiments.plan import ExperimentConfig, Run
     from mmrec.experiments.store import ResultStore
 
 #: Pooled user ids: ``fold number * USER_OFFSET + user_idx`` (user ids of folds never meet).
@@ -76,7 +76,7 @@ def write_fold_reports(
 ) -> list[str]:
     """``<out>/<fold>/results.md`` of every fold and the pooled ``<out>/results.md``;
     returns the missing runs (named with their fold)."""
-    from mmrec.experiments.experiment import slug
+    from mmrec.experiments.plan import slug
     from mmrec.experiments.report import _protocol, write_report
 
     folds = list(cfg.folds)

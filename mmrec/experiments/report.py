@@ -15,7 +15,7 @@ from mmrec.experiments.stats import holm, paired_test
 from mmrec.experiments.store import ResultStore, code_label
 
 if TYPE_CHECKING:
-    from mmrec.experiments.experiment import ExperimentConfig, Run
+    from mmrec.experiments.plan import ExperimentConfig, Run
 
 #: Per-user metrics the paired tests compare.
 PAIRED = ("ndcg@10", "hr@10")
@@ -268,7 +268,7 @@ def _protocol(runs: list[Run]) -> str:
 
 def _what(cfg: ExperimentConfig, variant: str) -> str:
     """The entries a row adds to the base configs (a refit twin: its variant's, refit)."""
-    from mmrec.experiments.refit import SUFFIX
+    from mmrec.experiments.plan import SUFFIX
 
     if variant in cfg.baselines:
         return str(cfg.baselines[variant])

@@ -171,7 +171,7 @@ def _args(cfg: TuneConfig, values: dict[str, Any], trial_name: str) -> list[str]
     """
     import json
 
-    from mmrec.experiments.experiment import _entry_args
+    from mmrec.experiments.plan import _entry_args
     from mmrec.lightning_cli import resolve_config
 
     chosen = [values["config"]] if "config" in values else []  # a categorical: one file

@@ -374,6 +374,7 @@ def test_experiment_evaluates_baselines_with_init_args_without_training(
 ):
     import yaml
 
+    import mmrec.experiments.execute as execute
     import mmrec.experiments.experiment as exp
     from mmrec.cli import main
     from mmrec.experiments.store import run_key
@@ -382,7 +383,7 @@ def test_experiment_evaluates_baselines_with_init_args_without_training(
     def refuse(*a, **k):
         raise AssertionError("a model was trained")
 
-    monkeypatch.setattr(exp, "train_and_test", refuse)
+    monkeypatch.setattr(execute, "train_and_test", refuse)
     temporal = temporal_dm(tmp_path / "data", num_items=25)  # K = 20 needs 20 items
     recent = "mmrec.experiments.baselines.RecentCountBaseline"
     co = {"class_path": "mmrec.experiments.baselines.CausalCoOccurrence",

@@ -113,7 +113,7 @@ def test_a_baseline_stored_without_validation_is_evaluated_again(experiment, tmp
 
 
 def test_rerun_trains_nothing(experiment, monkeypatch):
-    import mmrec.experiments.experiment as exp
+    import mmrec.experiments.execute as exp
 
     tmp, path = experiment
 
@@ -188,7 +188,7 @@ def test_tune_never_reads_the_test_split_and_its_best_config_trains(tmp_path, mo
 
 
 def test_workers_claim_runs_so_each_runs_once_and_seeds_go_first(tmp_path, monkeypatch):
-    from mmrec.experiments import experiment as ex
+    from mmrec.experiments import execute as ex
     from mmrec.experiments.store import ResultStore
 
     trained = []
@@ -321,7 +321,7 @@ def _records(store: Path) -> dict[tuple[str, int], dict]:
 def test_damaged_store_files_are_named_and_their_runs_trained_again(
     experiment, tmp_path, capsys, monkeypatch
 ):
-    import mmrec.experiments.experiment as exp
+    import mmrec.experiments.execute as exp
 
     tmp, path = experiment
     store = tmp_path / "store"
@@ -376,7 +376,7 @@ def test_each_result_records_the_code_that_made_it(experiment):
 def test_results_of_other_code_are_named_and_mixed_code_false_refuses(
     experiment, tmp_path, capsys, monkeypatch
 ):
-    import mmrec.experiments.experiment as exp
+    import mmrec.experiments.execute as exp
     from mmrec.experiments.store import code_label
 
     tmp, path = experiment
@@ -480,7 +480,8 @@ def test_each_fit_and_test_is_its_own_wandb_run_grouped_by_experiment(tmp_path, 
 
 
 def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys):
-    from mmrec.experiments.experiment import ExperimentConfig, execute, plan
+    from mmrec.experiments.execute import execute
+    from mmrec.experiments.plan import ExperimentConfig, plan
     from mmrec.experiments.store import ResultStore
     from mmrec.synthetic.dataset import make_synthetic_dataset
 
@@ -529,7 +530,7 @@ def test_refit_twins_train_the_chosen_epochs_on_train_and_valid(tmp_path, capsys
 
 
 def test_rolling_origin_folds_give_a_table_per_fold_and_one_pooled(tmp_path):
-    from mmrec.experiments.experiment import ExperimentConfig, plan, slug
+    from mmrec.experiments.plan import ExperimentConfig, plan, slug
     from mmrec.experiments.store import ResultStore
     from mmrec.synthetic.dataset import make_synthetic_dataset
 
@@ -584,7 +585,7 @@ def test_test_overrides_test_the_stored_training_under_another_protocol(tmp_path
     checkpoints (no training), the one-shot runs' validation and epochs kept; a run with no
     stored training is trained once and stored under both keys."""
     from mmrec.config import ConfigError
-    from mmrec.experiments.experiment import ExperimentConfig, plan
+    from mmrec.experiments.plan import ExperimentConfig, plan
     from mmrec.experiments.store import ResultStore
     from mmrec.synthetic.dataset import make_synthetic_dataset
 
@@ -679,7 +680,8 @@ def test_a_bad_experiment_setting_is_one_line_naming_the_key(tmp_path, capsys, e
 
 
 def test_a_quoted_name_with_a_colon_stays_a_name_in_the_table(tmp_path):
-    from mmrec.experiments.experiment import ExperimentConfig, config_from_args
+    from mmrec.experiments.experiment import config_from_args
+    from mmrec.experiments.plan import ExperimentConfig
 
     config = {"name": "ok", "base": ["configs/quickstart.yaml"], "variants": {"ID only": []},
               "variant_info": {"ID only": {"uses_target_time": False}},
