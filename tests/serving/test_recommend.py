@@ -13,7 +13,8 @@ from mmrec.data.datamodule import AmazonDataModule
 from mmrec.encoders.time import QueryTimeEncoder, TimestampEncoder
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
-from mmrec.serving.recommend import Recommender, main
+from mmrec.serving.recommend import main
+from mmrec.serving.recommender import Recommender
 from mmrec.synthetic.dataset import make_synthetic_dataset
 
 

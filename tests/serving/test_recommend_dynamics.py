@@ -16,7 +16,8 @@ from mmrec.data.eventlog import EventLog
 from mmrec.encoders.dynamics import RecentDynamics
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
-from mmrec.serving.recommend import Recommender, main
+from mmrec.serving.recommend import main
+from mmrec.serving.recommender import Recommender
 from mmrec.synthetic.dataset import make_synthetic_dataset
 
 DAY = 86_400
