@@ -23,14 +23,12 @@ from mmrec.experiments.baselines import (
     BlendBaseline,
     CausalCoOccurrence,
     DecayedCountBaseline,
-    DecayedCounts,
     LastItemCoOccurrence,
     PopularityBaseline,
     RecentCountBaseline,
     evaluate_baseline,
-    event_transitions,
-    training_transitions,
 )
+from mmrec.experiments.counts import DecayedCounts, event_transitions, training_transitions
 from mmrec.experiments.stats import paired_test, paired_values
 from mmrec.synthetic.dataset import make_synthetic_dataset
 from tests.data.test_datamodule import write_folder
