@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,12 +15,21 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmrec.calendar import DAY, to_unix
-from mmrec.data.batch import event_columns, flat_events
-from mmrec.data.dataset import SequenceDataset, _Events, _identity, _Rows
+from mmrec.data.dataset import SequenceDataset, _identity, _Rows
+from mmrec.data.rows import (
+    SPLIT_CODES,
+    _flat_events,
+    _make_rows,
+    _one_shot_rows,
+    _read_interactions,
+    _split_codes,
+    _successive_rows,
+    _train_rows,
+)
 from mmrec.data.samplers import LengthBucketSampler, UnpaddedDistributedSampler, _dist_world
 from mmrec.ingest.settings import PrepareConfig
 
-SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+__all__ = ["AmazonDataModule", "SPLIT_CODES"]
 
 
 class AmazonDataModule(LightningDataModule):
@@ -291,16 +299,8 @@ class AmazonDataModule(LightningDataModule):
         count = np.bincount(u, minlength=self.num_users)  # [U] events per user
         start = np.concatenate([[0], np.cumsum(count)[:-1]])  # [U] flat index of the first
         n = [np.bincount(u[code == c], minlength=self.num_users) for c in range(3)]  # per split
-        # training: inputs = the first n_fit - 1 events, the last one is only a target
         n_fit = n[0] + (n[1] if self.fit_on_valid else 0)  # [U] training (+ valid) events
-        users = np.flatnonzero(n_fit >= 2)
-        end = start[users] + n_fit[users] - 1
-        if self.prefix_samples:  # one row per target: the prefixes of 1..n_fit - 1 events
-            per = n_fit[users] - 1
-            first = np.cumsum(per) - per
-            users = np.repeat(users, per)
-            end = start[users] + 1 + np.arange(int(per.sum())) - np.repeat(first, per)
-        rows = self._rows(users, start[users], end, ts[end])
+        rows = _train_rows(start, n_fit, ts, self.prefix_samples)
         self.datasets["train"] = SequenceDataset(
             self._events,
             rows,
@@ -314,12 +314,12 @@ class AmazonDataModule(LightningDataModule):
             sel = (code == c) & tgt_first  # [N] the split's targets
             if c == 1 and self.fit_on_valid:  # trained on: nothing left to validate
                 none = np.zeros(0, np.int64)
-                rows = self._rows(none, none, none, none, (none, none, none))
+                rows = _make_rows(none, none, none, none, (none, none, none))
                 self.skipped[name] = {"fit_on_valid": int(np.sum(sel))}
             elif self.eval_protocol == "successive":
-                rows = self._successive_rows(name, sel, u, items, ts, start)
+                rows, self.skipped[name] = _successive_rows(sel, u, items, ts, start)
             else:
-                rows = self._one_shot_rows(name, c, sel, n, u, items, ts, start)
+                rows, self.skipped[name] = _one_shot_rows(c, sel, n, u, items, ts, start)
             self.datasets[name] = self._eval_set(rows)
         users = np.flatnonzero(count > 0)
         end = start[users] + count[users]
@@ -327,58 +327,11 @@ class AmazonDataModule(LightningDataModule):
             qlast = ts[end - 1] + DAY
         else:
             qlast = np.full(len(users), self.predict_time)
-        self.datasets["predict"] = self._eval_set(self._rows(users, start[users], end, qlast))
-
-    def _one_shot_rows(self, name, c, sel, n, u, items, ts, start) -> _Rows:
-        """One row per user with targets in split ``c``: history = the earlier splits' events,
-        query time = the first target's time, targets = the user's targets ``sel``."""
-        hist = n[0] + (n[1] if c == 2 else 0)  # [U]
-        self.skipped[name] = {"no_history": int(np.sum((n[c] > 0) & (hist == 0)))}
-        users = np.flatnonzero((n[c] > 0) & (hist > 0))
-        end = start[users] + hist[users]
-        per_user = np.bincount(u[sel], minlength=self.num_users)  # [U] targets
-        off = np.concatenate([[0], np.cumsum(per_user)])  # [U+1]
-        targets = (off[users], off[users + 1] - off[users], items[sel])
-        return self._rows(users, start[users], end, ts[end], targets)
-
-    def _successive_rows(self, name, sel, u, items, ts, start) -> _Rows:
-        """One row per target event ``j`` of ``sel``: history = the user's events before ``j``
-        in the flat (user, time, file) order, query time = ``ts[j]``, target = ``items[j]``."""
-        j = np.flatnonzero(sel)  # [R] flat index of each target event
-        has = j > start[u[j]]  # a target at the user's first event has no history
-        self.skipped[name] = {"no_history": int(np.sum(~has))}
-        j = j[has]
-        users = u[j]
-        one = np.ones(len(j), np.int64)
-        targets = (np.arange(len(j)), one, items[j])
-        return self._rows(users, start[users], j, ts[j], targets)
+        self.datasets["predict"] = self._eval_set(_make_rows(users, start[users], end, qlast))
 
     def _eval_set(self, rows: _Rows) -> SequenceDataset:
         return SequenceDataset(
             self._events, rows, self.max_len, False, self.exclude_history, self.trim_padding
-        )
-
-    @staticmethod
-    def _rows(users, begin, end, qlast, targets=None) -> _Rows:
-        """``_Rows`` of ``[R]`` arrays; ``targets``: ``(start [R], count [R], flat items)``,
-        each row's targets being ``flat[start : start + count]`` (None: no targets)."""
-        t = torch.from_numpy
-        if targets is None:
-            zero = torch.zeros(len(users), dtype=torch.long)
-            tgt_start, tgt_cnt, tgt_items = zero, zero, torch.zeros(1, dtype=torch.long)
-        else:
-            first, cnt, flat = targets
-            tgt_start = t(np.asarray(first, np.int64))
-            tgt_cnt = t(np.asarray(cnt, np.int64))
-            tgt_items = t(np.append(flat, 0).astype(np.int64))
-        return _Rows(
-            user=t(users.astype(np.int64)),
-            begin=t(np.asarray(begin, np.int64)),
-            end=t(np.asarray(end, np.int64)),
-            qlast=t(np.asarray(qlast, np.int64)),
-            tgt_start=tgt_start,
-            tgt_cnt=tgt_cnt,
-            tgt_items=tgt_items,
         )
 
     # ------------------------------------------------------------------ loaders
@@ -432,51 +385,3 @@ class AmazonDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Every user with events, history = all events, one disjoint shard per rank."""
         return self._eval_loader("predict")
-
-
-def _read_interactions(path: Path) -> pl.DataFrame:
-    """The columns of ``interactions.parquet`` that batches need, with ``_row`` (the file's row
-    index), sorted by (user_idx, timestamp) (stable; warns when the file was not)."""
-    names = set(pl.read_parquet_schema(path))
-    need = {"user_idx", "item_idx", "timestamp", "split"}
-    if not need <= names:
-        raise ValueError(f"{path} lacks columns {sorted(need - names)}; re-run `mmrec prepare`")
-    cols = sorted(need | (set(event_columns()) & names))  # absent optional fields: padding
-    df = pl.read_parquet(path, columns=cols).with_row_index("_row")
-    u = df["user_idx"].to_numpy().astype(np.int64)
-    ts = df["timestamp"].to_numpy().astype(np.int64)
-    du, dt = np.diff(u), np.diff(ts)
-    if np.any((du < 0) | ((du == 0) & (dt < 0))):
-        warnings.warn(
-            f"{path} is not sorted by (user_idx, timestamp); sorting it (stable)", stacklevel=3
-        )
-        df = df.sort(["user_idx", "timestamp"], maintain_order=True)
-    return df
-
-
-def _split_codes(path: Path, split: pl.Series, u: np.ndarray) -> np.ndarray:
-    """``[N]`` int8 split code of each event (``SPLIT_CODES``); checks the splits' order."""
-    try:
-        code = split.replace_strict(SPLIT_CODES, return_dtype=pl.Int8).to_numpy()
-    except Exception as e:  # polars raises InvalidOperationError on unknown values
-        bad = sorted(set(split.unique().to_list()) - set(SPLIT_CODES))
-        raise ValueError(f"{path}: unknown split values {bad}; expected {list(SPLIT_CODES)}") from e
-    if np.any((np.diff(code) < 0) & (np.diff(u) == 0)):
-        raise ValueError(
-            f"{path}: a user's events go back from a later split to an earlier one "
-            "(train, valid, test must follow each other in time); re-run `mmrec prepare`"
-        )
-    return code
-
-
-def _flat_events(df: pl.DataFrame, items: np.ndarray, key: np.ndarray) -> _Events:
-    """The per-event fields of ``df`` as flat tensors, plus each user's distinct items in
-    first-seen order (``exclude_items``) as offsets into one flat list."""
-    first = pl.Series(key).is_first_distinct().to_numpy()  # user's first event with an item
-    ex_cum = np.zeros(len(items) + 1, np.int64)
-    np.cumsum(first, out=ex_cum[1:])
-    return _Events(
-        fields=flat_events(df, df["_row"].to_numpy()),
-        ex_items=torch.from_numpy(np.append(items[first], 0)),
-        ex_cum=torch.from_numpy(ex_cum),
-    )
