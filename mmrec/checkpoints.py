@@ -125,7 +125,7 @@ def check_components(hparams: dict, trusted: list[str], path: str | Path = "") -
     from mmrec.encoders.dynamics import ItemDynamics
     from mmrec.fusion import Fusion
     from mmrec.losses import Loss
-    from mmrec.sequence import SequenceHead
+    from mmrec.sequence_base import SequenceHead
 
     lists = {"item_encoders": ItemEncoder, "event_encoders": EventEncoder, "dynamics": ItemDynamics}
     bases = {"fusion": Fusion, "sequence": SequenceHead, "loss": Loss}

@@ -22,7 +22,8 @@ from mmrec.losses import FullSoftmaxCE, Loss
 from mmrec.module_dynamics import DynamicsTerms
 from mmrec.module_eval import RankingEvaluation
 from mmrec.optim import lr_factor, split_decay
-from mmrec.sequence import GPT2Sequence, SequenceHead
+from mmrec.sequence import GPT2Sequence
+from mmrec.sequence_base import SequenceHead
 
 _COMPONENTS = ("item_encoders", "event_encoders", "fusion", "sequence", "loss", "dynamics")
 _NOT_SAVED = (*_COMPONENTS, "trusted_modules")

@@ -379,7 +379,7 @@ def _one_hot_items():
 def test_val_and_test_metrics_exclude_the_history(tmp_path):
     """A model that scores every history item above the target: with history excluded the
     target is first (NDCG@10 = 1); evaluated without exclusion, it is not."""
-    from mmrec.sequence import SequenceHead
+    from mmrec.sequence_base import SequenceHead
 
     n_items, n_users = 24, 6
     # user u: items a, a+1 (train), a+2 (valid), a+3 (test); the target is last + 1
@@ -424,7 +424,7 @@ def test_beyond_accuracy_lists_exclude_the_history(tmp_path):
     the most popular) and the model scores each history item above the target, older ones
     higher: with the history excluded every user's top-1 is its own target (an item unseen in
     training), without it item 1 tops every list."""
-    from mmrec.sequence import SequenceHead
+    from mmrec.sequence_base import SequenceHead
 
     n_items, n_users = 24, 6
     # user u: items 1, 2 (train), 3 + 2u (valid), 4 + 2u (test; the item after the last)
