@@ -23,6 +23,11 @@ TOOLS = {
         "mmrec.serving.recommend",
         "time-aware top-K for a user or a history from a checkpoint",
     ),
+    "export": (
+        "mmrec.serving.export",
+        "a checkpoint as one folder for serving: ONNX user tower, item vectors, id maps",
+    ),
+    "serve": ("mmrec.serving.server", "an exported model over HTTP: POST /recommend, GET /health"),
     "experiment": (
         "mmrec.experiments.experiment",
         "variants x seeds from configs, with paired significance tests: results.md/csv + plot",

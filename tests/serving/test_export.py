@@ -195,3 +195,14 @@ def test_cli_export_refuses_a_non_empty_folder(quick, tmp_path, capsys):
     assert "is not empty" in capsys.readouterr().err
     assert main(["--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "option"), [("export", "--ckpt_path"), ("serve", "--model")])
+def test_mmrec_export_and_serve_commands_explain_their_options(command, option, capsys):
+    from mmrec.cli import main as mmrec_main
+
+    with pytest.raises(SystemExit) as done:
+        mmrec_main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: mmrec {command}" in out and option in out
