@@ -79,6 +79,24 @@ def serving_batch(queries: Sequence[Query], max_len: int) -> Batch:
     return batch
 
 
+def length_groups(lens: Sequence[int], call_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive groups ``[lo, hi)`` of ascending history lengths ``lens`` that minimise the
+    tower's work: each group costs ``call_tokens`` plus its rows times its longest length
+    (exact, by dynamic programming over the ``B <= max_batch_size`` rows)."""
+    n = len(lens)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for hi in range(1, n + 1):
+        for lo in range(hi):
+            cost = best[lo] + call_tokens + (hi - lo) * lens[hi - 1]
+            if cost < best[hi]:
+                best[hi], cut[hi] = cost, lo
+    groups, hi = [], n
+    while hi > 0:
+        groups.append((cut[hi], hi))
+        hi = cut[hi]
+    return groups[::-1]
+
+
 def exclusions(queries: Sequence[Query]) -> Tensor:
     """``[B, X]`` each row's distinct history items, 0-padded (the whole history, not only its
     last ``max_len``): they are not recommended."""
@@ -209,9 +227,23 @@ class ServedModel:
         return {key: values[lo:cut] for key, values in self.events.items()}
 
     # ------------------------------------------------------------------ answers
+    #: What one call of the tower costs beyond its tokens, in padded tokens (Beauty 2014's
+    #: 2-block model on one thread: ~0.3 ms a call, ~0.007 ms a token).
+    call_tokens: int = 40
+
     def user_vectors(self, queries: Sequence[Query]) -> Tensor:
-        """``[B, D]`` user vectors of the requests (one batch through the tower)."""
-        return torch.from_numpy(np.asarray(self.tower(serving_batch(queries, self.max_len))))
+        """``[B, D]`` user vectors of the requests: rows of similar length go through the tower
+        together (``length_groups``), so a long history does not pad every short one to its
+        length (a batch of 32 Beauty requests: 8.8 -> 4.9 ms with two groups)."""
+        order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+        lens = [min(len(queries[i]), self.max_len) for i in order]
+        parts = []
+        for lo, hi in length_groups(lens, self.call_tokens):
+            rows = [queries[i] for i in order[lo:hi]]
+            parts.append(
+                torch.from_numpy(np.asarray(self.tower(serving_batch(rows, self.max_len))))
+            )
+        return torch.cat(parts)[torch.argsort(torch.tensor(order))]
 
     def warm_up(self) -> None:
         """Answer one request (imports, first allocations), so the first client waits no longer

@@ -290,7 +290,8 @@ def run(cfg: ExportConfig) -> dict:
           f"{manifest['model']['num_items']} item vectors, "
           f"{manifest['dataset']['num_users']} users, "
           f"{'item dynamics, ' if manifest['dynamics'] else ''}"
-          f"max |ONNX - PyTorch| {manifest['onnx']['max_abs_diff_vs_torch']:.1e}")  # fmt: skip
+          f"max |ONNX - PyTorch| {manifest['onnx']['max_abs_diff_vs_torch']:.1e} "
+          f"({manifest['onnx']['exporter']} exporter)")  # fmt: skip
     return manifest
 
 

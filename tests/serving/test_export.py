@@ -206,3 +206,27 @@ def test_mmrec_export_and_serve_commands_explain_their_options(command, option, 
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: mmrec {command}" in out and option in out
+
+
+def _split_cost(lens: list[int], starts: list[int], call: int = 40) -> int:
+    """Work of groups of ``lens`` starting at ``starts`` (after the first, at 0)."""
+    edges = [0, *starts, len(lens)]
+    return sum(call + (b - a) * lens[b - 1] for a, b in zip(edges, edges[1:], strict=False))
+
+
+def test_length_groups_are_the_cheapest_split():
+    from itertools import combinations
+
+    from mmrec.serving.bundle import length_groups
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lens = sorted(rng.integers(1, 51, size=int(rng.integers(1, 9))).tolist())
+        n = len(lens)
+        best = min(
+            _split_cost(lens, list(c)) for r in range(n) for c in combinations(range(1, n), r)
+        )
+        groups = length_groups(lens, 40)
+        assert groups[0][0] == 0 and groups[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(groups, groups[1:], strict=False))
+        assert _split_cost(lens, [lo for lo, _ in groups[1:]]) == best
