@@ -247,8 +247,11 @@ def plan(cfg: ExperimentConfig, here: Path = Path()) -> list[Run]:
                 if not tested:
                     runs.append(Run(variant, seed, tuple(args), key, fold=fold))
                     continue
-                # its own key: the training's, and the whole config it is tested with
-                both = run_key({"trained_as": key, "tested_as": resolve_config([*args, *tested])})
+                # its own key: the training's, and the key of the config it is tested with (so
+                # what leaves a key alone, a run's name or an option added later at its old
+                # value, leaves this one alone too: the same test from any experiment)
+                tested_as = run_key(resolve_config([*args, *tested]))
+                both = run_key({"trained_as": key, "tested_as": tested_as})
                 runs.append(
                     Run(variant, seed, tuple(args), both, fold=fold, test_args=tested,
                         trained_as=key)

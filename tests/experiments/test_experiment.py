@@ -645,6 +645,35 @@ def test_test_overrides_test_the_stored_training_under_another_protocol(tmp_path
         plan(ExperimentConfig(**streaming))
 
 
+def test_a_test_under_overrides_has_one_key_whatever_experiment_plans_it(tmp_path):
+    """The key of a run tested under ``test_overrides`` depends on what is trained and how it
+    is tested, not on the experiment's or variant's name, nor on an option added later given
+    at its old value: another experiment finds the stored test."""
+    from mmrec.experiments.plan import ExperimentConfig, plan
+    from mmrec.experiments.store import ADDED_LATER
+    from mmrec.synthetic.dataset import make_synthetic_dataset
+
+    assert ADDED_LATER["data.prefix_samples"] is False
+    data = make_synthetic_dataset(
+        tmp_path / "ds", num_users=40, num_items=40, split="temporal", seed=1
+    )
+    base = tiny_config(tmp_path / "base.yaml", data, 1)
+    test = ["data.eval_protocol=successive"]
+
+    def key(name, variant, entries, overrides=()):
+        cfg = ExperimentConfig(name=name, base=[str(base)], variants={variant: entries},
+                               overrides=list(overrides), test_overrides=test)  # fmt: skip
+        (run,) = plan(cfg)
+        return run.key, run.trained_as
+
+    first = key("streaming", "ID only", [])
+    assert key("rolling_successive", "the same model", []) == first
+    assert key("other", "ID only", [], ["data.prefix_samples=false"]) == first
+    wider = key("streaming", "ID only", ["model.d_model=16"])
+    assert wider[0] != first[0] and wider[1] != first[1]
+    assert key("streaming", "ID only", [], ["data.prefix_samples=true"])[0] != first[0]
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
