@@ -180,9 +180,9 @@ class GPT2Sequence(SequenceHead):
         ar = torch.arange(segments.shape[1], device=segments.device)
         same = segments[:, :, None] == segments[:, None, :]  # [B, L, L]
         allowed = same & (ar[None, :] <= ar[:, None]) & (segments[:, None, :] > 0)
-        return allowed | torch.eye(
-            len(ar), dtype=torch.bool, device=segments.device
-        )  # no empty rows
+        # itself too (no empty rows); written from `ar`, not torch.eye(len(ar)), so that a traced
+        # graph (ONNX export) keeps the history length dynamic
+        return allowed | (ar[:, None] == ar[None, :])
 
     def _block_mask(self, segments: Tensor, dtype: torch.dtype) -> Tensor:
         """``[B, 1, L, L]`` mask: earlier tokens of the same segment (0: padding) and itself."""
