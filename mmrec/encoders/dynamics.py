@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from mmrec.calendar import DAY
 from mmrec.data.eventlog import EventLog
 from mmrec.encoders.base import BuildContext, Encoder
+from mmrec.encoders.dynamics_sweep import sweep_features
 
 #: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units.
 _MLP_BLOCK = 2**17
@@ -128,6 +129,14 @@ class RecentDynamics(ItemDynamics):
         if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):  # the counts sweep time upwards
             order = torch.argsort(t)
             return self.features(log, t[order])[:, torch.argsort(order)]
+        trend = None
+        if self.trend is not None:
+            s, lng = self.trend
+            trend = (s, lng, self.windows_days[s] / self.windows_days[lng])
+        seconds = [round(days * DAY) for days in self.windows_days]
+        fast = sweep_features(log, t, seconds, trend, self.num_features, _days_then_log1p)
+        if fast is not None:  # whole-day times: one compiled pass, bitwise the same features
+            return fast
         q, w, cols = len(t), len(self.windows_days), log.num_items + 1
         windows = torch.empty(w, q, cols, dtype=torch.int32)  # [W, Q, N + 1]
         for i, days in enumerate(self.windows_days):  # events in [t - w, t)

@@ -1,0 +1,135 @@
+"""The compiled pass of RecentDynamics' features (whole-day times): bitwise the torch path's
+features, a brute-force count at every cut, and nothing at or after the query time read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mmrec.encoders.dynamics_sweep as sweep_module
+from mmrec.data.eventlog import EventLog
+from mmrec.encoders.dynamics import RecentDynamics
+from mmrec.evaluation import topk_items
+from mmrec.module import MMRecModule
+from mmrec.sequence import GPT2Sequence
+
+DAY = 86_400
+
+
+def _day_log(seed: int, n: int = 11, e: int = 400, item0: bool = False):
+    """Whole-day events over ~500 days, many on the same day; items 1..n (0 too if asked)."""
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0 if item0 else 1, n + 1, e)
+    items[-5:] = n  # item n is busy on its last day
+    days = 15_000 + rng.integers(0, 500, e)
+    days[::9] = days[0]
+    return items, days * DAY, n
+
+
+def _both(dyn: RecentDynamics, log: EventLog, t: torch.Tensor, monkeypatch):
+    """(compiled, torch) features at ``t``, and how many times the compiled pass ran."""
+    calls = []
+    real = sweep_module._sweep
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(sweep_module, "_sweep", counted)
+    fast = dyn.features(log, t)
+    ran = len(calls)
+    log._whole_days = False  # the flag the compiled pass checks: the torch path from here
+    slow = dyn.features(log, t)
+    log._whole_days = None
+    return fast, slow, ran
+
+
+@pytest.mark.parametrize(
+    ("windows", "trend", "snapshots", "item0"),
+    [
+        ((1, 7, 30, 365), (7, 30), 64, False),
+        ((2, 14), None, 3, True),
+        ((0.5, 3, 90), (3, 90), 1, False),
+    ],
+)
+def test_compiled_features_are_bitwise_the_torch_ones(monkeypatch, windows, trend, snapshots, item0):
+    items, times, n = _day_log(seed=len(windows), item0=item0)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n, snapshots)
+    dyn = RecentDynamics(windows_days=windows, trend_days=trend)
+    days = np.unique(times // DAY)
+    edges = [days[0] - 30, days[0], days[-1], days[-1] + 1, days[-1] + 900]  # before, after
+    rng = np.random.default_rng(0)
+    every = np.unique(np.concatenate([days, days + 1, edges])) * DAY
+    for t in (every, rng.permutation(every[:60]), every[::37], every[-1:]):
+        fast, slow, ran = _both(dyn, log, torch.from_numpy(t), monkeypatch)
+        assert ran == 1, "whole-day times must take the compiled pass"
+        assert fast.shape == slow.shape == (dyn.num_features, len(t), n + 1)
+        assert torch.equal(fast, slow)
+
+
+def test_second_granular_times_take_the_torch_path(monkeypatch):
+    items, times, n = _day_log(seed=1)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
+    dyn = RecentDynamics(windows_days=(1, 7), trend_days=None)
+    _, _, ran = _both(dyn, log, torch.tensor([int(times.max()) + 3600]), monkeypatch)
+    assert ran == 0  # a query off whole days
+    shifted = EventLog(torch.from_numpy(items), torch.from_numpy(times + 1), n)
+    _, _, ran = _both(dyn, shifted, torch.tensor([int(times.max()) + DAY]), monkeypatch)
+    assert ran == 0  # events off whole days
+
+
+def test_compiled_features_equal_a_brute_force_count():
+    items, times, n = _day_log(seed=4, n=6, e=150)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n, 2)
+    dyn = RecentDynamics(windows_days=(1, 7, 30), trend_days=(7, 30))
+    t = np.unique(np.concatenate([times, times + DAY, times + 7 * DAY]))
+    got = dyn.features(log, torch.from_numpy(t))
+    for q in range(0, len(t), 5):
+        now = int(t[q])
+        for i in range(n + 1):
+            ts = times[(items == i) & (times < now)]
+            counts = [int((ts >= now - w * DAY).sum()) for w in (1, 7, 30)]
+            want = [np.log1p(c) for c in counts]
+            want.append(np.log1p(counts[1]) - np.log1p(counts[2] * 7 / 30))
+            seen = len(ts) > 0
+            want += [np.log1p((now - ts.min()) / DAY) if seen else 0.0]
+            want += [np.log1p((now - ts.max()) / DAY) if seen else 0.0, 0.0 if seen else 1.0]
+            np.testing.assert_allclose(got[:, q, i].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_event_on_the_query_day_or_later_changes_no_whole_day_score():
+    """The cut of the compiled pass: an event at the query time (the same day, for day-granular
+    data) or later is not read; one a day before is. Fails if the cut is off by one."""
+    items, times, n = _day_log(seed=2, n=9)
+    torch.manual_seed(0)
+    model = MMRecModule(
+        num_items=n,
+        num_users=1,
+        d_model=16,
+        sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.0),
+        dynamics=[RecentDynamics(hidden=4)],
+    ).eval()
+    nn.init.normal_(model.dynamics[0].mlp[2].weight, std=1.0)
+    t = int(np.sort(times)[200])
+    user, item_vecs = torch.randn(1, 16), model.item_vectors().detach()
+
+    def scores(extra: int | None):
+        i = np.append(items, 4) if extra is not None else items
+        s = np.append(times, extra) if extra is not None else times
+        model.set_event_log(EventLog(torch.from_numpy(i), torch.from_numpy(s), n))
+        with torch.no_grad():
+            term = model.dynamics_term(torch.tensor([t]))
+            top, _ = model._rank_call(
+                topk_items, {"target_time": torch.tensor([t])}, user, item_vecs, n, None
+            )
+        return term, top
+
+    base_term, base_top = scores(None)
+    for later in (t, t + DAY, t + 300 * DAY):
+        term, top = scores(later)
+        assert torch.equal(term, base_term) and torch.equal(top, base_top), later
+    term, _ = scores(t - DAY)
+    assert term[0, 4] != base_term[0, 4]
+    assert torch.equal(term[0, :4], base_term[0, :4]) and torch.equal(term[0, 5:], base_term[0, 5:])
