@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -259,13 +260,16 @@ def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> di
     }
 
 
-def write_dynamics(results: list[dict], out: Path, command: str) -> None:
+def write_dynamics(
+    results: list[dict], out: Path, command: str, load: tuple[float, float], note: str = ""
+) -> None:
     r0 = results[0]
     lines = [
         "# Evaluation speed with item dynamics (RecentDynamics) against without",
         "",
         f"Command: `{command}`  ",
-        f"Hardware: {hardware()}  ",
+        f"Hardware: {hardware()}; load average (1 min) {load[0]:.2f} at the start, "
+        f"{load[1]:.2f} at the end  ",
         f"Data: {r0['case']}: {r0['items']:,} items, {r0['events']:,} events; one target per "
         "user, ranked at its own time (`loo`: each user's last event; `temporal`: one-shot on "
         "the last 30 days, each user's first event there). Random D=64 vectors as above; "
@@ -302,6 +306,8 @@ def write_dynamics(results: list[dict], out: Path, command: str) -> None:
         + ". No feature is stored: features are computed per distinct time from the log, in "
         "chunks of at most `memory_budget_mb` (64 MB) of temporaries.",
     ]
+    if note:
+        lines += ["", note]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -316,6 +322,7 @@ def main() -> None:
         "--synthetic", action="store_true", help="Beauty-sized synthetic events (dynamics)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--note", default="", help="free text added under the table (dynamics)")
     parser.add_argument(
         "--tm-users-beauty", type=int, default=2_000, help="users given to torchmetrics (Beauty)"
     )
@@ -336,11 +343,14 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
             command += f" --threads {args.threads}"
+        if args.repeats != 3:
+            command += f" --repeats {args.repeats}"
+        start = os.getloadavg()[0]
         results = [
             run_dynamics(args.batch, args.repeats, args.synthetic, protocol)
             for protocol in ("loo", "temporal")
         ]
-        write_dynamics(results, out, command)
+        write_dynamics(results, out, command, (start, os.getloadavg()[0]), args.note)
         return
     if args.case != "all":
         tm = args.tm_users_beauty if args.case == "beauty" else args.tm_users_million

@@ -16,8 +16,9 @@ from mmrec.data.eventlog import EventLog
 from mmrec.encoders.base import BuildContext, Encoder
 from mmrec.encoders.dynamics_sweep import sweep_features
 
-#: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units.
-_MLP_BLOCK = 2**17
+#: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units (so
+#: that they stay in cache: 2**15 was 2.4x faster than 2**17 on Beauty, the same values).
+_MLP_BLOCK = 2**15
 
 
 class ItemDynamics(Encoder):
@@ -168,7 +169,8 @@ class RecentDynamics(ItemDynamics):
             h = torch.addmm(first.bias[:, None], first.weight, flat[:, lo : lo + _MLP_BLOCK])
             outs.append(torch.addmm(last.bias[:, None], last.weight, h.relu_()))  # [1, block]
         out = torch.cat(outs, 1).view(q, cols)
-        return out.masked_fill(torch.arange(cols, device=out.device) == 0, 0.0)
+        out[:, 0] = 0.0  # the padding item (a new tensor: cat made it)
+        return out
 
     def forward(self, log: EventLog, t: Tensor) -> Tensor:
         if log.num_items != self.num_items:

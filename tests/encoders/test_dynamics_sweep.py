@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import mmrec.encoders.dynamics as dynamics_module
 import mmrec.encoders.dynamics_sweep as sweep_module
 from mmrec.data.eventlog import EventLog
 from mmrec.encoders.dynamics import RecentDynamics
@@ -31,13 +32,14 @@ def _day_log(seed: int, n: int = 11, e: int = 400, item0: bool = False):
 def _both(dyn: RecentDynamics, log: EventLog, t: torch.Tensor, monkeypatch):
     """(compiled, torch) features at ``t``, and how many times the compiled pass ran."""
     calls = []
-    real = sweep_module._sweep
+    real = sweep_module.sweep_features
 
     def counted(*args):
-        calls.append(1)
-        return real(*args)
+        out = real(*args)
+        calls.extend([] if out is None else [1])
+        return out
 
-    monkeypatch.setattr(sweep_module, "_sweep", counted)
+    monkeypatch.setattr(dynamics_module, "sweep_features", counted)
     fast = dyn.features(log, t)
     ran = len(calls)
     log._whole_days = False  # the flag the compiled pass checks: the torch path from here
@@ -54,7 +56,9 @@ def _both(dyn: RecentDynamics, log: EventLog, t: torch.Tensor, monkeypatch):
         ((0.5, 3, 90), (3, 90), 1, False),
     ],
 )
-def test_compiled_features_are_bitwise_the_torch_ones(monkeypatch, windows, trend, snapshots, item0):
+def test_compiled_features_are_bitwise_the_torch_ones(
+    monkeypatch, windows, trend, snapshots, item0
+):
     items, times, n = _day_log(seed=len(windows), item0=item0)
     log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n, snapshots)
     dyn = RecentDynamics(windows_days=windows, trend_days=trend)
@@ -133,3 +137,16 @@ def test_an_event_on_the_query_day_or_later_changes_no_whole_day_score():
     term, _ = scores(t - DAY)
     assert term[0, 4] != base_term[0, 4]
     assert torch.equal(term[0, :4], base_term[0, :4]) and torch.equal(term[0, 5:], base_term[0, 5:])
+
+
+def test_the_compiled_pass_leaves_torchs_thread_count_alone():
+    """A process told to use one thread (``OMP_NUM_THREADS=1``, ``--jobs 2``) keeps it."""
+    items, times, n = _day_log(seed=3)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        RecentDynamics().features(log, torch.from_numpy(np.unique(times)))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
