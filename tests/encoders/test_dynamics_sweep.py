@@ -150,3 +150,20 @@ def test_the_compiled_pass_leaves_torchs_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluation_blocks_of_the_mlp_give_the_training_blocks_values(monkeypatch):
+    """Outside autograd the MLP runs in smaller blocks (speed); the term is bitwise the same."""
+    items, times, n = _day_log(seed=6, n=3000, e=5000)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
+    dyn = RecentDynamics(hidden=8)
+    dyn.build(type("Ctx", (), {"num_items": n, "d_model": 8})())
+    nn.init.normal_(dyn.mlp[2].weight, std=1.0)
+    t = torch.from_numpy(np.unique(times)[:60])  # 60 x 3,001 entries: several blocks of 2**15
+    with torch.no_grad():
+        small = dyn(log, t)
+        monkeypatch.setattr(dynamics_module, "_EVAL_MLP_BLOCK", dynamics_module._MLP_BLOCK)
+        large = dyn(log, t)
+    trained = dyn(log, t)  # grad enabled: the training blocks
+    assert trained.requires_grad and torch.equal(small, large)
+    assert torch.equal(small, trained.detach()) and small[:, 1:].abs().sum() > 0
