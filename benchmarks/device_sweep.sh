@@ -14,7 +14,8 @@
 # - a one-epoch smoke fit and test of the variant with the most options first, so a broken
 #   GPU path fails in seconds.
 # Packages the machine lacks may be carried in .whl/ (wheels, plus polars' runtime as
-# .whl/polars_runtime.tar.xz); they are installed into /tmp/site. The raw files a prepared
+# .whl/polars_runtime.tar.xz); they are installed into /tmp/site. numba (+ llvmlite) may be
+# left out: item dynamics then compute their features by the torch path (same values, slower). The raw files a prepared
 # data folder was made from may travel as .whl/raw.tar.xz (paths from the checkout's parent). Output goes to $OUT (or
 # /tmp/sweep_out): store.tgz (the result store, refreshed every 30 s), log.txt, gpu.txt.
 # The table is then written where the store is, with `mmrec experiment --config ... --train

@@ -9,12 +9,14 @@ of :meth:`RecentDynamics.features`' torch path (tested), at a fraction of its me
 
 Used where every event time and query time is a whole number of days (the Amazon 2014 and 2018
 files, and ``mmrec recommend --at DATE``): only then are the day tables exact. Numba compiles
-the loop once per machine (``cache=True``).
+the loop once per machine (``cache=True``); without numba (an environment given only some
+wheels) the torch path runs instead, with a warning.
 """
 
 from __future__ import annotations
 
-import numba
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,11 +24,15 @@ from torch import Tensor
 from mmrec.calendar import DAY
 from mmrec.data.eventlog import EventLog
 
+try:
+    import numba
+except ImportError:  # e.g. a GPU image given only some wheels: the torch path, same values
+    numba = None
+
 #: Largest table of ``log1p`` values built (counts or days); above it the torch path is used.
 TABLE_MAX = 2**20
 
 
-@numba.njit(cache=True, nogil=True)
 def _sweep(
     items: np.ndarray,  # [E] int64, the log's events by time
     times: np.ndarray,  # [E] int64
@@ -69,6 +75,10 @@ def _sweep(
             out[j + 2, k, i] = np.float32(0.0) if seen else np.float32(1.0)
 
 
+if numba is not None:
+    _sweep = numba.njit(cache=True, nogil=True)(_sweep)
+
+
 def whole_days(log: EventLog) -> bool:
     """Whether every event time of ``log`` is a whole number of days (kept on the log)."""
     flag = getattr(log, "_whole_days", None)
@@ -100,6 +110,13 @@ def sweep_features(
     apply (a time or event off whole days, or a table over :data:`TABLE_MAX`)."""
     q, cols = len(t), log.num_items + 1
     if q == 0 or not whole_days(log) or bool((t % DAY != 0).any()):
+        return None
+    if numba is None:
+        warnings.warn(
+            "numba is not installed: item-dynamics features take the slower torch path (the "
+            "same values); `pip install numba` (a dependency of mmrec) for the compiled pass",
+            stacklevel=3,
+        )
         return None
     top = max_item_events(log)
     first_day = int(log.times[0]) if len(log.times) else int(t[0])

@@ -167,3 +167,15 @@ def test_evaluation_blocks_of_the_mlp_give_the_training_blocks_values(monkeypatc
     trained = dyn(log, t)  # grad enabled: the training blocks
     assert trained.requires_grad and torch.equal(small, large)
     assert torch.equal(small, trained.detach()) and small[:, 1:].abs().sum() > 0
+
+
+def test_without_numba_the_torch_path_gives_the_same_features_and_says_so(monkeypatch):
+    items, times, n = _day_log(seed=7)
+    log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
+    t = torch.from_numpy(np.unique(times)[::5])
+    dyn = RecentDynamics()
+    compiled = dyn.features(log, t)
+    monkeypatch.setattr(sweep_module, "numba", None)
+    with pytest.warns(UserWarning, match="numba is not installed"):
+        plain = dyn.features(log, t)
+    assert torch.equal(compiled, plain)
