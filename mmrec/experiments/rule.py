@@ -87,6 +87,11 @@ def spread(values: Sequence[float]) -> float:
     return max(std, MIN_SPREAD)
 
 
+def _mean(values: tuple[float, ...]) -> float:
+    """The mean, NaN for no values (a side with no run yet: evidence missing)."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def judge_category(
     category: str, default: Side, setting: Side, paired: Paired | None = None
 ) -> CategoryVerdict:
@@ -96,10 +101,10 @@ def judge_category(
     if seeds < MIN_SEEDS:
         missing = f"{category}: {seeds} seed(s), the rule needs {MIN_SEEDS} on both sides"
     s = spread(default.val)
-    val_d, val_s = float(np.mean(default.val)), float(np.mean(setting.val))
+    val_d, val_s = _mean(default.val), _mean(setting.val)
     change = float(np.clip((val_s - val_d) / s, -CLIP, CLIP))
     ts = spread(default.test)
-    test_d, test_s = float(np.mean(default.test)), float(np.mean(setting.test))
+    test_d, test_s = _mean(default.test), _mean(setting.test)
     veto = None
     if test_s < test_d - VETO_SPREADS * ts:
         veto = (
