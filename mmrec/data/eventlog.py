@@ -15,6 +15,8 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from mmrec.calendar import DAY
+
 #: ``last_before`` of an item with no event before the query time.
 NEVER = -(2**62)
 
@@ -63,6 +65,10 @@ class EventLog:
         self.first_time = torch.full((cols,), -NEVER).scatter_reduce(
             0, self.items, self.times, "amin"
         )
+        #: Whether every event time is a whole number of days (the Amazon 2014 and 2018 files).
+        self.whole_days = bool((self.times % DAY == 0).all())
+        #: The most events any item has: a bound of every count the log answers.
+        self.max_item_events = int(torch.bincount(self.items).max()) if n else 0
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -79,24 +79,6 @@ if numba is not None:
     _sweep = numba.njit(cache=True, nogil=True)(_sweep)
 
 
-def whole_days(log: EventLog) -> bool:
-    """Whether every event time of ``log`` is a whole number of days (kept on the log)."""
-    flag = getattr(log, "_whole_days", None)
-    if flag is None:
-        flag = bool((log.times % DAY == 0).all())
-        log._whole_days = flag
-    return flag
-
-
-def max_item_events(log: EventLog) -> int:
-    """The most events any item has in ``log`` (kept on the log): a bound of every count."""
-    top = getattr(log, "_max_item_events", None)
-    if top is None:
-        top = int(torch.bincount(log.items).max()) if len(log.items) else 0
-        log._max_item_events = top
-    return top
-
-
 def sweep_features(
     log: EventLog,
     t: Tensor,
@@ -109,7 +91,7 @@ def sweep_features(
     in seconds; ``trend``: ``(short, long, short / long)``), or None where this pass does not
     apply (a time or event off whole days, or a table over :data:`TABLE_MAX`)."""
     q, cols = len(t), log.num_items + 1
-    if q == 0 or not whole_days(log) or bool((t % DAY != 0).any()):
+    if q == 0 or not log.whole_days or bool((t % DAY != 0).any()):
         return None
     if numba is None:
         warnings.warn(
@@ -118,7 +100,7 @@ def sweep_features(
             stacklevel=3,
         )
         return None
-    top = max_item_events(log)
+    top = log.max_item_events
     first_day = int(log.times[0]) if len(log.times) else int(t[0])
     span = (int(t[-1]) - min(first_day, int(t[0]))) // DAY
     if top > TABLE_MAX or span > TABLE_MAX:

@@ -42,9 +42,9 @@ def _both(dyn: RecentDynamics, log: EventLog, t: torch.Tensor, monkeypatch):
     monkeypatch.setattr(dynamics_module, "sweep_features", counted)
     fast = dyn.features(log, t)
     ran = len(calls)
-    log._whole_days = False  # the flag the compiled pass checks: the torch path from here
+    log.whole_days = False  # the flag the compiled pass checks: the torch path from here
     slow = dyn.features(log, t)
-    log._whole_days = None
+    log.whole_days = True
     return fast, slow, ran
 
 
