@@ -227,6 +227,8 @@ def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> di
         model.set_event_log(log)  # an empty cache, as after each training epoch
         term_s[0] = 0.0
         t0, out = time.perf_counter(), []
+        if dynamics:  # as the module's evaluation epochs start: all the rows' times at once
+            model.prefetch_dynamics(target_time)
         for lo in range(0, n_users, batch):
             sl = slice(lo, lo + batch)
             args = (user_vecs[sl], item_vecs, targets[sl], exclude[sl])
@@ -290,7 +292,7 @@ def write_dynamics(
         f"evaluation batches of {r0['batch']:,} users through `MMRecModule`'s ranking path "
         "(history excluded); the dynamics' cache is emptied before each pass, as after a "
         "training epoch, so every distinct time is computed once a pass. Best of "
-        f"{r0['repeats']} interleaved passes (the machine is shared: all passes listed). \"Of "
+        f'{r0["repeats"]} interleaved passes (the machine is shared: all passes listed). "Of '
         "which the term\": the fastest pass's time in computing the dynamics' term of its "
         "distinct times (`MMRecModule._term_of`); the rest is gathering each user's row of it "
         "into the scores, and the ranking.",

@@ -63,6 +63,36 @@ class DynamicsTerms:
         slots = self._cached_slots(times.tolist())  # [T] rows of the cache
         return self._term_cache.rows(slots[inverse.cpu()]).view(*t.shape, cols)
 
+    @torch.no_grad()
+    def prefetch_dynamics(self, times: Tensor) -> int:
+        """Compute the dynamics' term at every distinct time of ``times`` in one call and keep
+        it in the evaluation cache, when they all fit (``dynamics_cache_mb``); returns how many
+        times were prefetched (0: no dynamics, or too many times). Evaluation epochs call it
+        with all their rows' query times: one pass over the log instead of one per batch."""
+        if not len(self.dynamics) or not len(times):
+            return 0
+        distinct = torch.unique(torch.as_tensor(times).reshape(-1)).tolist()
+        if len(distinct) > self._cache_capacity():
+            return 0
+        self._cached_slots(distinct)
+        return len(distinct)
+
+    def _prefetch_loaders(self, loaders: Any) -> None:
+        """:meth:`prefetch_dynamics` for the query times of every row of ``loaders`` (an
+        evaluation dataloader or a list of them, over :class:`~mmrec.data.dataset.SequenceDataset`);
+        other datasets are left to compute per batch."""
+        if not len(self.dynamics) or loaders is None:
+            return
+        times = []
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            rows = getattr(getattr(loader, "dataset", None), "rows", None)
+            qlast = getattr(rows, "qlast", None)
+            if not isinstance(qlast, Tensor):
+                return
+            times.append(qlast)
+        if times:
+            self.prefetch_dynamics(torch.cat(times))
+
     def _cache_capacity(self) -> int:
         """Rows of the evaluation cache of dynamics terms (``dynamics_cache_mb``)."""
         return min(2**16, int(self.dynamics_cache_mb * 2**20) // (4 * (self.num_items + 1)))

@@ -53,6 +53,7 @@ class RankingEvaluation:
 
     def on_validation_epoch_start(self) -> None:
         self._eval_item_vecs = None
+        self._prefetch_loaders(self.trainer.val_dataloaders if self._trainer is not None else None)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics)
@@ -62,6 +63,7 @@ class RankingEvaluation:
 
     def on_test_epoch_start(self) -> None:
         self._eval_item_vecs = None
+        self._prefetch_loaders(self.trainer.test_dataloaders if self._trainer is not None else None)
         self._test_users: list[tuple[Tensor, Tensor]] = []
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from mmrec.calendar import DAY
 from mmrec.data.eventlog import EventLog
 from mmrec.encoders.base import BuildContext, Encoder
-from mmrec.encoders.dynamics_sweep import sweep_features
+from mmrec.encoders.dynamics_sweep import FeatureSweep, sweep_features
 
 #: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units: in
 #: training (the block count orders the sum of the weights' gradients, so it stays what the
@@ -64,6 +64,9 @@ class RecentDynamics(ItemDynamics):
     each chunk is recomputed in the backward pass (activation checkpointing) instead of being
     kept, so memory stays at the ``[times, N + 1]`` term, unless the batch's features and hidden
     units fit in ``keep_features_mb`` (then they are kept, and nothing is computed twice).
+    Outside autograd on the CPU with whole-day times, one compiled pass computes the term
+    without chunks: features and MLP a tile of items at a time, in cache (the MLP's function,
+    float32 sums in another order: scores within ~1e-6 of the training term's).
     State per item: the event log's
     (``EventLog.nbytes_per_item``); no feature is stored (the model keeps computed terms for
     evaluation, up to ``MMRecModule.dynamics_cache_mb``). Features are computed on the CPU,
@@ -133,12 +136,7 @@ class RecentDynamics(ItemDynamics):
         if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):  # the counts sweep time upwards
             order = torch.argsort(t)
             return self.features(log, t[order])[:, torch.argsort(order)]
-        trend = None
-        if self.trend is not None:
-            s, lng = self.trend
-            trend = (s, lng, self.windows_days[s] / self.windows_days[lng])
-        seconds = [round(days * DAY) for days in self.windows_days]
-        fast = sweep_features(log, t, seconds, trend, self.num_features, _days_then_log1p)
+        fast = sweep_features(log, t, *self._sweep_spec(), self.num_features, _days_then_log1p)
         if fast is not None:  # whole-day times: one compiled pass, bitwise the same features
             return fast
         q, w, cols = len(t), len(self.windows_days), log.num_items + 1
@@ -161,18 +159,45 @@ class RecentDynamics(ItemDynamics):
         x[j + 2].copy_(unseen)
         return x
 
+    def _sweep_spec(self) -> tuple[list[int], tuple[int, int, float] | None]:
+        """The compiled pass's windows (seconds) and trend ``(short, long, short / long)``."""
+        trend = None
+        if self.trend is not None:
+            s, lng = self.trend
+            trend = (s, lng, self.windows_days[s] / self.windows_days[lng])
+        return [round(days * DAY) for days in self.windows_days], trend
+
     # ------------------------------------------------------------------ term
-    def _chunk(self, log: EventLog, t: Tensor) -> Tensor:
-        """``[q, N + 1]`` term of one chunk of query times."""
+    def _mlp(self, x: Tensor, block: int) -> Tensor:
+        """``[q, N + 1]`` MLP of features ``x [F, q, N + 1]``, ``block`` columns at a time."""
         first, last = self.mlp[0], self.mlp[2]
-        x = self.features(log, t).to(first.weight.device)  # [F, q, N + 1]
         f, q, cols = x.shape
         flat, outs = x.view(f, -1), []
-        block = _MLP_BLOCK if torch.is_grad_enabled() else _EVAL_MLP_BLOCK
         for lo in range(0, flat.shape[1], block):  # hidden units of a block stay in cache
             h = torch.addmm(first.bias[:, None], first.weight, flat[:, lo : lo + block])
             outs.append(torch.addmm(last.bias[:, None], last.weight, h.relu_()))  # [1, block]
-        out = torch.cat(outs, 1).view(q, cols)
+        return torch.cat(outs, 1).view(q, cols)
+
+    def _fused(self, log: EventLog, t: Tensor) -> Tensor | None:
+        """Outside autograd on the CPU: the term in one compiled pass that feeds each tile of
+        items' features through the MLP while they are in cache (:class:`FeatureSweep`); the
+        torch MLP's function, its float32 sums in another order. None where the compiled pass
+        does not apply."""
+        t = t.detach().long().cpu().contiguous()
+        order = None
+        if len(t) > 1 and not bool((t[1:] >= t[:-1]).all()):
+            order = torch.argsort(t)
+            t = t[order]
+        sweep = FeatureSweep.start(log, t, *self._sweep_spec(), self.num_features, _days_then_log1p)
+        if sweep is None:
+            return None
+        out = sweep.take_term(len(t), self.mlp)
+        return out if order is None else out[torch.argsort(order)]
+
+    def _chunk(self, log: EventLog, t: Tensor) -> Tensor:
+        """``[q, N + 1]`` term of one chunk of query times."""
+        x = self.features(log, t).to(self.mlp[0].weight.device)  # [F, q, N + 1]
+        out = self._mlp(x, _MLP_BLOCK if torch.is_grad_enabled() else _EVAL_MLP_BLOCK)
         out[:, 0] = 0.0  # the padding item (a new tensor: cat made it)
         return out
 
@@ -188,6 +213,11 @@ class RecentDynamics(ItemDynamics):
         step = max(1, int(self.memory_budget_mb * 2**20) // per_time)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         kept = len(t) * cols * 4 * (self.num_features + self.hidden + 1)  # features, hidden
+        if not grad and self.mlp[0].weight.device.type == "cpu" and len(t):
+            out = self._fused(log, t)  # no temporaries but the term: no chunks
+            if out is not None:
+                out[:, 0] = 0.0  # the padding item (a new tensor: cat or indexing made it)
+                return out
         if grad and kept <= self.keep_features_mb * 2**20:  # no recomputation in backward
             return torch.cat([self._chunk(log, t[lo : lo + step]) for lo in range(0, len(t), step)])
         part = functools.partial(self._chunk, log)

@@ -334,6 +334,52 @@ def test_evaluation_computes_each_distinct_time_once_and_follows_new_weights(mon
     assert len(model._term_cache) == 3 and len(computed) == 3 + 3 * 3 + 4 * 3
 
 
+def test_an_evaluation_epoch_computes_all_its_times_in_one_call_and_ranks_the_same(
+    dataset, monkeypatch, tmp_path
+):
+    """Validation and test epochs prefetch the term at every row's query time in one call
+    (one pass over the log instead of one per batch): same metrics as batch by batch."""
+    dm = _dm(dataset)
+    model = _for_data(dm)
+    calls: list[list[int]] = []
+    forward = RecentDynamics.forward
+
+    def counting(self, log, t):
+        calls.append(t.tolist())
+        return forward(self, log, t)
+
+    monkeypatch.setattr(RecentDynamics, "forward", counting)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu",
+                        default_root_dir=tmp_path, enable_model_summary=False)  # fmt: skip
+    results = {}
+    for split, loaders in (("validate", "val_dataloaders"), ("test", "test_dataloaders")):
+        calls.clear()
+        model._term_cache.clear()  # else times the validation computed are reused
+        results[split] = getattr(trainer, split)(model, datamodule=dm, verbose=False)[0]
+        times = getattr(trainer, loaders).dataset.rows.qlast.tolist()  # every row's
+        assert len(calls) == 1, split  # every batch found its rows in the cache
+        assert sorted(calls[0]) == sorted(set(times)) and len(set(times)) > 1, split
+    monkeypatch.setattr(MMRecModule, "prefetch_dynamics", lambda self, t: 0)  # batch by batch
+    for split in ("validate", "test"):
+        calls.clear()
+        model._term_cache.clear()
+        plain = getattr(trainer, split)(model, datamodule=dm, verbose=False)[0]
+        assert len(calls) > 1, split
+        assert plain == results[split]
+
+
+def test_prefetch_skips_what_does_not_fit_the_cache(monkeypatch):
+    items, times, n = _hand_log(seed=5)
+    model = _model(n).eval()
+    model.set_event_log(EventLog(torch.from_numpy(items), torch.from_numpy(times), n))
+    t = torch.from_numpy(times[:20])
+    monkeypatch.setattr(model, "dynamics_cache_mb", 10 * 4 * (n + 1) / 2**20)  # 10 rows
+    assert model.prefetch_dynamics(t) == 0 and len(model._term_cache) == 0
+    assert model.prefetch_dynamics(t[:10]) == len(set(t[:10].tolist()))
+    assert len(model._term_cache) == len(set(t[:10].tolist()))
+    assert _model(n).prefetch_dynamics(torch.zeros(0, dtype=torch.long)) == 0
+
+
 # ------------------------------------------------------------------ checkpoints
 def test_a_tiny_fit_reloads_with_identical_scores(dataset, tmp_path):
     dm = _dm(dataset)

@@ -56,9 +56,11 @@ def _both(dyn: RecentDynamics, log: EventLog, t: torch.Tensor, monkeypatch):
         ((0.5, 3, 90), (3, 90), 1, False),
     ],
 )
+@pytest.mark.parametrize("restart_mb", [64, 0])  # 0: no restart but the first time's
 def test_compiled_features_are_bitwise_the_torch_ones(
-    monkeypatch, windows, trend, snapshots, item0
+    monkeypatch, windows, trend, snapshots, item0, restart_mb
 ):
+    monkeypatch.setattr(sweep_module, "RESTART_MB", restart_mb)
     items, times, n = _day_log(seed=len(windows), item0=item0)
     log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n, snapshots)
     dyn = RecentDynamics(windows_days=windows, trend_days=trend)
@@ -152,21 +154,45 @@ def test_the_compiled_pass_leaves_torchs_thread_count_alone():
         torch.set_num_threads(before)
 
 
-def test_evaluation_blocks_of_the_mlp_give_the_training_blocks_values(monkeypatch):
-    """Outside autograd the MLP runs in smaller blocks (speed); the term is bitwise the same."""
+def test_evaluation_terms_match_the_training_term(monkeypatch):
+    """Outside autograd the term comes from the fused kernel (features and MLP a tile of items
+    at a time): the training term's function within float32 rounding, the same whatever the
+    split of the catalogue over threads; the unfused path's smaller MLP blocks are bitwise the
+    training blocks."""
     items, times, n = _day_log(seed=6, n=3000, e=5000)
+    edges = [999, 1000, 1001, 1499, 1500, 1501, 1999, 2000, 2001]  # of the column ranges
+    items[:180] = np.repeat(edges, 20)
     log = EventLog(torch.from_numpy(items), torch.from_numpy(times), n)
     dyn = RecentDynamics(hidden=8)
     dyn.build(type("Ctx", (), {"num_items": n, "d_model": 8})())
+    nn.init.normal_(dyn.mlp[0].bias, std=1.0)
     nn.init.normal_(dyn.mlp[2].weight, std=1.0)
-    t = torch.from_numpy(np.unique(times)[:60])  # 60 x 3,001 entries: several blocks of 2**15
+    t = torch.from_numpy(np.unique(times))  # ~500 days x 3,001 items: many blocks of 2**15
+    trained = dyn(log, t)  # grad enabled: the training blocks
+    assert trained.requires_grad and trained[:, 1:].abs().sum() > 0
+    fused = []
+    for threads, columns in ((1, 4096), (2, 1000), (3, 7)):  # 1, 2 and 3 column ranges
+        monkeypatch.setattr(sweep_module, "MIN_COLUMNS", columns)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                fused.append(dyn(log, t))
+        finally:
+            torch.set_num_threads(before)
+    torch.testing.assert_close(fused[0], trained.detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(fused[0], trained.detach())  # another order of float32 sums
+    assert torch.equal(fused[0], fused[1]) and torch.equal(fused[0], fused[2])
+    assert torch.equal(fused[0][:, 0], torch.zeros(len(t)))  # the padding item
+    shuffled = torch.randperm(len(t), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(dyn(log, t[shuffled]), fused[0][shuffled])  # rows follow the times
+    monkeypatch.setattr(dyn, "_fused", lambda log, t: None)  # the unfused path
     with torch.no_grad():
         small = dyn(log, t)
         monkeypatch.setattr(dynamics_module, "_EVAL_MLP_BLOCK", dynamics_module._MLP_BLOCK)
         large = dyn(log, t)
-    trained = dyn(log, t)  # grad enabled: the training blocks
-    assert trained.requires_grad and torch.equal(small, large)
-    assert torch.equal(small, trained.detach()) and small[:, 1:].abs().sum() > 0
+    assert torch.equal(small, large) and torch.equal(small, trained.detach())
 
 
 def test_without_numba_the_torch_path_gives_the_same_features_and_says_so(monkeypatch):
