@@ -18,8 +18,9 @@ from mmrec.encoders.dynamics_sweep import FeatureSweep, sweep_features
 
 #: Entries (time, item) per matmul of the MLP, bounding its ``[H, block]`` hidden units: in
 #: training (the block count orders the sum of the weights' gradients, so it stays what the
-#: stored runs were trained with), and outside autograd, where smaller blocks stay in cache
-#: (2.4x faster on Beauty than 2**17, bitwise the same scores).
+#: stored runs were trained with), and outside autograd where the fused compiled pass does not
+#: apply (an accelerator, times off whole days): smaller blocks stay in cache (2.4x faster on
+#: Beauty than 2**17, bitwise the same scores).
 _MLP_BLOCK = 2**17
 _EVAL_MLP_BLOCK = 2**15
 
