@@ -53,8 +53,8 @@ def paired_from_store(store: Path, default_keys: list[str], setting_keys: list[s
     from mmrec.experiments.stats import paired_test
 
     files = [store / f"{k}.users.parquet" for k in (*default_keys, *setting_keys)]
-    if not all(f.is_file() for f in files):
-        return None
+    if not default_keys or not setting_keys or not all(f.is_file() for f in files):
+        return None  # a side with no run trained yet has nothing to pair
 
     def means(keys: list[str]) -> pl.DataFrame:
         frames = [pl.read_parquet(store / f"{k}.users.parquet") for k in keys]
@@ -78,15 +78,18 @@ def verdict_lines(decision: dict, verdict: Verdict) -> list[str]:
         "| test default | test setting | paired test (setting - default) | veto |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    def num(x: float, form: str = ".4f") -> str:
+        return "—" if np.isnan(x) else format(x, form)  # a side with no run trained yet
+
     for c in verdict.categories:
         paired = (
             f"{c.paired.difference:+.4f} [{c.paired.low:+.4f}, {c.paired.high:+.4f}]"
-            if c.paired else "per-user results not stored"
+            if c.paired else "per-user results not stored" if c.seeds else "not trained yet"
         )  # fmt: skip
         lines.append(
-            f"| {c.category} | {c.seeds} | {c.val_default:.4f} | {c.val_setting:.4f} | "
-            f"{c.spread:.4f} | {c.change:+.2f} | {c.test_default:.4f} | {c.test_setting:.4f} | "
-            f"{paired} | {c.veto or 'none'} |"
+            f"| {c.category} | {c.seeds} | {num(c.val_default)} | {num(c.val_setting)} | "
+            f"{num(c.spread)} | {num(c.change, '+.2f')} | {num(c.test_default)} | "
+            f"{num(c.test_setting)} | {paired} | {c.veto or 'none'} |"
         )
     return [*lines, ""]
 
