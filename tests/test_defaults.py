@@ -101,27 +101,62 @@ def _min_steps(path: str) -> int | None:
     return (yaml.safe_load((REPO / path).read_text()).get("trainer") or {}).get("min_steps")
 
 
+def _beauty_args(name: str, seed: int) -> list[str]:
+    return [f"--config=configs/beauty2014/{name}.yaml", f"--seed_everything={seed}",
+            f"--data.seed={seed}"]  # fmt: skip
+
+
+def _has_dynamics(path: str) -> bool:
+    return bool((yaml.safe_load((REPO / path).read_text()).get("model") or {}).get("dynamics"))
+
+
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_beauty_configs_are_the_candidate_runs(name, monkeypatch):
     """configs/beauty2014/<name>.yaml trains exactly the runs of the chosen candidate row
-    (same resolved config, so the same key), which is what makes its figures theirs. A wait
-    for step ``trainer.min_steps`` before early stopping, shipped after those runs, is left
-    out of the comparison only where it binds on none of them (each trained past it)."""
+    (same resolved config, so the same key), which is what makes its figures theirs; item
+    dynamics, shipped later in the ID-only default, are its only other difference (without
+    them, the candidate's key). A wait for step ``trainer.min_steps`` before early stopping,
+    shipped after those runs, is left out of the comparison only where it binds on none of
+    them (each trained past it)."""
     from mmrec.cli import resolve_config
     from mmrec.experiments.store import run_key
 
     monkeypatch.chdir(REPO)
     rows = _candidate_rows(SHIPPED[name])
     assert sorted(rows) == [0, 1, 2]
-    wait = _min_steps(f"configs/beauty2014/{name}.yaml")
+    path = f"configs/beauty2014/{name}.yaml"
+    wait, dynamics = _min_steps(path), _has_dynamics(path)
+    assert dynamics == (name == "sasrec")  # the rule's verdict: ID only gets them, for now
     for seed, row in rows.items():
-        args = [f"--config=configs/beauty2014/{name}.yaml", f"--seed_everything={seed}",
-                f"--data.seed={seed}"]  # fmt: skip
+        args = _beauty_args(name, seed)
+        if dynamics:
+            assert run_key(resolve_config(args)) != row["key"]
+            args.append("--model.dynamics=null")
         if wait is not None:
             assert int(row["epochs"]) * BEAUTY_STEPS_PER_EPOCH >= wait, (name, seed)
             assert run_key(resolve_config(args)) != row["key"]  # the wait is in the key
             args.append("--trainer.min_steps=null")
         assert run_key(resolve_config(args)) == row["key"], (name, seed)
+
+
+def test_the_dynamics_judgement_trains_the_shipped_id_model(monkeypatch):
+    """The ID-only default with item dynamics is the run of the rule's judgement on the
+    defaults of record (configs/experiments/defaults_dynamics_beauty2014.yaml), and that
+    table's ID only is the shipped model without them: the judgement's figures are the
+    shipped config's."""
+    from mmrec.cli import resolve_config
+    from mmrec.experiments.experiment import config_from_args, plan
+    from mmrec.experiments.store import run_key
+
+    monkeypatch.chdir(REPO)
+    cfg, _ = config_from_args(["--config", "configs/experiments/defaults_dynamics_beauty2014.yaml"])
+    keys = {(r.variant, r.seed): r.key for r in plan(cfg) if r.baseline is None}
+    for seed in (0, 1, 2):
+        args = _beauty_args("sasrec", seed)
+        assert keys["ID only + dynamics", seed] == run_key(resolve_config(args))
+        assert keys["ID only", seed] == run_key(resolve_config([*args, "--model.dynamics=null"]))
+        fast = keys["ID only + dynamics, lr x10", seed]
+        assert fast not in (keys["ID only", seed], keys["ID only + dynamics", seed])
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
@@ -134,14 +169,20 @@ def test_category_neutral_defaults_hold_the_same_model(name):
 
 
 def test_defaults_experiment_plans_the_candidate_runs(monkeypatch):
+    from mmrec.cli import resolve_config
     from mmrec.experiments.experiment import config_from_args, plan
+    from mmrec.experiments.store import run_key
 
     monkeypatch.chdir(REPO)
     cfg, _ = config_from_args(["--config", "configs/experiments/defaults_beauty2014.yaml"])
-    names = {"ID only": "sasrec", "content (ID + attributes + text)": "content",
+    names = {"ID only (no dynamics)": "sasrec", "content (ID + attributes + text)": "content",
              "full (content + time)": "full"}  # fmt: skip
-    for run in plan(cfg):
-        if run.baseline is None:
+    planned = {(r.variant, r.seed): r for r in plan(cfg) if r.baseline is None}
+    assert {v for v, _ in planned} == {*names, "ID + dynamics"}
+    for run in planned.values():
+        if run.variant == "ID + dynamics":  # the shipped ID-only config, dynamics and all
+            assert run.key == run_key(resolve_config(_beauty_args("sasrec", run.seed)))
+        else:
             want = _candidate_keys(SHIPPED[names[run.variant]])[run.seed]
             if _min_steps(f"configs/beauty2014/{names[run.variant]}.yaml") is None:
                 assert run.key == want
@@ -185,3 +226,12 @@ def test_defaults_of_record_script_writes_the_verdicts(tmp_path, monkeypatch):
     assert "**Default**: wins: mean standardised validation change +0.83" in text
     assert "| C | 3 | 0.0600 | 0.0590 | 0.0020 | -0.50 |" in text
     assert "per-user results not stored" in text
+
+
+def test_a_side_with_no_runs_has_no_paired_test(tmp_path):
+    """A planned variant with no run trained yet (no keys) gives no paired test, rather than
+    failing the whole report."""
+    from benchmarks.defaults_of_record import paired_from_store
+
+    assert paired_from_store(tmp_path, [], []) is None
+    assert paired_from_store(tmp_path, ["a"], []) is None

@@ -441,13 +441,13 @@ def test_a_config_without_dynamics_keeps_its_stored_run_key():
     from mmrec.lightning_cli import resolve_config
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "beauty2014"
-    config = resolve_config([f"--config={configs / 'sasrec.yaml'}"])
+    config = resolve_config([f"--config={configs / 'sasrec_v1.yaml'}"])  # the first base
     assert config["model"]["dynamics"] is None
     before = json.loads(json.dumps(config, default=str))
     del before["model"]["dynamics"]
     assert run_key(config) == run_key(before)
     dyn = resolve_config(
-        [f"--config={configs / 'sasrec.yaml'}", f"--config={configs / 'dyn_gpt2.yaml'}"]
+        [f"--config={configs / 'sasrec_v1.yaml'}", f"--config={configs / 'dyn_gpt2.yaml'}"]
     )
     dyn["name"] = config["name"]
     assert run_key(dyn) != run_key(config)
