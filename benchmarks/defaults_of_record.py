@@ -78,6 +78,7 @@ def verdict_lines(decision: dict, verdict: Verdict) -> list[str]:
         "| test default | test setting | paired test (setting - default) | veto |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
     def num(x: float, form: str = ".4f") -> str:
         return "—" if np.isnan(x) else format(x, form)  # a side with no run trained yet
 
