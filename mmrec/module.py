@@ -337,7 +337,7 @@ class MMRecModule(DynamicsTerms, RankingEvaluation, L.LightningModule):
         hidden = self.encode(batch, item_vecs)  # [B, L, D]
         targets = batch["targets"]
         keep = targets > 0  # [B, L]
-        bias = self.dynamics_term(batch["query_time"][keep])  # [P, N + 1] or None
+        bias = self.dynamics_term(batch["query_time"][keep], batch["item_ids"][keep])  # [P, N + 1]
         if bias is None:  # a loss written before dynamics existed takes no bias
             return self.loss(hidden[keep], targets[keep], item_vecs)
         return self.loss(hidden[keep], targets[keep], item_vecs, bias)

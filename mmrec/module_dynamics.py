@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from mmrec.config import ConfigError
+from mmrec.data.batch import last_items
 from mmrec.data.eventlog import EventLog
 
 
@@ -43,17 +44,39 @@ class DynamicsTerms:
         self._event_log, self._event_log_dir = log, None
         self._term_cache.clear()  # rows of the old log's terms are stale
 
-    def dynamics_term(self, t: Tensor) -> Tensor | None:
-        """The dynamics' summed score term at query times ``t [Q]``: ``[Q, N + 1]``, computed
-        once per distinct time (from events strictly before it); None without dynamics.
+    def dynamics_term(self, t: Tensor, last: Tensor | None = None) -> Tensor | None:
+        """The dynamics' summed score term at query times ``t [Q]``: ``[Q, N + 1]``, from
+        events strictly before each time; None without dynamics. ``last [Q]`` (each row's last
+        history item, 0: none) is needed by members that read it (``per_row``, e.g.
+        :class:`~mmrec.encoders.dynamics.TransitionDynamics`).
 
-        Outside autograd (evaluation, prediction, serving) the rows of times already computed
-        are reused while the dynamics' weights, device and event log stay the same, up to
-        ``dynamics_cache_mb`` (least recently used rows go first): an evaluation epoch then
-        computes each distinct query time about once, however its rows are batched.
+        The time-only members' term is computed once per distinct time. Outside autograd
+        (evaluation, prediction, serving) its rows are reused while the dynamics' weights,
+        device and event log stay the same, up to ``dynamics_cache_mb`` (least recently used
+        rows go first): an evaluation epoch then computes each distinct query time about once,
+        however its rows are batched. Per-row members are computed for every call.
         """
         if not len(self.dynamics):
             return None
+        term = self._time_term(t) if self._time_members() else None
+        rows = [m for m in self.dynamics if m.per_row]
+        if rows:
+            if last is None:
+                raise ValueError(
+                    f"{type(rows[0]).__name__} scores by each row's last history item: pass last="
+                )
+            flat_t, flat_last = t.reshape(-1), last.reshape(-1)
+            for member in rows:
+                part = member(self.event_log, flat_t, flat_last).view(*t.shape, -1)
+                term = part if term is None else term + part.to(term.dtype)
+        return term
+
+    def _time_members(self) -> list:
+        """The members whose term depends on the query time only (cached by time)."""
+        return [m for m in self.dynamics if not m.per_row]
+
+    def _time_term(self, t: Tensor) -> Tensor:
+        """``[*t.shape, N + 1]``: the time-only members' summed term (see dynamics_term)."""
         times, inverse = torch.unique(t, return_inverse=True)  # [T], [Q]
         inverse = inverse.reshape(-1)
         cols = self.num_items + 1
@@ -69,7 +92,7 @@ class DynamicsTerms:
         it in the evaluation cache, when they all fit (``dynamics_cache_mb``); returns how many
         times were prefetched (0: no dynamics, or too many times). Evaluation epochs call it
         with all their rows' query times: one pass over the log instead of one per batch."""
-        if not len(self.dynamics) or not len(times):
+        if not self._time_members() or not len(times):
             return 0
         distinct = torch.unique(torch.as_tensor(times).reshape(-1)).tolist()
         if len(distinct) > self._cache_capacity():
@@ -81,7 +104,7 @@ class DynamicsTerms:
         """:meth:`prefetch_dynamics` for the query times of every row of ``loaders`` (an
         evaluation dataloader or a list of them, over :class:`~mmrec.data.dataset.SequenceDataset`);
         other datasets are left to compute per batch."""
-        if not len(self.dynamics) or loaders is None:
+        if not self._time_members() or loaders is None:
             return
         times = []
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
@@ -107,10 +130,10 @@ class DynamicsTerms:
         return self._term_cache.slots(key, times, self._cache_capacity(), self._term_of)
 
     def _term_of(self, times: Tensor) -> Tensor:
-        """``[T, N + 1]``: the dynamics' summed term at distinct times ``times [T]``."""
-        log = self.event_log
-        term = self.dynamics[0](log, times)
-        for member in self.dynamics[1:]:
+        """``[T, N + 1]``: the time-only members' summed term at distinct times ``times [T]``."""
+        log, members = self.event_log, self._time_members()
+        term = members[0](log, times)
+        for member in members[1:]:
             term = term + member(log, times)
         return term
 
@@ -131,12 +154,15 @@ class DynamicsTerms:
         times = self._row_times(batch)
         order = torch.argsort(times, stable=True)  # [B]
         ordered = times[order]
+        last = last_items(batch)[order] if any(m.per_row for m in self.dynamics) else None
         distinct = torch.unique(times).tolist()
-        if not torch.is_grad_enabled() and len(distinct) <= self._cache_capacity():
+        timed = self._time_members()
+        if timed and not torch.is_grad_enabled() and len(distinct) <= self._cache_capacity():
             self._cached_slots(distinct)  # the batch's times in one go
 
         def bias(lo: int, hi: int) -> Tensor:  # [hi - lo, N + 1]
-            return self.dynamics_term(ordered[lo:hi]).float()
+            rows = None if last is None else last[lo:hi]
+            return self.dynamics_term(ordered[lo:hi], rows).float()
 
         item_vecs, rows = args[0], [a[order] if isinstance(a, Tensor) else a for a in args[1:]]
         out = fn(user_vecs[order], item_vecs, *rows, bias=bias, **kw)

@@ -298,3 +298,10 @@ def history_batch(
     batch["history_len"] = total * one
     batch["target_time"] = query_time * one
     return {k: v.to(device) for k, v in batch.items()}  # type: ignore[return-value]
+
+
+def last_items(batch: dict[str, Tensor]) -> Tensor:
+    """``[B]`` the last real item of each row's (left-padded) history; 0 without history."""
+    import torch
+
+    return torch.where(batch["mask"][:, -1], batch["item_ids"][:, -1], 0)

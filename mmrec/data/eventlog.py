@@ -36,18 +36,35 @@ class EventLog:
         times: ``[E]`` unix seconds of the events, in any order (ties keep the given order).
         num_items: ``N``, so that results are ``[Q, N + 1]`` (column 0 is the padding item).
         max_snapshots: Snapshots kept; more means less work per query, more memory.
+        users: ``[E]`` who made each event (any integer ids), or None. With them the log also
+            answers :meth:`transitions_before` (what followed an item, as of a time):
+            consecutive events of one user, in time order (ties in the given order), 24 more
+            bytes per event.
     """
 
-    def __init__(self, items: Tensor, times: Tensor, num_items: int, max_snapshots: int = 64):
+    def __init__(
+        self,
+        items: Tensor,
+        times: Tensor,
+        num_items: int,
+        max_snapshots: int = 64,
+        users: Tensor | None = None,
+    ):
         items, times = torch.as_tensor(items).long(), torch.as_tensor(times).long()
         if items.shape != times.shape or items.dim() != 1:
             raise ValueError(f"items {tuple(items.shape)} and times {tuple(times.shape)}: [E] each")
+        if users is not None:
+            users = torch.as_tensor(users).long()
+            if users.shape != items.shape:
+                raise ValueError(f"users {tuple(users.shape)} and items {tuple(items.shape)}")
         if len(items) and (int(items.min()) < 0 or int(items.max()) > num_items):
             raise ValueError(f"item ids must be in 0..{num_items}")
         if max_snapshots < 1:
             raise ValueError(f"max_snapshots must be >= 1, got {max_snapshots}")
         order = torch.sort(times, stable=True).indices
         self.items, self.times = items[order], times[order]  # [E] each, by time
+        #: ``[E]`` who made each event, by time (None: not known).
+        self.users = None if users is None else users[order]
         self.num_items = int(num_items)
         n, cols = len(self.items), self.num_items + 1
         self.stride = max(1, math.ceil(n / max_snapshots))
@@ -69,6 +86,24 @@ class EventLog:
         self.whole_days = bool((self.times % DAY == 0).all())
         #: The most events any item has: a bound of every count the log answers.
         self.max_item_events = int(torch.bincount(self.items).max()) if n else 0
+        #: Whether the log knows who made each event (:meth:`transitions_before` needs it).
+        self.has_users = users is not None
+        self._transitions(items, times, users)
+
+    def _transitions(self, items: Tensor, times: Tensor, users: Tensor | None) -> None:
+        """Every pair of consecutive events of one user ``(prev, next, time of next)``, sorted
+        by ``prev`` then time (a CSR by previous item in time order), keyed for searchsorted."""
+        prev = nxt = when = torch.zeros(0, dtype=torch.long)
+        if users is not None and len(items) > 1:
+            by_time = torch.sort(times, stable=True).indices  # ties keep the given order
+            order = by_time[torch.sort(users[by_time], stable=True).indices]  # user, time, order
+            u, it, ts = users[order], items[order], times[order]
+            same = u[1:] == u[:-1]  # [E - 1] consecutive events of one user
+            prev, nxt, when = it[:-1][same], it[1:][same], ts[1:][same]
+        self._t0 = int(when.min()) if len(when) else 0
+        self._span = (int(when.max()) - self._t0 if len(when) else 0) + 2  # > any time - t0
+        keys, order = torch.sort(prev * self._span + (when - self._t0), stable=True)
+        self._trans_keys, self._trans_next, self._trans_time = keys, nxt[order], when[order]
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -76,7 +111,10 @@ class EventLog:
         """Every event of a prepared dataset folder (all splits: what a shop knows up to each
         query time; the cut at the query time is made by every query)."""
         path = Path(data_dir) / "interactions.parquet"
-        df = pl.read_parquet(path, columns=["item_idx", "timestamp"])
+        columns = pl.read_parquet_schema(path)
+        df = pl.read_parquet(
+            path, columns=[c for c in ("item_idx", "timestamp", "user_idx") if c in columns]
+        )
         meta = Path(data_dir) / "meta.json"
         num_items = int(df["item_idx"].max() or 0)
         if meta.is_file():
@@ -88,7 +126,35 @@ class EventLog:
             torch.from_numpy(df["timestamp"].to_numpy().astype(np.int64)),
             num_items,
             max_snapshots,
+            (
+                torch.from_numpy(df["user_idx"].to_numpy().astype(np.int64))
+                if "user_idx" in df.columns
+                else None
+            ),
         )
+
+    def transitions_before(self, prev: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What followed each item ``prev [Q]`` before each time ``t [Q]``: every transition
+        ``prev[q] -> next`` (consecutive events of one user) whose ``next`` event happened
+        strictly before ``t[q]``, as ``(row [M], next [M], time [M])`` (the query, the next
+        item, its time), in query then time order. A query costs its own transitions only.
+        Needs the log's users (``users=``); ``prev`` 0 (no history) has none."""
+        if not self.has_users:
+            raise ValueError(
+                "this event log does not know who made each event (no users), so it cannot say "
+                "what followed what: build it with users= (EventLog.from_folder reads user_idx)"
+            )
+        prev, t = torch.as_tensor(prev).long().reshape(-1), torch.as_tensor(t).long().reshape(-1)
+        start_key = prev * self._span
+        cut = start_key + (t - self._t0).clamp(0, self._span - 1)  # key of (prev, t)
+        start = torch.searchsorted(self._trans_keys, start_key)
+        stop = torch.searchsorted(self._trans_keys, cut)  # time - t0 < t - t0: time < t
+        stop = torch.where(prev > 0, stop, start)
+        lens = (stop - start).clamp_min(0)
+        row = torch.repeat_interleave(torch.arange(len(lens)), lens)
+        first = torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
+        idx = start[row] + torch.arange(len(row)) - first
+        return row, self._trans_next[idx], self._trans_time[idx]
 
     def nbytes_per_item(self) -> float:
         """Bytes of state per catalogue item (snapshots), as the benchmark reports it."""

@@ -39,6 +39,10 @@ class ItemDynamics(Encoder):
     num_items: int = 0
     #: Learning rate of this member's parameters, as a multiple of the model's ``lr``.
     lr_scale: float = 1.0
+    #: False: the term depends on the query time only (``forward(log, t)``, computed once per
+    #: distinct time and cached). True: on each row's last history item too
+    #: (``forward(log, t, last)``, :class:`TransitionDynamics`), computed per row.
+    per_row: bool = False
 
     def build(self, ctx: BuildContext) -> None:
         super().build(ctx)
@@ -231,6 +235,80 @@ class RecentDynamics(ItemDynamics):
         if not outs:
             return torch.zeros(0, cols, device=self.mlp[0].weight.device)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+class TransitionDynamics(ItemDynamics):
+    """What followed the user's last item, up to the query time: a score term per row.
+
+    For a row whose last history item is ``i``, asked at time ``t``, item ``j`` gets
+    ``f(features)`` when some user went ``i -> j`` (consecutive events) with the ``j`` event
+    strictly before ``t`` (:meth:`EventLog.transitions_before`: the log's cut), and 0
+    otherwise. Features of ``(i, j, t)``: ``log1p`` of all such transitions, ``log1p`` of
+    those in ``[t - recent_days, t)``, and ``log1p`` of the days since the latest one. A
+    2-layer MLP (ReLU) turns them into the term; its last layer starts at zero, so training
+    starts from the model without it. Training targets read the transitions before their own
+    time (a user's own ``i -> target`` is at the target's time: never counted), evaluation rows
+    before the target's, serving before ``at``: what other shoppers did until then, validation
+    and earlier test events included, with the weights frozen.
+
+    The model-side form of :class:`~mmrec.experiments.baselines.CausalCoOccurrence`. Cost: a
+    row reads its last item's transitions only (a CSR by item in time order, 24 bytes per
+    event); the MLP runs on the (row, item) pairs that have one. Needs an event log that knows
+    its users (``EventLog.from_folder`` reads them); ``mmrec export`` does not carry it yet.
+
+    Args:
+        recent_days: Window of the recent-transition count, in days.
+        hidden: Hidden units of the MLP.
+        lr_scale: Learning rate of the MLP as a multiple of the model's ``lr``.
+    """
+
+    per_row = True
+
+    def __init__(self, recent_days: float = 30.0, hidden: int = 8, lr_scale: float = 1.0) -> None:
+        super().__init__()
+        if not recent_days > 0:
+            raise ValueError(f"recent_days must be > 0, got {recent_days}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if not lr_scale > 0:
+            raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
+        self.recent_days, self.hidden, self.lr_scale = float(recent_days), hidden, float(lr_scale)
+
+    def build(self, ctx: BuildContext) -> None:
+        super().build(ctx)
+        self.mlp = nn.Sequential(nn.Linear(3, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    @torch.no_grad()
+    def features(self, log: EventLog, t: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """``(flat [K], x [K, 3])``: the (row, item) pairs with a transition before the row's
+        time, as ``row * (N + 1) + item`` (ascending), and their features (CPU, float32)."""
+        t, last = t.detach().long().cpu().reshape(-1), last.detach().long().cpu().reshape(-1)
+        row, nxt, when = log.transitions_before(last, t)  # [M] each
+        flat, inverse = torch.unique(row * (self.num_items + 1) + nxt, return_inverse=True)
+        age = (t[row] - when).double()  # [M] seconds > 0
+        k = len(flat)
+        count = torch.bincount(inverse, minlength=k).double()
+        recent = torch.bincount(inverse, (age < self.recent_days * DAY).double(), minlength=k)
+        newest = torch.full((k,), float("inf"), dtype=torch.float64)
+        newest = newest.scatter_reduce(0, inverse, age, "amin")
+        x = torch.stack([count.log1p(), recent.log1p(), (newest / DAY).log1p()], 1).float()
+        return flat, x
+
+    def forward(self, log: EventLog, t: Tensor, last: Tensor) -> Tensor:  # [Q] x2 -> [Q, N + 1]
+        if log.num_items != self.num_items:
+            raise ValueError(
+                f"the event log has {log.num_items} items, the model {self.num_items}: the log of "
+                "another dataset?"
+            )
+        weight = self.mlp[0].weight
+        cols = self.num_items + 1
+        flat, x = self.features(log, t, last)
+        term = self.mlp(x.to(weight.device))[:, 0]  # [K]
+        out = torch.zeros(len(t) * cols, device=weight.device, dtype=term.dtype)
+        out = out.index_add(0, flat.to(weight.device), term).view(len(t), cols)
+        return out
 
 
 class TermCache:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmrec.data.batch import last_items  # noqa: F401 (the baselines' import)
 from mmrec.data.eventlog import EventLog
 
 if TYPE_CHECKING:
@@ -67,11 +68,6 @@ def event_log(dm: AmazonDataModule) -> EventLog:
             f"{dm.data_dir}: event log of {log.num_items} items, meta.json {dm.num_items}"
         )
     return log
-
-
-def last_items(batch: dict[str, Tensor]) -> Tensor:
-    """``[B]`` the last real item of each row's (left-padded) history; 0 without history."""
-    return torch.where(batch["mask"][:, -1], batch["item_ids"][:, -1], 0)
 
 
 def per_time(fn: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:

@@ -92,6 +92,14 @@ def export_model(
             f"{data_dir} has {meta['num_items']} items, the model {model.num_items}: wrong "
             "--data_dir for this checkpoint?"
         )
+    members = enumerate(model.dynamics)
+    rows = [f"dynamics[{i}] ({type(d).__name__})" for i, d in members if d.per_row]
+    if rows:
+        raise ConfigError(
+            f"cannot export {', '.join(rows)}: the serving folder has no user sequences to read "
+            "transitions from yet; answer with `mmrec recommend --ckpt_path` (which reads the "
+            "dataset's events), or export a model without it"
+        )
     max_len = int(model.hparams.max_len)
     with torch.no_grad():
         item_vecs = model.item_vectors().float()  # [N + 1, D]

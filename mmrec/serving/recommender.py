@@ -13,7 +13,7 @@ import polars as pl
 import torch
 
 from mmrec.calendar import DAY, now_unix, to_unix
-from mmrec.data.batch import history_batch
+from mmrec.data.batch import history_batch, last_items
 from mmrec.data.eventlog import EventLog
 
 
@@ -175,7 +175,10 @@ class Recommender:
             path: A ``.parquet``, ``.csv`` or ``.tsv`` file with columns ``item_id`` (the
                 dataset's raw ids, ASINs) and ``timestamp`` (unix seconds, a date or datetime
                 column, or ISO strings; UTC). Day-granular models floor the times to days, as
-                their training data was. Events of unknown items are skipped and counted.
+                their training data was. Events of unknown items are skipped and counted. An
+                optional ``user_id`` column (raw ids; new users allowed) says who made each
+                event: item dynamics that read what followed what
+                (:class:`~mmrec.encoders.dynamics.TransitionDynamics`) need it.
             append: Add the events to the dataset's log (events after it); False: they are
                 the whole log (e.g. a newer export of every event).
 
@@ -205,7 +208,16 @@ class Recommender:
                 f"{', '.join(frame.columns)}); it needs item_id and timestamp"
             )
         total = frame.height
-        frame = frame.select(pl.col("item_id").cast(pl.Utf8), "timestamp").drop_nulls()
+        with_users = "user_id" in frame.columns
+        needs_users = [type(d).__name__ for d in self.model.dynamics if d.per_row]
+        if needs_users and not with_users:
+            raise ValueError(
+                f"events file {path} has no user_id column, and the model's {needs_users[0]} "
+                "reads what each user bought after what: add user_id (raw ids; new users allowed)"
+            )
+        cols = [pl.col("item_id").cast(pl.Utf8), "timestamp"]
+        frame = frame.select(*cols, *([pl.col("user_id").cast(pl.Utf8)] if with_users else []))
+        frame = frame.drop_nulls()
         times = _unix_seconds(frame["timestamp"], self.granularity, path)
         ids = frame["item_id"].to_list()
         idx = [self.index.get(i, 0) for i in ids]
@@ -213,14 +225,26 @@ class Recommender:
         items = torch.tensor(idx, dtype=torch.long)
         known = items > 0
         items, times = items[known], times[known]
+        users = None
+        if with_users:  # known users keep their index; new ones get fresh ones after them
+            fresh: dict[str, int] = {}
+            raw = frame["user_id"].to_list()
+            codes = [self.users.get(u) for u in raw]
+            codes = [
+                c if c is not None else fresh.setdefault(u, len(self.users) + len(fresh))
+                for u, c in zip(raw, codes, strict=True)
+            ]
+            users = torch.tensor(codes, dtype=torch.long)[known]
         read = {"events": len(items), "items": int(torch.unique(items).numel())}
         if len(times):
             read |= {"first": int(times.min()), "last": int(times.max())}
             self._events_span = (read["first"], read["last"])
         log = self.model.event_log if append else None
         if log is not None:
+            if users is not None:
+                users = torch.cat([log.users, users]) if log.has_users else None
             items, times = torch.cat([log.items, items]), torch.cat([log.times, times])
-        self.model.set_event_log(EventLog(items, times, self.model.num_items))
+        self.model.set_event_log(EventLog(items, times, self.model.num_items, users=users))
         return EventsRead(
             path=str(path),
             events=read["events"],
@@ -304,7 +328,8 @@ class Recommender:
         )
         with torch.no_grad():
             user_vec = self.model(batch)  # [1, D]
-            bias = self.model.dynamics_term(batch["target_time"])  # [1, N + 1]: dynamics at `at`
+            last = last_items(batch)  # [1]: what followed it matters to transition dynamics
+            bias = self.model.dynamics_term(batch["target_time"], last)  # [1, N + 1] as of `at`
             scores, top = _topk(
                 user_vec.float(), self.item_vectors(), k, batch["exclude_items"], bias
             )

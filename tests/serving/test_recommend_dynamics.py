@@ -166,3 +166,83 @@ def test_cli_events_option_reports_unknown_items(served, tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("asin,when\nX,1\n")
     assert main([*argv, "--events", str(tmp_path / "bad.csv")]) == 2
     assert "has no column item_id, timestamp (columns: asin, when)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def served_transitions(tmp_path_factory):
+    """A model with TransitionDynamics (random last layer), its folder and checkpoint."""
+    from mmrec.encoders.dynamics import TransitionDynamics
+
+    tmp = tmp_path_factory.mktemp("rectrans")
+    path = make_synthetic_dataset(tmp / "ds", num_users=60, num_items=40, seed=6)
+    meta = json.loads((path / "meta.json").read_text())
+    torch.manual_seed(0)
+    model = MMRecModule(
+        num_items=meta["num_items"],
+        num_users=meta["num_users"],
+        data_dir=str(path),
+        time_granularity="day",
+        max_len=10,
+        d_model=16,
+        sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.0),
+        dynamics=[TransitionDynamics(hidden=4)],
+    )
+    nn.init.normal_(model.dynamics[0].mlp[2].weight, std=2.0)
+    nn.init.normal_(model.dynamics[0].mlp[2].bias, std=2.0)
+    ckpt = tmp / "trans.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    items = pl.read_parquet(path / "items.parquet")["item_id"].to_list()
+    return ckpt, path, items
+
+
+def test_recommend_scores_what_followed_the_last_history_item_before_at(served_transitions):
+    ckpt, path, items = served_transitions
+    rec = Recommender.from_checkpoint(ckpt)
+    log = EventLog.from_folder(path)
+    busiest = int(torch.bincount(log.items).argmax())  # an item many users went on from
+    history = [items[0], rec.item_ids[busiest]]
+    at = datetime.fromtimestamp(int(log.times.max()) + DAY, timezone.utc).date().isoformat()
+    query = to_unix(at, "day")
+    last = torch.tensor([busiest])
+    term = rec.model.dynamics[0](log, torch.tensor([query]), last)
+    assert term.abs().sum() > 0
+    got = rec.recommend(history, at=at, k=5)
+    from mmrec.data.batch import history_batch
+
+    idx = [rec.index[h] for h in history]
+    batch = history_batch(idx, [query] * len(idx), None, query, rec.max_len)
+    with torch.no_grad():
+        scores = rec.model(batch) @ rec.item_vectors().T + term
+    scores[0, [0, *idx]] = -torch.inf
+    assert [r.item_id for r in got] == [rec.item_ids[i] for i in scores[0].topk(5).indices]
+
+
+def test_a_newer_events_file_needs_user_id_for_transitions_and_then_counts_them(
+    served_transitions, tmp_path
+):
+    ckpt, path, items = served_transitions
+    rec = Recommender.from_checkpoint(ckpt)
+    history = items[:2]
+    events = tmp_path / "events.csv"
+    pl.DataFrame({"item_id": [history[-1], items[9]], "timestamp": ["2014-06-01"] * 2}).write_csv(
+        events
+    )
+    with pytest.raises(ValueError, match="no user_id column.*TransitionDynamics"):
+        rec.use_events(events)
+    before = rec.recommend(history, at=AT, k=40)
+    # a new shopper went from the history's last item to items[9] the day before AT, 30 times
+    frame = pl.DataFrame(
+        {
+            "user_id": [f"new{u}" for u in range(30) for _ in range(2)],
+            "item_id": [history[-1], items[9]] * 30,
+            "timestamp": ["2014-06-01", "2014-06-09"] * 30,
+        }
+    )
+    frame.write_csv(events)
+    read = rec.use_events(events, append=True)
+    assert read.events == 60
+    after = rec.recommend(history, at=AT, k=40)
+    score = {r.item_id: r.score for r in after}
+    old = {r.item_id: r.score for r in before}
+    assert score[items[9]] != old[items[9]]
+    assert all(score[i] == old[i] for i in score if i != items[9])
