@@ -66,9 +66,12 @@ class DynamicsTerms:
                     f"{type(rows[0]).__name__} scores by each row's last history item: pass last="
                 )
             flat_t, flat_last = t.reshape(-1), last.reshape(-1)
-            for member in rows:
-                part = member(self.event_log, flat_t, flat_last).view(*t.shape, -1)
-                term = part if term is None else term + part.to(term.dtype)
+            cols = self.num_items + 1
+            if term is None:
+                term = torch.zeros(*t.shape, cols, device=rows[0].mlp[0].weight.device)
+            flat_term = term.view(-1, cols)
+            for member in rows:  # in place (the time term is a new tensor): no second one
+                member.add_to(flat_term, self.event_log, flat_t, flat_last)
         return term
 
     def _time_members(self) -> list:

@@ -296,19 +296,28 @@ class TransitionDynamics(ItemDynamics):
         x = torch.stack([count.log1p(), recent.log1p(), (newest / DAY).log1p()], 1).float()
         return flat, x
 
-    def forward(self, log: EventLog, t: Tensor, last: Tensor) -> Tensor:  # [Q] x2 -> [Q, N + 1]
+    def sparse_term(self, log: EventLog, t: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """``(flat [K], term [K])``: the term of the (row, item) pairs that have one, as
+        ``row * (N + 1) + item``; every other pair's term is 0."""
         if log.num_items != self.num_items:
             raise ValueError(
                 f"the event log has {log.num_items} items, the model {self.num_items}: the log of "
                 "another dataset?"
             )
         weight = self.mlp[0].weight
-        cols = self.num_items + 1
         flat, x = self.features(log, t, last)
-        term = self.mlp(x.to(weight.device))[:, 0]  # [K]
-        out = torch.zeros(len(t) * cols, device=weight.device, dtype=term.dtype)
-        out = out.index_add(0, flat.to(weight.device), term).view(len(t), cols)
-        return out
+        return flat.to(weight.device), self.mlp(x.to(weight.device))[:, 0]
+
+    def add_to(self, term: Tensor, log: EventLog, t: Tensor, last: Tensor) -> Tensor:
+        """``term [Q, N + 1]`` plus this member's term, in place (no second dense tensor)."""
+        flat, values = self.sparse_term(log, t, last)
+        term.view(-1).index_add_(0, flat, values.to(term.dtype))
+        return term
+
+    def forward(self, log: EventLog, t: Tensor, last: Tensor) -> Tensor:  # [Q] x2 -> [Q, N + 1]
+        weight = self.mlp[0].weight
+        out = torch.zeros(len(t), self.num_items + 1, device=weight.device)
+        return self.add_to(out, log, t.reshape(-1), last.reshape(-1))
 
 
 class TermCache:
