@@ -14,6 +14,9 @@ dynamics (``RecentDynamics`` at its defaults, a random last layer), each target 
 time, on the real Beauty 2014 events (or Beauty-sized synthetic ones: ``--synthetic``), and
 reports both throughputs and the dynamics' bytes per item. Writes
 benchmarks/results/eval_speed_dynamics.md (``_synthetic.md`` with ``--synthetic``).
+``--transitions`` adds ``TransitionDynamics`` to the dynamics (what followed each user's last
+history item before the target's time; the log then knows its users) and writes
+``eval_speed_transitions*.md``.
 """
 
 from __future__ import annotations
@@ -164,7 +167,8 @@ def beauty_events(synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 def eval_rows(
     user: torch.Tensor, item: torch.Tensor, when: torch.Tensor, protocol: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``targets [U, 1]``, ``target_time [U]`` and ``exclude [U, X]`` (0-padded history) of
+    """``targets [U, 1]``, ``target_time [U]`` and ``exclude [U, X]`` (0-padded history, in
+    time order) of
     the users evaluated: ``loo``, each user's last event from the ones before it; ``temporal``,
     one-shot on the last 30 days: each user's first event in them, from the events before."""
     first = torch.ones(len(user), dtype=torch.bool)
@@ -192,21 +196,26 @@ def eval_rows(
     return item[target][:, None], when[target], exclude
 
 
-def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> dict:
+def run_dynamics(
+    batch: int, repeats: int, synthetic: bool, protocol: str, transitions: bool = False
+) -> dict:
     """Evaluation batches ranked with and without item dynamics, best of ``repeats``."""
     from mmrec.data.eventlog import EventLog
-    from mmrec.encoders.dynamics import RecentDynamics
+    from mmrec.encoders.dynamics import RecentDynamics, TransitionDynamics
     from mmrec.module import MMRecModule
 
     torch.manual_seed(0)
     user, item, when, name = beauty_events(synthetic)
     targets, target_time, exclude = eval_rows(user, item, when, protocol)
     n_items, n_users = int(item.max()), len(targets)
-    log = EventLog(item, when, n_items)
-    model = MMRecModule(
-        num_items=n_items, num_users=n_users, d_model=64, dynamics=[RecentDynamics()]
-    ).eval()
-    torch.nn.init.normal_(model.dynamics[0].mlp[2].weight, std=0.5)
+    log = EventLog(item, when, n_items, users=user if transitions else None)
+    dynamics = [RecentDynamics(), *([TransitionDynamics()] if transitions else [])]
+    model = MMRecModule(num_items=n_items, num_users=n_users, d_model=64, dynamics=dynamics).eval()
+    for member in model.dynamics:
+        torch.nn.init.normal_(member.mlp[2].weight, std=0.5)
+    seen = (exclude > 0).sum(1)  # [U] history length; the last history item of each row
+    last = exclude.gather(1, (seen - 1).clamp_min(0)[:, None])  # [U, 1]
+    mask = (seen > 0)[:, None]
     g = torch.Generator().manual_seed(0)
     item_vecs = torch.randn(n_items + 1, 64, generator=g)
     user_vecs = torch.rand(n_users, 1, generator=g) * 1.5 * item_vecs[targets[:, 0]]
@@ -233,7 +242,8 @@ def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> di
             sl = slice(lo, lo + batch)
             args = (user_vecs[sl], item_vecs, targets[sl], exclude[sl])
             if dynamics:
-                out.append(model._rank_call(rank_targets, {"target_time": target_time[sl]}, *args))
+                rows = {"target_time": target_time[sl], "item_ids": last[sl], "mask": mask[sl]}
+                out.append(model._rank_call(rank_targets, rows, *args))
             else:
                 out.append(rank_targets(*args))
         return time.perf_counter() - t0, torch.cat(out)
@@ -267,7 +277,8 @@ def run_dynamics(batch: int, repeats: int, synthetic: bool, protocol: str) -> di
         "ndcg_plain": ndcg[False],
         "ndcg_dyn": ndcg[True],
         "log_bytes_per_item": log.nbytes_per_item(),
-        "log_event_bytes": 16 * len(item),
+        "log_event_bytes": (16 + 24 * transitions) * len(item),
+        "transitions": transitions,
         "cache_rows": cached_rows,
         "cache_bytes_per_item": 4 * cached_rows,
         "cache_mb_max": model.dynamics_cache_mb,
@@ -280,8 +291,9 @@ def write_dynamics(
     results: list[dict], out: Path, command: str, load: tuple[float, float], note: str = ""
 ) -> None:
     r0 = results[0]
+    members = "RecentDynamics + TransitionDynamics" if r0["transitions"] else "RecentDynamics"
     lines = [
-        "# Evaluation speed with item dynamics (RecentDynamics) against without",
+        f"# Evaluation speed with item dynamics ({members}) against without",
         "",
         f"Command: `{command}`  ",
         f"Hardware: {hardware()}; load average (1 min) {load[0]:.2f} at the start, "
@@ -315,7 +327,9 @@ def write_dynamics(
         "Memory of the dynamics per item: the event log's snapshots "
         f"(`EventLog.nbytes_per_item`, 64 snapshots): **{r0['log_bytes_per_item']:,.0f} "
         "bytes**, whatever the time span; plus the events themselves "
-        f"({r0['log_event_bytes'] / 2**20:.1f} MB, 16 bytes an event). Evaluation cache of "
+        f"({r0['log_event_bytes'] / 2**20:.1f} MB, {r0['log_event_bytes'] // r0['events']} bytes "
+        "an event: time and item, and with TransitionDynamics the transitions' next item, time "
+        "and key). Evaluation cache of "
         "score-term rows (4 bytes per item and cached time, at most "
         f"`MMRecModule.dynamics_cache_mb` = {r0['cache_mb_max']:.0f} MB in all): "
         + ", ".join(
@@ -344,6 +358,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--note", default="", help="free text added under the table (dynamics)")
     parser.add_argument(
+        "--transitions", action="store_true", help="add TransitionDynamics (dynamics case)"
+    )
+    parser.add_argument(
         "--tm-users-beauty", type=int, default=2_000, help="users given to torchmetrics (Beauty)"
     )
     parser.add_argument(
@@ -354,12 +371,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.case == "dynamics":
-        out = args.out.with_name(
-            "eval_speed_dynamics_synthetic.md" if args.synthetic else "eval_speed_dynamics.md"
-        )
+        stem = "eval_speed_transitions" if args.transitions else "eval_speed_dynamics"
+        out = args.out.with_name(f"{stem}_synthetic.md" if args.synthetic else f"{stem}.md")
         command = ".venv/bin/python -m benchmarks.eval_speed --case dynamics" + (
             " --synthetic" if args.synthetic else ""
         )
+        command += " --transitions" if args.transitions else ""
         if args.threads:
             torch.set_num_threads(args.threads)
             command += f" --threads {args.threads}"
@@ -367,7 +384,7 @@ def main() -> None:
             command += f" --repeats {args.repeats}"
         start = os.getloadavg()[0]
         results = [
-            run_dynamics(args.batch, args.repeats, args.synthetic, protocol)
+            run_dynamics(args.batch, args.repeats, args.synthetic, protocol, args.transitions)
             for protocol in ("loo", "temporal")
         ]
         write_dynamics(results, out, command, (start, os.getloadavg()[0]), args.note)
