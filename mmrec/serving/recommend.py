@@ -47,7 +47,8 @@ class RecommendConfig:
         events: A newer log of events for the model's item dynamics (a .parquet, .csv or .tsv
             with columns item_id, the dataset's raw ids, and timestamp): the dynamics as of
             ``at`` are read from it instead of the dataset's events, without retraining.
-            Events of unknown items are skipped and reported.
+            Events of unknown items are skipped and reported. A model with
+            TransitionDynamics also needs a user_id column (who made each event).
         append_events: Add the ``events`` to the dataset's events instead of replacing them.
     """
 
