@@ -254,7 +254,7 @@ class TransitionDynamics(ItemDynamics):
     The model-side form of :class:`~mmrec.experiments.baselines.CausalCoOccurrence`. Cost: a
     row reads its last item's transitions only (a CSR by item in time order, 24 bytes per
     event); the MLP runs on the (row, item) pairs that have one. Needs an event log that knows
-    its users (``EventLog.from_folder`` reads them); ``mmrec export`` does not carry it yet.
+    its users (``EventLog.from_folder`` reads them; a serving folder's events hold them).
 
     Args:
         recent_days: Window of the recent-transition count, in days.

@@ -109,11 +109,14 @@ def exclusions(queries: Sequence[Query]) -> Tensor:
 
 class Dynamics:
     """The model's item dynamics as of a query time, from the exported event log: a
-    ``[Q, N + 1]`` score term, each distinct time computed once and kept (LRU).
+    ``[Q, N + 1]`` score term. The time-only members' rows are computed once per distinct time
+    and kept (LRU); members that read each request's last history item (``per_row``, e.g.
+    ``TransitionDynamics``) are added per request.
 
     Args:
         members: Built ``ItemDynamics`` modules with their weights.
-        log: The event log (``EventLog``) they read, strictly before each query time.
+        log: The event log (``EventLog``, with its users for per-row members) they read,
+            strictly before each query time.
         cache_mb: Memory for kept rows of the term.
     """
 
@@ -121,23 +124,38 @@ class Dynamics:
         from mmrec.encoders.dynamics import TermCache
 
         self.members = [m.eval() for m in members]
+        self.timed = [m for m in self.members if not m.per_row]
+        self.per_row = [m for m in self.members if m.per_row]
         self.log = log
         self.cache = TermCache()
         self.capacity = max(1, int(cache_mb * 2**20) // (4 * (log.num_items + 1)))
 
     def _compute(self, times: Tensor) -> Tensor:  # [T] -> [T, N + 1]
-        term = self.members[0](self.log, times)
-        for member in self.members[1:]:
+        term = self.timed[0](self.log, times)
+        for member in self.timed[1:]:
             term = term + member(self.log, times)
         return term.float()
 
-    def __call__(self, times: Tensor) -> Tensor:  # [Q] -> [Q, N + 1]
-        distinct, inverse = torch.unique(times, return_inverse=True)
+    def __call__(self, times: Tensor, last: Tensor | None = None) -> Tensor:  # [Q] -> [Q, N + 1]
+        """The term at ``times [Q]``; ``last [Q]``: each request's last history item (0: none),
+        needed when a member reads it."""
         with torch.inference_mode():
-            if len(distinct) > self.capacity:
-                return self._compute(distinct)[inverse]
-            slots = self.cache.slots("log", distinct.tolist(), self.capacity, self._compute)
-            return self.cache.rows(slots[inverse])
+            if not self.timed:
+                term = torch.zeros(len(times), self.log.num_items + 1)
+            else:
+                distinct, inverse = torch.unique(times, return_inverse=True)
+                if len(distinct) > self.capacity:
+                    term = self._compute(distinct)[inverse]
+                else:
+                    slots = self.cache.slots("log", distinct.tolist(), self.capacity, self._compute)
+                    term = self.cache.rows(slots[inverse])  # a new tensor
+            if self.per_row:
+                if last is None:
+                    name = type(self.per_row[0]).__name__
+                    raise ValueError(f"{name} needs each request's last history item (last=)")
+                for member in self.per_row:
+                    member.add_to(term, self.log, times, last)
+            return term
 
 
 class ServedModel:
@@ -188,7 +206,7 @@ class ServedModel:
         self.users = dict(zip(users["user_id"].to_list(), users["user_idx"].to_list(), strict=True))
         events = pl.read_parquet(folder / EVENTS)  # sorted by user, then time
         self.events = {f.key: events[f.key].to_numpy() for f in EVENT_FIELDS}
-        user_col = events["user_idx"].to_numpy()
+        user_col = self._user_col = events["user_idx"].to_numpy()
         self._starts = np.searchsorted(user_col, np.arange(len(users) + 1), side="left")
         self.tower = tower if tower is not None else OnnxTower(folder / TOWER, threads)
         self.dynamics = self._load_dynamics(list(trusted_modules)) if m["dynamics"] else None
@@ -217,7 +235,8 @@ class ServedModel:
             members.append(member)
         items = torch.from_numpy(self.events["item_ids"].astype(np.int64))
         times = torch.from_numpy(self.events["timestamps"].astype(np.int64))
-        return Dynamics(members, EventLog(items, times, self.num_items))
+        users = torch.from_numpy(self._user_col.astype(np.int64))  # what followed what
+        return Dynamics(members, EventLog(items, times, self.num_items, users=users))
 
     # ------------------------------------------------------------------ histories
     def user_events(self, user_idx: int, at: int) -> dict[str, np.ndarray]:
@@ -261,7 +280,9 @@ class ServedModel:
             users = self.user_vectors(queries).float()  # [B, D]
             bias = None
             if self.dynamics is not None:
-                bias = self.dynamics(torch.tensor([q.at for q in queries], dtype=torch.long))
+                at = torch.tensor([q.at for q in queries], dtype=torch.long)
+                last = [int(q.events["item_ids"][-1]) if len(q) else 0 for q in queries]
+                bias = self.dynamics(at, torch.tensor(last, dtype=torch.long))
             scores, top = topk_items(users, self.item_vecs, k, exclusions(queries), bias=bias)
         out = []
         for q, vals, idx in zip(queries, scores.tolist(), top.tolist(), strict=True):

@@ -92,14 +92,6 @@ def export_model(
             f"{data_dir} has {meta['num_items']} items, the model {model.num_items}: wrong "
             "--data_dir for this checkpoint?"
         )
-    members = enumerate(model.dynamics)
-    rows = [f"dynamics[{i}] ({type(d).__name__})" for i, d in members if d.per_row]
-    if rows:
-        raise ConfigError(
-            f"cannot export {', '.join(rows)}: the serving folder has no user sequences to read "
-            "transitions from yet; answer with `mmrec recommend --ckpt_path` (which reads the "
-            "dataset's events), or export a model without it"
-        )
     max_len = int(model.hparams.max_len)
     with torch.no_grad():
         item_vecs = model.item_vectors().float()  # [N + 1, D]
@@ -214,9 +206,11 @@ def _check_dynamics(model, out: Path) -> None:
     served = bundle.ServedModel(out, tower=lambda batch: None)
     span = served.time_range
     times = torch.tensor([span[0], (span[0] + span[1]) // 2, span[1] + 86_400])
+    busiest = torch.bincount(served.dynamics.log.items, minlength=2)[1:].topk(2).indices + 1
+    last = torch.cat([busiest, torch.zeros(1, dtype=torch.long)])[: len(times)]  # and none
     with torch.no_grad():
-        want = model.dynamics_term(times).float()
-    got = served.dynamics(times)
+        want = model.dynamics_term(times, last).float()
+    got = served.dynamics(times, last)
     if not torch.allclose(got, want, atol=ATOL, rtol=1e-4):
         names = ", ".join(
             f"dynamics[{i}] ({type(d).__name__})" for i, d in enumerate(model.dynamics)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from mmrec.config import ConfigError
 from mmrec.data.datamodule import AmazonDataModule
 from mmrec.data.eventlog import EventLog
 from mmrec.encoders.dynamics import RecentDynamics, TransitionDynamics
@@ -246,11 +245,31 @@ def test_transition_dynamics_checks_its_settings_and_needs_last_items():
         model.dynamics_term(torch.tensor([DAY]))
 
 
-def test_export_refuses_transition_dynamics_with_what_to_do(dataset, tmp_path):
+def test_an_export_serves_the_models_transition_term(dataset, tmp_path):
+    from mmrec.serving.bundle import Query, ServedModel
     from mmrec.serving.export import export_model
 
     dm = _dm(dataset)
-    model = _model(dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir)
-    with pytest.raises(ConfigError, match=r"dynamics\[0\] \(TransitionDynamics\).*mmrec recommend"):
-        export_model(model, dm.data_dir, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    dyn = [RecentDynamics(hidden=4), TransitionDynamics(hidden=4)]
+    model = _model(dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir, dynamics=dyn)
+    export_model(model, dm.data_dir, tmp_path / "out")  # checks the served term equals it
+    served = ServedModel(tmp_path / "out")
+    log = model.event_log
+    t = torch.tensor([int(log.times.max()) + DAY] * 2)
+    last = torch.bincount(log.items)[1:].topk(2).indices + 1
+    with torch.no_grad():
+        want = model.dynamics_term(t, last)
+    torch.testing.assert_close(served.dynamics(t, last), want)
+    with pytest.raises(ValueError, match="last history item"):
+        served.dynamics(t)
+    # a request's list: its user vector against every item plus the term after its last item
+    at = int(t[0])
+    events = served.user_events(0, at)
+    answer = served.recommend([Query(events, at, 5)])[0]
+    history = torch.from_numpy(events["item_ids"].astype("int64"))
+    with torch.inference_mode():
+        user = served.user_vectors([Query(events, at, 5)]).float()
+        scores = user @ served.item_vecs.T + served.dynamics(t[:1], history[-1:])
+    scores = scores.clone()  # out of inference mode
+    scores[0, 0] = scores[0, history] = -torch.inf
+    assert [i for i, _ in answer] == [served.item_ids[j] for j in scores[0].topk(5).indices]
