@@ -68,7 +68,7 @@ class DynamicsTerms:
             flat_t, flat_last = t.reshape(-1), last.reshape(-1)
             cols = self.num_items + 1
             if term is None:
-                term = torch.zeros(*t.shape, cols, device=rows[0].mlp[0].weight.device)
+                term = torch.zeros(*t.shape, cols, device=self.device)
             flat_term = term.view(-1, cols)
             for member in rows:  # in place (the time term is a new tensor): no second one
                 member.add_to(flat_term, self.event_log, flat_t, flat_last)

@@ -41,7 +41,8 @@ class ItemDynamics(Encoder):
     lr_scale: float = 1.0
     #: False: the term depends on the query time only (``forward(log, t)``, computed once per
     #: distinct time and cached). True: on each row's last history item too
-    #: (``forward(log, t, last)``, :class:`TransitionDynamics`), computed per row.
+    #: (``forward(log, t, last)``, added by :meth:`add_to`; :class:`TransitionDynamics`),
+    #: computed per row.
     per_row: bool = False
 
     def build(self, ctx: BuildContext) -> None:
@@ -50,6 +51,12 @@ class ItemDynamics(Encoder):
 
     def forward(self, log: EventLog, t: Tensor) -> Tensor:  # [Q] -> [Q, N + 1]
         raise NotImplementedError
+
+    def add_to(self, term: Tensor, log: EventLog, t: Tensor, last: Tensor) -> Tensor:
+        """A ``per_row`` member's term added to ``term [Q, N + 1]`` in place, for rows asked at
+        ``t [Q]`` whose last history item is ``last [Q]``. This default adds
+        ``forward(log, t, last)``; a sparse member adds only its nonzero entries."""
+        return term.add_(self(log, t, last).to(term.dtype))
 
 
 class RecentDynamics(ItemDynamics):

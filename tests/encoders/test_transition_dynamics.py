@@ -273,3 +273,31 @@ def test_an_export_serves_the_models_transition_term(dataset, tmp_path):
     scores = scores.clone()  # out of inference mode
     scores[0, 0] = scores[0, history] = -torch.inf
     assert [i for i, _ in answer] == [served.item_ids[j] for j in scores[0].topk(5).indices]
+
+
+def test_a_per_row_member_of_ones_own_gets_each_rows_last_item(dataset):
+    """A subclass that only writes forward(log, t, last) (the default add_to adds it)."""
+    from mmrec.encoders.dynamics import ItemDynamics
+
+    class RepeatBonus(ItemDynamics):
+        per_row = True
+
+        def forward(self, log, t, last):
+            out = torch.zeros(len(t), self.num_items + 1)
+            out[torch.arange(len(t)), last] = 5.0
+            return out
+
+    dm = _dm(dataset)
+    model = MMRecModule(
+        num_items=dm.num_items,
+        num_users=dm.num_users,
+        data_dir=dm.data_dir,
+        d_model=16,
+        dynamics=[RepeatBonus()],
+        trusted_modules=[__name__],
+    )
+    last = torch.tensor([3, 0, 7])
+    term = model.dynamics_term(torch.tensor([DAY, DAY, 2 * DAY]), last)
+    want = torch.zeros(3, dm.num_items + 1)
+    want[0, 3], want[2, 7], want[1, 0] = 5.0, 5.0, 5.0
+    assert torch.equal(term, want)
