@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from mmrec.config import ConfigError, component_spec, instantiate
 from mmrec.data.eventlog import EventLog
 from mmrec.encoders.base import BuildContext, EventEncoder, ItemEncoder
-from mmrec.encoders.dynamics import ItemDynamics, TermCache
+from mmrec.encoders.dynamics import ItemDynamics
 from mmrec.encoders.item_id import ItemIdEncoder
+from mmrec.encoders.term_cache import TermCache
 from mmrec.fusion import Fusion, SumFusion
 from mmrec.losses import FullSoftmaxCE, Loss
 from mmrec.module_dynamics import DynamicsTerms

@@ -197,6 +197,41 @@ class EventLog:
         now, before = both[: len(t)], both[len(t) :].view(len(t), len(w), -1)
         return now[:, None, :] - before
 
+    def window_counts_ascending(self, t: Tensor, seconds: int, out: Tensor) -> Tensor:
+        """``window_counts(t, [seconds])[:, 0]`` (events in ``[t - seconds, t)``) for
+        ascending times ``t [Q]``, into ``out [Q, N + 1]`` int32.
+
+        A row whose window moved by few events since the previous time is that row plus the
+        events that entered the window minus those that left it (both cut by :meth:`position`:
+        events strictly before a time), by a running sum; the others (the first, and those after
+        a gap of more than ``self.stride`` events) are the log's own query. Close times (a batch's
+        distinct days) then cost a pass or two over their rows, not two snapshots and deltas each.
+        """
+        q, cols = len(t), self.num_items + 1
+        hi, lo = self.position(t), self.position(t - seconds)  # [Q] each
+        moved = (hi[1:] - hi[:-1]) + (lo[1:] - lo[:-1])  # [Q - 1] events in or out of the window
+        fresh = torch.ones(q, dtype=torch.bool)
+        fresh[1:] = moved > self.stride
+        starts = fresh.nonzero()[:, 0]  # [S] rows read from the log
+        out.zero_()
+        out[starts] = self.window_counts(t[starts], [seconds])[:, 0]
+        swept = ~fresh[1:]  # [Q - 1] rows 1.. that add the events since the previous time
+        for p, sign in ((hi, 1), (lo, -1)):
+            lens = (p[1:] - p[:-1]) * swept  # [Q - 1]
+            total = int(lens.sum())
+            if total:
+                row = torch.repeat_interleave(torch.arange(1, q), lens)  # [M] row of each event
+                first = torch.repeat_interleave(p[:-1], lens)  # the previous time's cut
+                offset = torch.arange(total) - torch.repeat_interleave(
+                    torch.cumsum(lens, 0) - lens, lens
+                )
+                at = row * cols + self.items[first + offset]
+                out.view(-1).index_add_(0, at, torch.full((total,), sign, dtype=torch.int32))
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), q], strict=True):
+            if b - a > 1:
+                torch.cumsum(out[a:b], 0, out=out[a:b])  # a running sum from each read row
+        return out
+
     def last_before(self, t: Tensor) -> Tensor:
         """``[Q, N + 1]`` int64: time of each item's last event before ``t`` (``NEVER``: none)."""
         snap, row, event = self._deltas(t)

@@ -4,8 +4,7 @@ from the event log strictly before the query time (recent counts, trend, age, re
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -154,7 +153,7 @@ class RecentDynamics(ItemDynamics):
         q, w, cols = len(t), len(self.windows_days), log.num_items + 1
         windows = torch.empty(w, q, cols, dtype=torch.int32)  # [W, Q, N + 1]
         for i, days in enumerate(self.windows_days):  # events in [t - w, t)
-            _window_counts_ascending(log, t, round(days * DAY), windows[i])
+            log.window_counts_ascending(t, round(days * DAY), windows[i])
         x = torch.empty(self.num_features, q, cols)  # [F, Q, N + 1]
         for i in range(w):
             _log1p_by_table(windows[i], lambda c: torch.log1p(c), x[i])
@@ -327,59 +326,6 @@ class TransitionDynamics(ItemDynamics):
         return self.add_to(out, log, t.reshape(-1), last.reshape(-1))
 
 
-class TermCache:
-    """Rows of a score term by query time, reused while a key (the weights, device and log
-    that made them) stays the same; at most ``capacity`` rows, least recently used go first.
-
-    Rows live in one ``[capacity, N + 1]`` table, so a batch's rows are one gather.
-    """
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self._key: Hashable | None = None
-        self._slots: OrderedDict[int, int] = OrderedDict()  # time -> row of the table
-        self._free: list[int] = []
-        self._table: Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    @torch.no_grad()
-    def slots(
-        self,
-        key: Hashable,
-        times: list[int],
-        capacity: int,
-        compute: Callable[[Tensor], Tensor],
-    ) -> Tensor:
-        """``[T]`` rows holding the term at each of ``times`` (distinct, at most
-        ``capacity``), from ``compute(missing times [M]) -> [M, N + 1]`` where not held."""
-        if key != self._key or self._table is not None and len(self._table) != capacity:
-            self.clear()
-            self._key, self._free = key, list(range(capacity - 1, -1, -1))
-        slots, free = self._slots, self._free
-        missing = [s for s in times if s not in slots]
-        for s in times:
-            if s in slots:
-                slots.move_to_end(s)  # the least recently used first
-        if missing:
-            fresh = compute(torch.tensor(missing, dtype=torch.long))  # [M, N + 1]
-            if self._table is None:
-                self._table = fresh.new_empty(capacity, fresh.shape[1])
-            while len(free) < len(missing):  # evicts no wanted time: they were moved last
-                free.append(slots.popitem(last=False)[1])
-            at = [free.pop() for _ in missing]
-            self._table[torch.tensor(at, device=fresh.device)] = fresh
-            slots.update(zip(missing, at, strict=True))
-        return torch.tensor([slots[s] for s in times], dtype=torch.long)
-
-    def rows(self, slots: Tensor) -> Tensor:
-        """``[Q, N + 1]`` (a new tensor): the table's rows ``slots [Q]``."""
-        return self._table.index_select(0, slots.to(self._table.device))
-
-
 #: Largest value read from a table of ``log1p`` results instead of computed element by element.
 _TABLE_MAX = 2**20
 
@@ -421,39 +367,3 @@ def _log1p_days(seconds: Tensor, unseen: Tensor, out: Tensor) -> Tensor:
     else:
         out.copy_(_days_then_log1p(seconds))
     return out.masked_fill_(unseen, 0.0)
-
-
-def _window_counts_ascending(log: EventLog, t: Tensor, seconds: int, out: Tensor) -> Tensor:
-    """``log.window_counts(t, [seconds])[:, 0]`` (events in ``[t - seconds, t)``) for
-    ascending times ``t [Q]``, into ``out [Q, N + 1]`` int32.
-
-    A row whose window moved by few events since the previous time is that row plus the
-    events that entered the window minus those that left it (both cut by ``log.position``:
-    events strictly before a time), by a running sum; the others (the first, and those after
-    a gap of more than ``log.stride`` events) are the log's own query. Close times (a batch's
-    distinct days) then cost a pass or two over their rows, not two snapshots and deltas each.
-    """
-    q, cols = len(t), log.num_items + 1
-    hi, lo = log.position(t), log.position(t - seconds)  # [Q] each
-    moved = (hi[1:] - hi[:-1]) + (lo[1:] - lo[:-1])  # [Q - 1] events in or out of the window
-    fresh = torch.ones(q, dtype=torch.bool)
-    fresh[1:] = moved > log.stride
-    starts = fresh.nonzero()[:, 0]  # [S] rows read from the log
-    out.zero_()
-    out[starts] = log.window_counts(t[starts], [seconds])[:, 0]
-    swept = ~fresh[1:]  # [Q - 1] rows 1.. that add the events since the previous time
-    for p, sign in ((hi, 1), (lo, -1)):
-        lens = (p[1:] - p[:-1]) * swept  # [Q - 1]
-        total = int(lens.sum())
-        if total:
-            row = torch.repeat_interleave(torch.arange(1, q), lens)  # [M] row of each event
-            first = torch.repeat_interleave(p[:-1], lens)  # the previous time's cut
-            offset = torch.arange(total) - torch.repeat_interleave(
-                torch.cumsum(lens, 0) - lens, lens
-            )
-            at = row * cols + log.items[first + offset]
-            out.view(-1).index_add_(0, at, torch.full((total,), sign, dtype=torch.int32))
-    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), q], strict=True):
-        if b - a > 1:
-            torch.cumsum(out[a:b], 0, out=out[a:b])  # a running sum from each read row
-    return out

@@ -121,7 +121,7 @@ class Dynamics:
     """
 
     def __init__(self, members: Sequence[torch.nn.Module], log, cache_mb: float = 256.0) -> None:
-        from mmrec.encoders.dynamics import TermCache
+        from mmrec.encoders.term_cache import TermCache
 
         self.members = [m.eval() for m in members]
         self.timed = [m for m in self.members if not m.per_row]
