@@ -214,6 +214,8 @@ def check_command_line(model_cfg: Any, hparams: dict, argv: list[str]) -> None:
         if name not in hparams:
             continue
         given, saved = _plain(model_cfg.get(name)), _plain(hparams[name])
+        if given is None and saved == []:  # a list slot given as none: the model's empty list
+            continue
         if given != saved:
             raise ConfigError(
                 f"--model.{name} {given!r} differs from the checkpoint's {saved!r}; with "

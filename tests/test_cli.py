@@ -195,6 +195,12 @@ def test_evaluation_options_apply_to_a_checkpoint_others_are_refused(trained, ca
     metrics = _last_metrics(run / "test")
     assert "test/ndcg@5" in metrics and "test/ndcg@10" not in metrics
     assert not (run / "test" / "test_slices.csv").exists()
+    # a list slot named as none agrees with the checkpoint's empty one (`model.dynamics=null`
+    # in an experiment's overrides reaches the test command too)
+    dyn = (
+        f"--config={REPO / 'configs/beauty2014/dyn_gpt2.yaml'}"  # a config with dynamics, then none
+    )
+    assert main(["test", *common, dyn, ckpt, "--model.dynamics=null"]) == 0
     capfd.readouterr()
     assert main(["test", *common, ckpt, "--model.d_model=64"]) == 2
     err = capfd.readouterr().err.strip()
