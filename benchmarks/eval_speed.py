@@ -277,7 +277,7 @@ def run_dynamics(
         "ndcg_plain": ndcg[False],
         "ndcg_dyn": ndcg[True],
         "log_bytes_per_item": log.nbytes_per_item(),
-        "log_event_bytes": (16 + 24 * transitions) * len(item),
+        "log_event_bytes": (16 + 28 * transitions) * len(item),  # + int32 users, transitions
         "transitions": transitions,
         "cache_rows": cached_rows,
         "cache_bytes_per_item": 4 * cached_rows,
@@ -328,8 +328,8 @@ def write_dynamics(
         f"(`EventLog.nbytes_per_item`, 64 snapshots): **{r0['log_bytes_per_item']:,.0f} "
         "bytes**, whatever the time span; plus the events themselves "
         f"({r0['log_event_bytes'] / 2**20:.1f} MB, {r0['log_event_bytes'] // r0['events']} bytes "
-        "an event: time and item, and with TransitionDynamics the transitions' next item, time "
-        "and key). Evaluation cache of "
+        "an event: time and item, and with TransitionDynamics the user (int32) and the "
+        "transitions' next item, time and key). Evaluation cache of "
         "score-term rows (4 bytes per item and cached time, at most "
         f"`MMRecModule.dynamics_cache_mb` = {r0['cache_mb_max']:.0f} MB in all): "
         + ", ".join(

@@ -29,7 +29,7 @@ class EventLog:
     the first ``k * stride`` events are kept as snapshots (``max_snapshots`` of them), and the
     at most ``stride`` events between the snapshot and ``t`` are added per query. Memory:
     ``(max_snapshots + 1) * 12`` bytes per item (int32 counts + int64 last times) plus 16 bytes
-    per event, whatever the time span (no per-day buckets).
+    per event (4 more with users), whatever the time span (no per-day buckets).
 
     Args:
         items: ``[E]`` item ids (1..N; 0, the padding item, is allowed and never counted apart).
@@ -38,8 +38,9 @@ class EventLog:
         max_snapshots: Snapshots kept; more means less work per query, more memory.
         users: ``[E]`` who made each event (any integer ids), or None. With them the log also
             answers :meth:`transitions_before` (what followed an item, as of a time):
-            consecutive events of one user, in time order (ties in the given order), 24 more
-            bytes per event.
+            consecutive events of one user, in time order (ties in the given order). Kept as
+            int32 where they fit (4 bytes an event); the transitions (24 bytes an event) are
+            built on the first such query, so a log whose readers never ask costs no more.
     """
 
     def __init__(
@@ -65,6 +66,8 @@ class EventLog:
         self.items, self.times = items[order], times[order]  # [E] each, by time
         #: ``[E]`` who made each event, by time (None: not known).
         self.users = None if users is None else users[order]
+        if self.users is not None and len(self.users) and int(self.users.abs().max()) < 2**31:
+            self.users = self.users.to(torch.int32)
         self.num_items = int(num_items)
         n, cols = len(self.items), self.num_items + 1
         self.stride = max(1, math.ceil(n / max_snapshots))
@@ -88,16 +91,15 @@ class EventLog:
         self.max_item_events = int(torch.bincount(self.items).max()) if n else 0
         #: Whether the log knows who made each event (:meth:`transitions_before` needs it).
         self.has_users = users is not None
-        self._transitions(items, times, users)
+        self._trans_keys: Tensor | None = None  # built by _transitions on first use
 
-    def _transitions(self, items: Tensor, times: Tensor, users: Tensor | None) -> None:
+    def _transitions(self) -> None:
         """Every pair of consecutive events of one user ``(prev, next, time of next)``, sorted
         by ``prev`` then time (a CSR by previous item in time order), keyed for searchsorted."""
         prev = nxt = when = torch.zeros(0, dtype=torch.long)
-        if users is not None and len(items) > 1:
-            by_time = torch.sort(times, stable=True).indices  # ties keep the given order
-            order = by_time[torch.sort(users[by_time], stable=True).indices]  # user, time, order
-            u, it, ts = users[order], items[order], times[order]
+        if self.users is not None and len(self.items) > 1:  # events by time, ties as given
+            order = torch.sort(self.users, stable=True).indices  # user, time, given order
+            u, it, ts = self.users[order], self.items[order], self.times[order]
             same = u[1:] == u[:-1]  # [E - 1] consecutive events of one user
             prev, nxt, when = it[:-1][same], it[1:][same], ts[1:][same]
         self._t0 = int(when.min()) if len(when) else 0
@@ -144,6 +146,8 @@ class EventLog:
                 "this event log does not know who made each event (no users), so it cannot say "
                 "what followed what: build it with users= (EventLog.from_folder reads user_idx)"
             )
+        if self._trans_keys is None:
+            self._transitions()
         prev, t = torch.as_tensor(prev).long().reshape(-1), torch.as_tensor(t).long().reshape(-1)
         start_key = prev * self._span
         cut = start_key + (t - self._t0).clamp(0, self._span - 1)  # key of (prev, t)
