@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mmrec.calendar import DAY
 from mmrec.config import Configurable, instantiate
+from mmrec.data.batch import last_items
 from mmrec.data.eventlog import EventLog
 from mmrec.evaluation.beyond import BeyondAccuracy, topk_from_scores
 from mmrec.evaluation.metrics import RankingMetrics, check_ks, per_user_table
@@ -26,7 +27,6 @@ from mmrec.experiments.counts import (
     DecayedCounts,
     event_log,
     event_transitions,
-    last_items,
     per_time,
     spans,
     training_transitions,

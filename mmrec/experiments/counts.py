@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmrec.data.batch import last_items  # noqa: F401 (the baselines' import)
 from mmrec.data.eventlog import EventLog
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from mmrec.evaluation import rank_from_scores, rank_targets, topk_items
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 from mmrec.synthetic.dataset import make_synthetic_dataset
+from tests.encoders.helpers import assert_packed_equals_padded
 
 DAY = 86_400
 
@@ -229,24 +230,7 @@ def test_kept_features_give_the_checkpointed_loss_and_gradients(dataset):
 
 def test_packed_training_loss_equals_the_padded_one(dataset):
     dm = _dm(dataset)
-    model = _for_data(dm).eval()
-    ds, rows = dm.datasets["train"], list(range(32))
-    ds.pack = False
-    plain = ds.__getitems__(rows)
-    ds.pack = True
-    packed = ds.__getitems__(rows)
-    ds.pack = dm.pack_sequences
-    assert packed["mask"].shape[0] < plain["mask"].shape[0]  # several users per row
-    results = []
-    for batch in (plain, packed):
-        model.zero_grad()
-        loss = model.training_loss(batch)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.dynamics.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1], strict=True):
-        torch.testing.assert_close(a, b)
-    assert results[0][1][2].abs().sum() > 0  # the dynamics get a gradient
+    assert_packed_equals_padded(_for_data(dm).eval(), dm)
 
 
 def test_zero_initialised_dynamics_change_neither_loss_nor_ranks(dataset):

@@ -15,6 +15,7 @@ from mmrec.evaluation import rank_from_scores
 from mmrec.module import MMRecModule
 from mmrec.sequence import GPT2Sequence
 from mmrec.synthetic.dataset import make_synthetic_dataset
+from tests.encoders.helpers import assert_packed_equals_padded
 
 DAY = 86_400
 
@@ -174,23 +175,7 @@ def test_a_training_loss_never_reads_a_transition_after_its_positions_query_time
 def test_packed_training_loss_equals_the_padded_one(dataset):
     dm = _dm(dataset)
     model = _model(dm.num_items, num_users=dm.num_users, data_dir=dm.data_dir).eval()
-    ds, rows = dm.datasets["train"], list(range(32))
-    ds.pack = False
-    plain = ds.__getitems__(rows)
-    ds.pack = True
-    packed = ds.__getitems__(rows)
-    ds.pack = dm.pack_sequences
-    assert packed["mask"].shape[0] < plain["mask"].shape[0]
-    results = []
-    for batch in (plain, packed):
-        model.zero_grad()
-        loss = model.training_loss(batch)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for p in model.dynamics.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1], strict=True):
-        torch.testing.assert_close(a, b)
-    assert results[0][1][2].abs().sum() > 0  # the member learns
+    assert_packed_equals_padded(model, dm)
 
 
 def test_eval_ranks_add_each_rows_term_beside_the_time_members(dataset):

@@ -24,11 +24,10 @@ DAY = 86_400
 AT = "2014-06-10"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A model with random dynamics (last layer not zero), its folder and its checkpoint."""
-    tmp = tmp_path_factory.mktemp("recdyn")
-    path = make_synthetic_dataset(tmp / "ds", num_users=60, num_items=40, seed=4)
+def _served(tmp, member, seed: int, bias: bool = False):
+    """A model with one dynamics member (random last layer: a zero one adds nothing), its
+    folder and its checkpoint."""
+    path = make_synthetic_dataset(tmp / "ds", num_users=60, num_items=40, seed=seed)
     meta = json.loads((path / "meta.json").read_text())
     torch.manual_seed(0)
     model = MMRecModule(
@@ -39,13 +38,21 @@ def served(tmp_path_factory):
         max_len=10,
         d_model=16,
         sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.0),
-        dynamics=[RecentDynamics(hidden=4)],
+        dynamics=[member],
     )
     nn.init.normal_(model.dynamics[0].mlp[2].weight, std=2.0)
-    ckpt = tmp / "dyn.ckpt"
+    if bias:
+        nn.init.normal_(model.dynamics[0].mlp[2].bias, std=2.0)
+    ckpt = tmp / "model.ckpt"
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
     items = pl.read_parquet(path / "items.parquet")["item_id"].to_list()
     return ckpt, path, items
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A model with random RecentDynamics, its folder and its checkpoint."""
+    return _served(tmp_path_factory.mktemp("recdyn"), RecentDynamics(hidden=4), seed=4)
 
 
 def _expected_top(rec: Recommender, history: list[str], at: str, k: int, log: EventLog):
@@ -170,29 +177,11 @@ def test_cli_events_option_reports_unknown_items(served, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def served_transitions(tmp_path_factory):
-    """A model with TransitionDynamics (random last layer), its folder and checkpoint."""
+    """A model with random TransitionDynamics, its folder and its checkpoint."""
     from mmrec.encoders.dynamics import TransitionDynamics
 
     tmp = tmp_path_factory.mktemp("rectrans")
-    path = make_synthetic_dataset(tmp / "ds", num_users=60, num_items=40, seed=6)
-    meta = json.loads((path / "meta.json").read_text())
-    torch.manual_seed(0)
-    model = MMRecModule(
-        num_items=meta["num_items"],
-        num_users=meta["num_users"],
-        data_dir=str(path),
-        time_granularity="day",
-        max_len=10,
-        d_model=16,
-        sequence=GPT2Sequence(n_layer=1, n_head=2, dropout=0.0),
-        dynamics=[TransitionDynamics(hidden=4)],
-    )
-    nn.init.normal_(model.dynamics[0].mlp[2].weight, std=2.0)
-    nn.init.normal_(model.dynamics[0].mlp[2].bias, std=2.0)
-    ckpt = tmp / "trans.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
-    items = pl.read_parquet(path / "items.parquet")["item_id"].to_list()
-    return ckpt, path, items
+    return _served(tmp, TransitionDynamics(hidden=4), seed=6, bias=True)
 
 
 def test_recommend_scores_what_followed_the_last_history_item_before_at(served_transitions):
