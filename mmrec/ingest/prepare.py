@@ -46,8 +46,10 @@ from mmrec.ingest.settings import (
     _parse_time,
     _up_to_date,
     _write_meta,
+    check_split,
     file_digest,
     input_identity,
+    resolve_starts,
     settings,
 )
 from mmrec.ingest.sources import fetch
@@ -100,24 +102,7 @@ def _validate(cfg: PrepareConfig) -> tuple[int | None, int | None, int | None]:
         raise DataError(f"--max_bad_fraction must be within [0, 1], got {cfg.max_bad_fraction}")
     if cfg.columns is not None and cfg.source != "tabular":
         raise DataError("--columns applies to --source tabular only")
-    valid, test = (
-        _parse_time("valid_start", cfg.valid_start),
-        _parse_time("test_start", cfg.test_start),
-    )
-    if cfg.split == "temporal" and (valid is None or test is None or valid > test):
-        raise DataError(
-            "--split temporal needs --valid_start and --test_start (ISO dates), "
-            "valid_start <= test_start"
-        )
-    end = _parse_time("test_end", cfg.test_end)
-    if end is not None and cfg.split != "temporal":
-        raise DataError("--test_end applies to --split temporal only")
-    if end is not None and test is not None and end <= test:
-        raise DataError(
-            f"--test_end {cfg.test_end} must be after --test_start {cfg.test_start} "
-            "(valid_start <= test_start < test_end)"
-        )
-    return valid, test, end
+    return check_split(cfg)
 
 
 def _inputs(cfg: PrepareConfig, progress: bool) -> tuple[list[Path], Path | None]:
@@ -218,8 +203,14 @@ def prepare_dataset(cfg: PrepareConfig, *, progress: bool = True) -> Path:
         kept = clean_ingested(
             data, kcore=cfg.kcore, keep_repeats=cfg.keep_repeats, dropped=dropped, before=end_ts
         )
+        split_cfg, fractions = resolve_starts(cfg, kept.ts)  # fractions of the events -> days
+        valid_ts, test_ts = (
+            _parse_time("valid_start", split_cfg.valid_start),
+            _parse_time("test_start", split_cfg.test_start),
+        )
         split = split_codes(cfg.split, kept.user_idx, kept.ts, valid_ts, test_ts)
-        info = _meta_info(cfg, kept, split, input_rows, dropped)
+        info = _meta_info(split_cfg, kept, split, input_rows, dropped)
+        info["split"] |= fractions
         bar.update()
         bar.set_postfix_str("writing")
         users = pl.DataFrame(

@@ -9,10 +9,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from mmrec.calendar import to_unix
+import numpy as np
+
+from mmrec.calendar import DAY, to_unix
 from mmrec.ingest.errors import DataError
 
 FORMAT_VERSION = 1
@@ -45,9 +48,12 @@ class PrepareConfig:
         split: ``loo`` (per user: last event test, second last valid, users with < 3 events all
             train) or ``temporal`` (global cut-offs ``valid_start``/``test_start``).
         valid_start: ISO date/time (UTC); temporal split: events at/after it (and before
-            ``test_start``) are valid.
-        test_start: ISO date/time (UTC); temporal split: events at/after it (and before
-            ``test_end``) are test.
+            ``test_start``) are valid. Or a fraction in (0, 1), e.g. 0.8: the UTC day of the
+            first event after that fraction of the prepared events (sorted by time, after the
+            cleaning, ``test_end`` and the k-core), so that at most that fraction comes before
+            it and a config holds for any category's time range; meta.json records the day.
+        test_start: ISO date/time (UTC) or a fraction (as ``valid_start``); temporal split:
+            events at/after it (and before ``test_end``) are test.
         test_end: ISO date/time (UTC); temporal split: the end of the test window. Events
             at/after it are dropped (meta.json ``dropped``: ``after_test_end``) after the
             duplicate and repeat rules and before the k-core, so the folder holds the data as
@@ -89,8 +95,8 @@ class PrepareConfig:
     meta: str | None = None
     kcore: int = 5
     split: Literal["loo", "temporal"] = "loo"
-    valid_start: str | None = None
-    test_start: str | None = None
+    valid_start: str | float | None = None
+    test_start: str | float | None = None
     test_end: str | None = None
     columns: dict[str, str] | None = None
     item_text: str | None = None
@@ -109,11 +115,100 @@ def _log(msg: str) -> None:
     print(f"mmrec prepare: {msg}", flush=True)
 
 
-def _parse_time(name: str, value: str | None) -> int | None:
+def _parse_time(name: str, value: str | float | None) -> int | None:
+    if split_fraction(name, value) is not None:
+        return None  # resolved on the data by resolve_starts
     try:
         return to_unix(value, name=f"--{name}")
     except ValueError as err:
         raise DataError(str(err)) from None
+
+
+def split_fraction(name: str, value: str | float | None) -> float | None:
+    """The fraction a temporal start is given as (``0.8`` or ``"0.8"``), or None for a date.
+
+    Raises:
+        DataError: a number outside (0, 1) (unix seconds are not accepted here: a date is ISO).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        q = float(value)
+    except ValueError:
+        return None  # an ISO date: parsed by _parse_time
+    if not 0 < q < 1:
+        raise DataError(
+            f"--{name} {value}: a number is a fraction of the events, within (0, 1) (0.8: the "
+            "day by which 80% of them happened); a date is ISO, e.g. 2014-05-01"
+        )
+    return q
+
+
+def check_split(cfg: PrepareConfig) -> tuple[int | None, int | None, int | None]:
+    """``(valid_ts, test_ts, test_end_ts)`` of ``cfg`` (None where unset or a fraction).
+
+    Raises:
+        DataError: a temporal split without both starts, starts out of order, or a
+            ``test_end`` that is not after ``test_start`` or not a date.
+    """
+    valid, test = (
+        _parse_time("valid_start", cfg.valid_start),
+        _parse_time("test_start", cfg.test_start),
+    )
+    fv, ft = (
+        split_fraction("valid_start", cfg.valid_start),
+        split_fraction("test_start", cfg.test_start),
+    )
+    if cfg.split == "temporal" and (
+        (valid is None and fv is None)
+        or (test is None and ft is None)
+        or (valid is not None and test is not None and valid > test)
+        or (fv is not None and ft is not None and fv > ft)
+    ):
+        raise DataError(
+            "--split temporal needs --valid_start and --test_start (ISO dates or fractions of "
+            "the events, e.g. 0.8 and 0.9), valid_start <= test_start"
+        )
+    if split_fraction("test_end", cfg.test_end) is not None:
+        raise DataError(f"--test_end {cfg.test_end}: give a date (ISO), not a fraction")
+    end = _parse_time("test_end", cfg.test_end)
+    if end is not None and cfg.split != "temporal":
+        raise DataError("--test_end applies to --split temporal only")
+    if end is not None and test is not None and end <= test:
+        raise DataError(
+            f"--test_end {cfg.test_end} must be after --test_start {cfg.test_start} "
+            "(valid_start <= test_start < test_end)"
+        )
+    return valid, test, end
+
+
+def resolve_starts(cfg: PrepareConfig, ts: np.ndarray) -> tuple[PrepareConfig, dict]:
+    """``cfg`` with each fraction start replaced by its ISO day on the prepared events ``ts``
+    (the UTC day of the event at that fraction), and the fractions (for meta.json); a ``loo``
+    split is returned as it is.
+
+    Raises:
+        DataError: no events, or the resolved days out of order (a date and a fraction).
+    """
+    resolved, fractions = {}, {}
+    for name in ("valid_start", "test_start") if cfg.split == "temporal" else ():
+        q = split_fraction(name, getattr(cfg, name))
+        if q is None:
+            continue
+        if not len(ts):
+            raise DataError(f"--{name} {q}: no events left to take a fraction of")
+        at = int(np.sort(ts)[min(int(q * len(ts)), len(ts) - 1)]) // DAY * DAY
+        resolved[name] = datetime.fromtimestamp(at, timezone.utc).date().isoformat()
+        fractions[f"{name}_fraction"] = q
+    if not resolved:
+        return cfg, {}
+    cfg = dataclasses.replace(cfg, **resolved)
+    if to_unix(cfg.valid_start) > to_unix(cfg.test_start):
+        raise DataError(
+            f"--valid_start {cfg.valid_start} is after --test_start {cfg.test_start} (days "
+            f"resolved from fractions of the events: {fractions}): valid_start <= test_start"
+        )
+    return cfg, fractions
 
 
 _NOT_SETTINGS = (
